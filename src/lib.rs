@@ -1,0 +1,7 @@
+//! ternmq: a thread-per-core MQTT broker.
+//!
+//! See `ARCHITECTURE.md` for the map. `protocol` is the sans-IO codec, `broker` the
+//! sans-IO shard logic, `runtime` the only place that performs IO.
+
+pub mod protocol;
+pub mod broker;

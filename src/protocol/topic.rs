@@ -1,0 +1,219 @@
+//! Validated topic names and topic filters (4.7).
+//!
+//! Owns: the only constructors of [`TopicName`] and [`TopicFilter`], so that any value
+//! of these types obeys the specification's rules; and the reference matcher
+//! [`TopicFilter::matches`] used by tests and cold paths (the broker's hot matcher is
+//! the trie in `broker::topic_index`).
+//!
+//! Must not: know about subscriptions, sessions or IO.
+
+use bytestring::ByteString;
+use std::fmt;
+
+/// Longest topic name or filter the broker accepts, in bytes (the UTF-8 string limit).
+pub const TOPIC_LEN_MAX: usize = 65_535;
+
+/// Why a string is not a valid topic name or filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TopicError {
+    #[error("topic is empty")]
+    Empty,
+    #[error("topic is longer than 65535 bytes")]
+    TooLong,
+    #[error("topic contains U+0000")]
+    NullChar,
+    #[error("wildcard in a topic name")]
+    WildcardInName,
+    #[error("'#' is not alone in the last level of the filter")]
+    BadMultiLevelWildcard,
+    #[error("'+' does not fill a whole level of the filter")]
+    BadSingleLevelWildcard,
+}
+
+fn check_common(s: &str) -> Result<(), TopicError> {
+    if s.is_empty() {
+        return Err(TopicError::Empty); // [MQTT-4.7.3-1]
+    }
+    if s.len() > TOPIC_LEN_MAX {
+        return Err(TopicError::TooLong);
+    }
+    if s.contains('\0') {
+        return Err(TopicError::NullChar); // [MQTT-4.7.3-2]
+    }
+    Ok(())
+}
+
+/// A topic name as carried by PUBLISH: non-empty, no wildcards, no U+0000.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicName(ByteString);
+
+impl TopicName {
+    /// Validates `s` as a topic name ([MQTT-3.3.2-2], [MQTT-4.7.3-1], [MQTT-4.7.3-2]).
+    pub fn new(s: impl Into<ByteString>) -> Result<Self, TopicError> {
+        let s = s.into();
+        check_common(&s)?;
+        if s.bytes().any(|b| b == b'+' || b == b'#') {
+            return Err(TopicError::WildcardInName);
+        }
+        Ok(TopicName(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn as_bytestring(&self) -> &ByteString {
+        &self.0
+    }
+
+    /// A copy that owns its bytes instead of pinning a larger shared buffer.
+    pub fn compacted(&self) -> TopicName {
+        TopicName(ByteString::from(&*self.0))
+    }
+
+    /// Topics starting with `$` are reserved for the server ([MQTT-4.7.2-1]).
+    pub fn is_dollar(&self) -> bool {
+        self.0.starts_with('$')
+    }
+}
+
+impl fmt::Debug for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for TopicName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A topic filter as carried by SUBSCRIBE/UNSUBSCRIBE: non-empty, no U+0000, `#` only
+/// as the whole last level, `+` only as a whole level ([MQTT-4.7.1-2], [MQTT-4.7.1-3]).
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TopicFilter(ByteString);
+
+impl TopicFilter {
+    pub fn new(s: impl Into<ByteString>) -> Result<Self, TopicError> {
+        let s = s.into();
+        check_common(&s)?;
+        let mut levels = s.split('/').peekable();
+        while let Some(level) = levels.next() {
+            if level.contains('#') && (level != "#" || levels.peek().is_some()) {
+                return Err(TopicError::BadMultiLevelWildcard);
+            }
+            if level.contains('+') && level != "+" {
+                return Err(TopicError::BadSingleLevelWildcard);
+            }
+        }
+        Ok(TopicFilter(s))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn as_bytestring(&self) -> &ByteString {
+        &self.0
+    }
+
+    /// True when the filter contains `+` or `#`.
+    pub fn has_wildcard(&self) -> bool {
+        self.0.bytes().any(|b| b == b'+' || b == b'#')
+    }
+
+    /// The reference matcher (4.7): level by level, `+` matches one level, `#` matches
+    /// the rest including the parent level (`a/#` matches `a`), and a filter starting
+    /// with a wildcard never matches a topic starting with `$` ([MQTT-4.7.2-1]).
+    pub fn matches(&self, topic: &TopicName) -> bool {
+        filter_matches(self.as_str(), topic.as_str())
+    }
+}
+
+/// [`TopicFilter::matches`] on plain strings; both must already be valid.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(fl), Some(tl)) if fl == tl => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+impl fmt::Debug for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl fmt::Display for TopicFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_names() {
+        assert!(TopicName::new("a/b").is_ok());
+        assert!(TopicName::new("/").is_ok());
+        assert_eq!(TopicName::new(""), Err(TopicError::Empty)); // [MQTT-4.7.3-1]
+        assert_eq!(TopicName::new("a/+"), Err(TopicError::WildcardInName)); // [MQTT-3.3.2-2]
+        assert_eq!(TopicName::new("a/#"), Err(TopicError::WildcardInName));
+        assert_eq!(TopicName::new("a\0b"), Err(TopicError::NullChar)); // [MQTT-4.7.3-2]
+    }
+
+    #[test]
+    fn topic_filters() {
+        for ok in ["#", "+", "a/#", "+/+", "a/+/b", "/", "+/", "$SYS/#", "a//b"] {
+            assert!(TopicFilter::new(ok).is_ok(), "{ok}");
+        }
+        // [MQTT-4.7.1-2]
+        for bad in ["a#", "a/#/b", "#/", "a/b#"] {
+            assert_eq!(TopicFilter::new(bad), Err(TopicError::BadMultiLevelWildcard), "{bad}");
+        }
+        // [MQTT-4.7.1-3]
+        for bad in ["a+", "+a/b", "a/b+"] {
+            assert_eq!(TopicFilter::new(bad), Err(TopicError::BadSingleLevelWildcard), "{bad}");
+        }
+        assert_eq!(TopicFilter::new(""), Err(TopicError::Empty));
+    }
+
+    #[test]
+    fn matching() {
+        let cases = [
+            ("sport/#", "sport", true),
+            ("sport/#", "sport/tennis/player1", true),
+            ("sport/tennis/+", "sport/tennis/player1", true),
+            ("sport/tennis/+", "sport/tennis/player1/ranking", false),
+            ("sport/+", "sport", false),
+            ("sport/+", "sport/", true),
+            ("+/+", "/finance", true),
+            ("/+", "/finance", true),
+            ("+", "/finance", false),
+            ("#", "a/b/c", true),
+            ("#", "$SYS/x", false), // [MQTT-4.7.2-1]
+            ("+/x", "$SYS/x", false),
+            ("$SYS/#", "$SYS/x", true),
+            ("a/b", "a/b", true),
+            ("a/b", "a/c", false),
+        ];
+        for (f, t, want) in cases {
+            let f = TopicFilter::new(f).unwrap();
+            let t = TopicName::new(t).unwrap();
+            assert_eq!(f.matches(&t), want, "{f} vs {t}");
+        }
+    }
+}
