@@ -20,9 +20,6 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use std::num::NonZeroU16;
 
-pub use decode::{decode_packet, DecodeError};
-pub use encode::{encode_packet, encoded_len};
-pub use frame::{check_frame, Frame, FrameError, MAX_REMAINING_LENGTH};
 pub use topic::{TopicError, TopicFilter, TopicName};
 
 /// A packet identifier. Zero is never a valid id ([MQTT-2.3.1-1]), so the type forbids it.
