@@ -5,3 +5,5 @@
 
 pub mod protocol;
 pub mod broker;
+pub mod config;
+pub mod runtime;

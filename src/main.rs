@@ -1,1 +1,123 @@
-fn main(){}
+//! The `ternmq` binary: parses the command line, sets up logging, starts the broker
+//! and stops it on SIGINT/SIGTERM. All logic lives in the library.
+
+use clap::Parser;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use ternmq::config::Config;
+
+/// A thread-per-core MQTT broker.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// TOML config file; command-line options override its values.
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Listen address (repeatable). Default 127.0.0.1:1883.
+    #[arg(long)]
+    listen: Vec<SocketAddr>,
+    /// Worker threads (0 = one per core). Default 0.
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Do not pin workers to cores.
+    #[arg(long)]
+    no_pin: bool,
+    /// Largest packet accepted, in bytes. Default 1048576.
+    #[arg(long)]
+    max_packet_size: Option<usize>,
+    /// Unacknowledged QoS 1/2 messages in flight per client. Default 20.
+    #[arg(long)]
+    max_inflight: Option<usize>,
+    /// QoS 1/2 messages queued per session. Default 1000.
+    #[arg(long)]
+    max_queued_messages: Option<usize>,
+    /// Seconds a new connection has to send CONNECT. Default 10.
+    #[arg(long)]
+    connect_timeout: Option<u64>,
+    /// Seconds between `$SYS` publications (0 = off). Default 10.
+    #[arg(long)]
+    sys_interval: Option<u64>,
+    /// Log filter when RUST_LOG is unset (error, warn, info, debug, trace). Default info.
+    #[arg(long)]
+    log_level: Option<String>,
+}
+
+impl Cli {
+    fn into_config(self) -> Result<Config, ternmq::config::ConfigError> {
+        let mut cfg = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if !self.listen.is_empty() {
+            cfg.listen = self.listen;
+        }
+        if let Some(v) = self.workers {
+            cfg.workers = v;
+        }
+        if self.no_pin {
+            cfg.pin_cores = false;
+        }
+        if let Some(v) = self.max_packet_size {
+            cfg.max_packet_bytes = v;
+        }
+        if let Some(v) = self.max_inflight {
+            cfg.max_inflight = v;
+        }
+        if let Some(v) = self.max_queued_messages {
+            cfg.max_queued_messages = v;
+        }
+        if let Some(v) = self.connect_timeout {
+            cfg.connect_timeout_secs = v;
+        }
+        if let Some(v) = self.sys_interval {
+            cfg.sys_interval_secs = v;
+        }
+        if let Some(v) = self.log_level {
+            cfg.log_level = v;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let cfg = match cli.into_config() {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            eprintln!("ternmq: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    let mut signals = match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ternmq: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let broker = match ternmq::runtime::start(cfg) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("ternmq: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!(signal = sig, "shutting down");
+    }
+    broker.stop();
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}

@@ -6,6 +6,25 @@
 //! Must not: import `mio`, `std::net`, `crossbeam_channel`, or call `Instant::now()`:
 //! time comes in as a `now` argument and every effect goes out as data.
 
+pub mod mesh;
 pub mod message;
+pub mod registry;
 pub mod retained;
+pub mod session;
+pub mod shard;
+pub mod stats;
 pub mod topic_index;
+
+/// Index of a worker (and of its shard), `0..workers`.
+pub type WorkerId = usize;
+
+/// Most workers one broker runs: interest sets are 64-bit masks.
+pub const WORKERS_MAX: usize = 64;
+
+/// A connection on one worker: the runtime's slot plus a generation, so that an event
+/// for a closed connection whose slot was reused is recognised as stale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub slot: u32,
+    pub gen: u32,
+}

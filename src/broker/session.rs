@@ -1,0 +1,299 @@
+//! A client session (3.1.2.4, 4.1): subscriptions, the outbound QoS 1/2 window and
+//! queue, and the inbound QoS 2 packet ids awaiting PUBREL.
+//!
+//! Owns: packet-id allocation, the in-flight window, the offline/overflow queue and
+//! their limits; the order in which queued messages leave.
+//! Must not: write bytes or know about connections, sockets or workers: it answers
+//! "what should be sent now" and the shard encodes it. A session is plain data so that
+//! it can move between workers on takeover.
+
+use super::message::Message;
+use super::ConnId;
+use crate::protocol::{PacketId, QoS, TopicFilter};
+use std::collections::{HashSet, VecDeque};
+
+/// Where an outbound QoS 1/2 message is in its flow (4.3.2, 4.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutState {
+    /// PUBLISH sent, waiting for PUBACK (QoS 1) or PUBREC (QoS 2).
+    Published,
+    /// PUBREL sent, waiting for PUBCOMP (QoS 2).
+    Released,
+}
+
+/// One unacknowledged outbound message.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub packet_id: PacketId,
+    /// Delivery QoS (1 or 2): min(published, granted).
+    pub qos: QoS,
+    pub msg: Message,
+    /// RETAIN flag on the wire (set only for deliveries caused by a new subscription).
+    pub retain: bool,
+    pub state: OutState,
+}
+
+/// A message waiting for room in the in-flight window.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub qos: QoS,
+    pub msg: Message,
+    pub retain: bool,
+}
+
+/// What happened when a message was offered to a session's queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued, and the queue is below its limit.
+    Ok,
+    /// Queued, but the queue is at or over its limit: feeders should slow down.
+    Congested,
+    /// Queued after dropping the oldest queued message.
+    DroppedOldest,
+}
+
+/// A client's session state.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub client_id: std::sync::Arc<str>,
+    /// Clean session flag of the connection that owns it (3.1.2.4).
+    pub clean: bool,
+    /// Subscriptions with their granted QoS, in subscription order.
+    pub subscriptions: Vec<(TopicFilter, QoS)>,
+    /// Sent and not yet completed, in send order.
+    pub inflight: VecDeque<Inflight>,
+    /// Waiting for the window, in arrival order.
+    pub queue: VecDeque<Queued>,
+    /// Inbound QoS 2 packet ids received and not yet released (method B of 4.3.3:
+    /// delivered on PUBLISH, duplicates suppressed until PUBREL).
+    pub inbound_qos2: HashSet<PacketId>,
+    /// The connection attached on this worker, if online. Worker-local: cleared before
+    /// the session moves to another worker.
+    pub conn: Option<ConnId>,
+    next_packet_id: u16,
+}
+
+impl Session {
+    pub fn new(client_id: std::sync::Arc<str>, clean: bool) -> Session {
+        Session {
+            client_id,
+            clean,
+            subscriptions: Vec::new(),
+            inflight: VecDeque::new(),
+            queue: VecDeque::new(),
+            inbound_qos2: HashSet::new(),
+            conn: None,
+            next_packet_id: 1,
+        }
+    }
+
+    /// Records a subscription; returns the previous granted QoS if it replaced one.
+    pub fn add_subscription(&mut self, filter: &TopicFilter, qos: QoS) -> Option<QoS> {
+        if let Some(entry) = self.subscriptions.iter_mut().find(|(f, _)| f == filter) {
+            let prev = entry.1;
+            entry.1 = qos;
+            return Some(prev);
+        }
+        self.subscriptions.push((filter.clone(), qos));
+        None
+    }
+
+    /// Forgets a subscription; true if it existed.
+    pub fn remove_subscription(&mut self, filter: &TopicFilter) -> bool {
+        let before = self.subscriptions.len();
+        self.subscriptions.retain(|(f, _)| f != filter);
+        self.subscriptions.len() != before
+    }
+
+    /// True when the window has room for another message.
+    pub fn window_open(&self, max_inflight: usize) -> bool {
+        self.inflight.len() < max_inflight
+    }
+
+    /// Allocates the next free packet id. The caller guarantees the window is open and
+    /// `max_inflight` is below 65535, so a free id always exists.
+    pub fn next_packet_id(&mut self) -> PacketId {
+        debug_assert!(self.inflight.len() < 65_535);
+        loop {
+            let candidate = self.next_packet_id;
+            self.next_packet_id = if candidate == u16::MAX { 1 } else { candidate + 1 };
+            if let Some(id) = PacketId::new(candidate) {
+                if !self.inflight.iter().any(|m| m.packet_id == id) {
+                    return id;
+                }
+            }
+        }
+    }
+
+    /// Starts the flow of a QoS 1/2 message; the caller encodes the PUBLISH.
+    pub fn start_inflight(&mut self, qos: QoS, msg: Message, retain: bool) -> PacketId {
+        debug_assert!(qos != QoS::AtMostOnce);
+        let packet_id = self.next_packet_id();
+        self.inflight.push_back(Inflight {
+            packet_id,
+            qos,
+            msg,
+            retain,
+            state: OutState::Published,
+        });
+        packet_id
+    }
+
+    /// Queues a QoS 1/2 message (the caller passes it compacted, see
+    /// [`Message::compacted`]). `limit` is where congestion starts; `hard_limit` is
+    /// where the oldest message is dropped to make room.
+    pub fn enqueue(&mut self, item: Queued, limit: usize, hard_limit: usize) -> Enqueued {
+        debug_assert!(limit <= hard_limit && hard_limit > 0);
+        let mut result = Enqueued::Ok;
+        if self.queue.len() >= hard_limit {
+            self.queue.pop_front();
+            result = Enqueued::DroppedOldest;
+        }
+        self.queue.push_back(item);
+        if result == Enqueued::Ok && self.queue.len() >= limit {
+            result = Enqueued::Congested;
+        }
+        result
+    }
+
+    /// PUBACK: completes a QoS 1 flow. False if no such flow (a stale or bogus ack).
+    pub fn puback(&mut self, id: PacketId) -> bool {
+        self.complete(id, QoS::AtLeastOnce, OutState::Published)
+    }
+
+    /// PUBREC: moves a QoS 2 flow to Released. False if no such flow in Published
+    /// state; a PUBREC for an already released id is answered with PUBREL again by
+    /// the caller (true is returned then too).
+    pub fn pubrec(&mut self, id: PacketId) -> bool {
+        match self
+            .inflight
+            .iter_mut()
+            .find(|m| m.packet_id == id && m.qos == QoS::ExactlyOnce)
+        {
+            Some(m) => {
+                m.state = OutState::Released;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// PUBCOMP: completes a QoS 2 flow.
+    pub fn pubcomp(&mut self, id: PacketId) -> bool {
+        self.complete(id, QoS::ExactlyOnce, OutState::Released)
+    }
+
+    fn complete(&mut self, id: PacketId, qos: QoS, state: OutState) -> bool {
+        // Acks nearly always arrive in order, so the front is checked first.
+        let pos = match self.inflight.front() {
+            Some(m) if m.packet_id == id => Some(0),
+            _ => self.inflight.iter().position(|m| m.packet_id == id),
+        };
+        match pos {
+            Some(i) if self.inflight[i].qos == qos && self.inflight[i].state == state => {
+                self.inflight.remove(i);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Bytes pinned by queued and in-flight messages.
+    pub fn weight_bytes(&self) -> usize {
+        self.queue.iter().map(|q| q.msg.weight_bytes()).sum::<usize>()
+            + self.inflight.iter().map(|q| q.msg.weight_bytes()).sum::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::TopicName;
+    use bytes::Bytes;
+
+    fn msg(n: u8) -> Message {
+        Message {
+            topic: TopicName::new("t").unwrap(),
+            payload: Bytes::from(vec![n]),
+            qos: QoS::ExactlyOnce,
+            retain: false,
+        }
+    }
+
+    fn pid(n: u16) -> PacketId {
+        PacketId::new(n).unwrap()
+    }
+
+    #[test]
+    fn packet_ids_skip_zero_and_ids_in_use() {
+        let mut s = Session::new("c".into(), false);
+        s.next_packet_id = u16::MAX;
+        let a = s.start_inflight(QoS::AtLeastOnce, msg(1), false);
+        assert_eq!(a.get(), u16::MAX);
+        let b = s.start_inflight(QoS::AtLeastOnce, msg(2), false);
+        assert_eq!(b.get(), 1, "wraps past 0 [MQTT-2.3.1-1]");
+        s.next_packet_id = u16::MAX;
+        let c = s.start_inflight(QoS::AtLeastOnce, msg(3), false);
+        assert_eq!(c.get(), 2, "skips ids still in flight [MQTT-2.3.1-2]");
+    }
+
+    #[test]
+    fn qos1_flow() {
+        let mut s = Session::new("c".into(), false);
+        let id = s.start_inflight(QoS::AtLeastOnce, msg(1), false);
+        assert!(!s.pubcomp(id), "PUBCOMP does not complete a QoS 1 flow");
+        assert!(s.puback(id));
+        assert!(!s.puback(id), "second ack is stale");
+        assert!(s.inflight.is_empty());
+    }
+
+    #[test]
+    fn qos2_flow() {
+        let mut s = Session::new("c".into(), false);
+        let id = s.start_inflight(QoS::ExactlyOnce, msg(1), false);
+        assert!(!s.puback(id), "PUBACK does not complete a QoS 2 flow");
+        assert!(!s.pubcomp(id), "PUBCOMP before PUBREC is ignored");
+        assert!(s.pubrec(id));
+        assert_eq!(s.inflight[0].state, OutState::Released);
+        assert!(s.pubrec(id), "a repeated PUBREC is answered again");
+        assert!(s.pubcomp(id));
+        assert!(s.inflight.is_empty());
+    }
+
+    #[test]
+    fn out_of_order_acks() {
+        let mut s = Session::new("c".into(), false);
+        let a = s.start_inflight(QoS::AtLeastOnce, msg(1), false);
+        let b = s.start_inflight(QoS::AtLeastOnce, msg(2), false);
+        assert!(s.puback(b));
+        assert!(s.puback(a));
+        assert!(s.inflight.is_empty());
+    }
+
+    #[test]
+    fn queue_limits() {
+        let mut s = Session::new("c".into(), false);
+        let q = |n| Queued {
+            qos: QoS::AtLeastOnce,
+            msg: msg(n),
+            retain: false,
+        };
+        assert_eq!(s.enqueue(q(1), 2, 3), Enqueued::Ok);
+        assert_eq!(s.enqueue(q(2), 2, 3), Enqueued::Congested);
+        assert_eq!(s.enqueue(q(3), 2, 3), Enqueued::Congested);
+        assert_eq!(s.enqueue(q(4), 2, 3), Enqueued::DroppedOldest);
+        assert_eq!(s.queue.len(), 3);
+        assert_eq!(s.queue[0].msg.payload[0], 2, "the oldest went first");
+    }
+
+    #[test]
+    fn subscriptions_replace() {
+        let mut s = Session::new("c".into(), false);
+        let f = TopicFilter::new("a/+").unwrap();
+        assert_eq!(s.add_subscription(&f, QoS::AtMostOnce), None);
+        assert_eq!(s.add_subscription(&f, QoS::ExactlyOnce), Some(QoS::AtMostOnce));
+        assert_eq!(s.subscriptions.len(), 1);
+        assert!(s.remove_subscription(&f));
+        assert!(!s.remove_subscription(&f));
+    }
+}

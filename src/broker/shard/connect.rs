@@ -1,0 +1,425 @@
+//! CONNECT, session takeover between workers, and the end of connections (DISCONNECT,
+//! protocol errors, timeouts, socket loss) with their Last Will.
+
+use super::{Conn, Phase, Shard};
+use crate::broker::mesh::MeshMsg;
+use crate::broker::message::Message;
+use crate::broker::session::{OutState, Session};
+use crate::broker::{ConnId, WorkerId};
+use crate::protocol::{
+    encode_publish, ConnAck, Connect, ConnectReturnCode, Packet, ProtocolVersion, QoS,
+};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A CONNECT waiting for its session to arrive from another worker.
+#[derive(Debug)]
+pub struct PendingConnect {
+    pub client_id: Arc<str>,
+    pub clean: bool,
+    pub deadline: Instant,
+}
+
+/// MQTT 3.1 limits client ids to 23 bytes (3.1.1 lets servers accept more).
+const V31_CLIENT_ID_LEN_MAX: usize = 23;
+
+impl Shard {
+    pub(super) fn on_connect(&mut self, now: Instant, id: ConnId, c: Connect) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        conn.version = c.version;
+        conn.keep_alive_limit = (c.keep_alive_secs > 0)
+            .then(|| Duration::from_millis(u64::from(c.keep_alive_secs) * 1500)); // [MQTT-3.1.2-24]
+        conn.will = c.will.map(|mut w| {
+            w.payload = bytes::Bytes::copy_from_slice(&w.payload);
+            w.topic = w.topic.compacted();
+            w
+        });
+
+        let client_id: Arc<str> = if c.client_id.is_empty() {
+            if !c.clean_session || c.version == ProtocolVersion::V3_1 {
+                // [MQTT-3.1.3-8]: zero-length id with clean session 0 -> 0x02.
+                return self.refuse(id, ConnectReturnCode::IdentifierRejected);
+            }
+            // [MQTT-3.1.3-6]: assign a unique id.
+            self.next_auto_id += 1;
+            format!("ternmq-auto-{}-{}", self.id, self.next_auto_id).into()
+        } else {
+            if c.version == ProtocolVersion::V3_1 && c.client_id.len() > V31_CLIENT_ID_LEN_MAX {
+                return self.refuse(id, ConnectReturnCode::IdentifierRejected);
+            }
+            Arc::from(&*c.client_id)
+        };
+
+        // [MQTT-3.1.4-2]: one connection per client id, wherever it lives.
+        match self.registry.claim(&client_id, self.id) {
+            Some(owner) if owner != self.id => {
+                let deadline = now + self.cfg.handover_timeout();
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.phase = Phase::AwaitHandover(Box::new(PendingConnect {
+                        client_id: client_id.clone(),
+                        clean: c.clean_session,
+                        deadline,
+                    }));
+                }
+                self.schedule(id, deadline);
+                self.send_mesh(
+                    owner,
+                    MeshMsg::Takeover {
+                        client_id,
+                        to: id,
+                        clean: c.clean_session,
+                    },
+                );
+            }
+            _ => {
+                let existing = self.detach_local_session(now, &client_id);
+                self.activate(now, id, client_id, c.clean_session, existing);
+            }
+        }
+    }
+
+    /// Answers CONNACK with a refusal and closes ([MQTT-3.2.2-5]).
+    pub(crate) fn refuse(&mut self, id: ConnId, code: ConnectReturnCode) {
+        tracing::debug!(?id, ?code, "connection refused");
+        self.write_packet(
+            id,
+            &Packet::ConnAck(ConnAck {
+                session_present: false, // [MQTT-3.2.2-4]
+                code,
+            }),
+        );
+        if let Some(conn) = self.conn_mut(id) {
+            conn.will = None;
+        }
+        self.drop_conn(id);
+    }
+
+    /// Takes the session of `client_id` off any connection it has here, publishing
+    /// that connection's will (it ends without DISCONNECT). Returns its key.
+    fn detach_local_session(&mut self, now: Instant, client_id: &Arc<str>) -> Option<usize> {
+        let key = *self.by_client.get(client_id)?;
+        if let Some(old) = self.sessions.get(key).and_then(|s| s.conn) {
+            tracing::debug!(?old, %client_id, "session taken over");
+            self.end_conn(now, old);
+        }
+        Some(key)
+    }
+
+    /// Removes a session from this worker entirely: its subscriptions leave the index.
+    pub(crate) fn remove_session(&mut self, key: usize) -> Option<Session> {
+        let session = self.sessions.try_remove(key)?;
+        self.by_client.remove(&session.client_id);
+        for (filter, _) in &session.subscriptions {
+            self.index_remove(filter, key);
+        }
+        Some(session)
+    }
+
+    /// Installs a moved session (its subscriptions join the index) and returns its key.
+    fn install_session(&mut self, mut session: Session) -> usize {
+        session.conn = None;
+        let client_id = session.client_id.clone();
+        let subs = session.subscriptions.clone();
+        let key = self.sessions.insert(session);
+        self.by_client.insert(client_id, key);
+        for (filter, qos) in &subs {
+            self.index_insert(filter, key, *qos);
+        }
+        key
+    }
+
+    /// CONNACK and attach: `existing` is a session key already on this worker.
+    fn activate(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        client_id: Arc<str>,
+        clean: bool,
+        existing: Option<usize>,
+    ) {
+        let key = match existing {
+            Some(key) if !clean => {
+                if let Some(s) = self.sessions.get_mut(key) {
+                    s.clean = false;
+                }
+                key
+            }
+            Some(key) => {
+                self.remove_session(key);
+                self.sessions.insert(Session::new(client_id.clone(), clean))
+            }
+            None => self.sessions.insert(Session::new(client_id.clone(), clean)),
+        };
+        self.by_client.insert(client_id, key);
+        let session_present = existing.is_some() && !clean; // [MQTT-3.2.2-1..3]
+        self.attach(now, id, key, session_present);
+    }
+
+    fn attach(&mut self, _now: Instant, id: ConnId, key: usize, session_present: bool) {
+        let Some(conn) = self.conn_mut(id) else {
+            // The connection vanished while its session moved here: keep the session
+            // if it is persistent, as if the client had disconnected.
+            self.session_gone_offline(key);
+            return;
+        };
+        conn.phase = Phase::Active { session: key };
+        let keep_alive = conn.keep_alive_limit;
+        let last_rx = conn.last_rx;
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.conn = Some(id);
+        }
+        self.stats.clients_connected += 1;
+        self.write_packet(
+            id,
+            &Packet::ConnAck(ConnAck {
+                session_present,
+                code: ConnectReturnCode::Accepted,
+            }),
+        );
+        if let Some(k) = keep_alive {
+            self.schedule(id, last_rx + k);
+        }
+        self.resend_inflight(id, key);
+        self.pump(id, key);
+    }
+
+    /// [MQTT-4.4.0-1]: on a resumed session, unacknowledged PUBLISH (DUP set) and
+    /// PUBREL go out again in their original order.
+    fn resend_inflight(&mut self, id: ConnId, key: usize) {
+        let Some(session) = self.sessions.get(key) else { return };
+        let Some(Some(conn)) = self.conns.get_mut(id.slot as usize) else { return };
+        for m in &session.inflight {
+            match m.state {
+                OutState::Published => encode_publish(
+                    &mut conn.tx,
+                    true,
+                    m.qos,
+                    m.retain,
+                    m.msg.topic.as_str(),
+                    Some(m.packet_id),
+                    &m.msg.payload,
+                ),
+                OutState::Released => {
+                    crate::protocol::encode_packet(&Packet::PubRel(m.packet_id), &mut conn.tx)
+                }
+            }
+        }
+        if !session.inflight.is_empty() {
+            self.mark_dirty(id);
+        }
+    }
+
+    /// DISCONNECT: the will is discarded ([MQTT-3.14.4-3]) and the connection closed.
+    pub(super) fn on_disconnect(&mut self, now: Instant, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            conn.will = None;
+        }
+        self.end_conn(now, id);
+    }
+
+    /// The connection broke a rule of the protocol: close it, publish its will.
+    pub(crate) fn protocol_error(&mut self, now: Instant, id: ConnId, what: &str, why: &str) {
+        tracing::debug!(?id, packet = what, reason = why, "protocol violation, closing");
+        self.stats.protocol_errors += 1;
+        self.end_conn(now, id);
+    }
+
+    /// A malformed packet from the decoder. An unsupported protocol level gets
+    /// CONNACK 0x01 first ([MQTT-3.1.2-2]); everything else just closes.
+    pub fn decode_error(&mut self, now: Instant, id: ConnId, err: &crate::protocol::CodecError) {
+        let awaiting_connect = matches!(self.conn(id).map(|c| &c.phase), Some(Phase::AwaitConnect));
+        if awaiting_connect && err.is_unsupported_protocol_level() {
+            self.stats.protocol_errors += 1;
+            return self.refuse(id, ConnectReturnCode::UnacceptableProtocolVersion);
+        }
+        tracing::debug!(?id, error = %err, "malformed packet, closing");
+        self.stats.protocol_errors += 1;
+        self.end_conn(now, id);
+    }
+
+    /// The runtime saw the socket close or fail. The will is published unless the
+    /// client sent DISCONNECT ([MQTT-3.1.2-8]).
+    pub fn closed(&mut self, now: Instant, id: ConnId) {
+        if self.conn(id).is_some() {
+            tracing::debug!(?id, "connection lost");
+            self.end_conn(now, id);
+        }
+    }
+
+    pub(super) fn on_timeout(&mut self, now: Instant, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        match &conn.phase {
+            Phase::AwaitConnect => {
+                tracing::debug!(?id, "no CONNECT in time, closing");
+                self.end_conn(now, id);
+            }
+            Phase::AwaitHandover(p) => {
+                // The owner did not answer in time: go on with a fresh session.
+                tracing::warn!(?id, client_id = %p.client_id, "session handover timed out");
+                let (client_id, clean) = (p.client_id.clone(), p.clean);
+                self.activate(now, id, client_id, clean, None);
+            }
+            Phase::Active { .. } => {
+                // [MQTT-3.1.2-24]: 1.5 x keep-alive without a packet.
+                tracing::debug!(?id, "keep-alive expired, closing");
+                self.end_conn(now, id);
+            }
+        }
+    }
+
+    /// Ends a connection: publishes its will (if it still has one), detaches or
+    /// discards its session, and asks the runtime to close the socket.
+    pub(crate) fn end_conn(&mut self, now: Instant, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        let will = conn.will.take();
+        let phase = std::mem::replace(&mut conn.phase, Phase::AwaitConnect);
+        if let Phase::Active { session } = phase {
+            self.stats.clients_connected = self.stats.clients_connected.saturating_sub(1);
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.conn = None;
+            }
+            self.session_gone_offline(session);
+        }
+        self.drop_conn(id);
+        if let Some(w) = will {
+            let msg = Message {
+                topic: w.topic,
+                payload: w.payload,
+                qos: w.qos,
+                retain: w.retain,
+            };
+            self.route(now, msg, None);
+        }
+    }
+
+    /// A session lost its connection: a clean one is discarded ([MQTT-3.1.2-6]) and its
+    /// id released; a persistent one stays to collect QoS 1/2 messages.
+    fn session_gone_offline(&mut self, key: usize) {
+        let clean = self.sessions.get(key).is_none_or(|s| s.clean);
+        if clean {
+            if let Some(s) = self.remove_session(key) {
+                self.registry.release(&s.client_id, self.id);
+            }
+        }
+    }
+
+    /// Forgets the connection and hands its unwritten bytes to the runtime to close.
+    pub(crate) fn drop_conn(&mut self, id: ConnId) {
+        let Some(slot) = self.conns.get_mut(id.slot as usize) else { return };
+        let Some(conn) = slot.take_if(|c| c.gen == id.gen) else { return };
+        let Conn { tx, phase, .. } = conn;
+        if let Phase::Active { session } = phase {
+            if let Some(s) = self.sessions.get_mut(session) {
+                s.conn = None;
+            }
+        }
+        self.effects.close.push((id, tx));
+    }
+
+    /// `Takeover` from another worker: give up our claim on `client_id`.
+    pub(super) fn on_takeover(
+        &mut self,
+        now: Instant,
+        from: WorkerId,
+        client_id: Arc<str>,
+        to: ConnId,
+        clean: bool,
+    ) {
+        // Is our own connection for this client still waiting for a handover?
+        let pending = self.conns.iter().enumerate().find_map(|(slot, c)| match c {
+            Some(Conn {
+                phase: Phase::AwaitHandover(p),
+                gen,
+                ..
+            }) if p.client_id == client_id => Some(ConnId {
+                slot: slot as u32,
+                gen: *gen,
+            }),
+            _ => None,
+        });
+        if let Some(pending) = pending {
+            self.drop_conn(pending);
+            self.forward_handover.insert(client_id, (from, to));
+            return;
+        }
+        let session = self.detach_local_session(now, &client_id).and_then(|key| {
+            let s = self.remove_session(key)?;
+            (!clean && !s.clean).then(|| Box::new(s))
+        });
+        self.send_mesh(
+            from,
+            MeshMsg::Handover {
+                client_id,
+                to,
+                session,
+            },
+        );
+    }
+
+    /// `Handover` from the previous owner: finish the waiting CONNECT.
+    pub(super) fn on_handover(
+        &mut self,
+        now: Instant,
+        client_id: Arc<str>,
+        to: ConnId,
+        session: Option<Box<crate::broker::session::Session>>,
+    ) {
+        if let Some((worker, conn)) = self.forward_handover.remove(&client_id) {
+            self.send_mesh(
+                worker,
+                MeshMsg::Handover {
+                    client_id,
+                    to: conn,
+                    session,
+                },
+            );
+            return;
+        }
+        let waiting = match self.conn(to).map(|c| &c.phase) {
+            Some(Phase::AwaitHandover(p)) if p.client_id == client_id => Some(p.clean),
+            _ => None,
+        };
+        match (waiting, session) {
+            (Some(clean), session) => {
+                let existing = match session {
+                    Some(s) if !clean => Some(self.install_session(*s)),
+                    _ => None,
+                };
+                self.activate(now, to, client_id, clean, existing);
+            }
+            (None, Some(s)) if self.registry.owner(&client_id) == Some(self.id) => {
+                // The new connection is gone already; we still own the client id, so
+                // the persistent session stays here, offline.
+                let key = self.install_session(*s);
+                self.session_gone_offline(key);
+            }
+            (None, _) => {
+                tracing::debug!(%client_id, "late session handover ignored");
+            }
+        }
+    }
+
+    /// Appends a PUBLISH for a delivery to the connection's buffer.
+    pub(crate) fn encode_delivery(
+        &mut self,
+        id: ConnId,
+        msg: &Message,
+        qos: QoS,
+        retain: bool,
+        packet_id: Option<crate::protocol::PacketId>,
+    ) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        encode_publish(
+            &mut conn.tx,
+            false,
+            qos,
+            retain,
+            msg.topic.as_str(),
+            packet_id,
+            &msg.payload,
+        );
+        self.stats.messages_sent += 1;
+        self.stats.publish_sent += 1;
+        self.mark_dirty(id);
+    }
+}

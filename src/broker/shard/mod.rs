@@ -1,0 +1,383 @@
+//! The shard: one worker's whole broker state machine, driven by events and `now`.
+//!
+//! Owns: the connections' protocol state and write buffers, the sessions living on
+//! this worker, the local topic index, the remote interest index, the retained store
+//! replica and the timers. Inputs are method calls (`open`, `packet`, `closed`,
+//! `mesh`, `tick`); outputs are bytes appended to write buffers plus [`Effects`] that
+//! the runtime carries out (flush, close, pause, send batches).
+//! Must not: perform IO, read the clock, or block. Every input for a connection that
+//! no longer exists (a stale [`ConnId`]) is ignored: late events are normal.
+//!
+//! The submodules split the logic by concern: `connect` (CONNECT, takeover, closing,
+//! wills), `route` (PUBLISH in and out, QoS flows, subscriptions, retained), `sys`
+//! (`$SYS` topics and stats).
+
+mod connect;
+mod route;
+mod sys;
+
+use super::mesh::{Batch, MeshMsg};
+use super::registry::Registry;
+use super::retained::RetainedStore;
+use super::session::Session;
+use super::stats::Stats;
+use super::topic_index::TopicIndex;
+use super::{ConnId, WorkerId};
+use crate::config::Config;
+use crate::protocol::{Packet, ProtocolVersion, QoS, Will};
+use slab::Slab;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub use connect::PendingConnect;
+
+/// What the runtime must do after feeding the shard some events.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Connections whose write buffer gained bytes: flush each once.
+    pub dirty: Vec<ConnId>,
+    /// Connections to close, with their last bytes to write first (best effort).
+    pub close: Vec<(ConnId, Vec<u8>)>,
+    /// Stop reading from these connections until the given time.
+    pub pause: Vec<(ConnId, Instant)>,
+    /// One batch per destination worker (index = worker id); empty ones are skipped.
+    pub mesh: Vec<Batch>,
+}
+
+/// Where a connection is in its life.
+#[derive(Debug)]
+pub(crate) enum Phase {
+    /// Accepted; CONNECT not yet received.
+    AwaitConnect,
+    /// CONNECT received; waiting for the session to arrive from another worker.
+    AwaitHandover(Box<PendingConnect>),
+    /// CONNACK sent; `session` is the key into the shard's session slab.
+    Active { session: usize },
+}
+
+/// One connection's state inside the shard.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub gen: u32,
+    pub phase: Phase,
+    /// Encoded packets not yet handed to the socket.
+    pub tx: Vec<u8>,
+    pub dirty: bool,
+    pub last_rx: Instant,
+    pub opened_at: Instant,
+    /// 1.5 x the keep-alive the client asked for; None when it asked for 0.
+    pub keep_alive_limit: Option<Duration>,
+    pub version: ProtocolVersion,
+    /// Published if the connection ends without DISCONNECT.
+    pub will: Option<Will>,
+    /// The deadline of this connection's one live timer entry.
+    pub timer_at: Option<Instant>,
+}
+
+/// One worker's broker.
+pub struct Shard {
+    pub(crate) id: WorkerId,
+    pub(crate) workers: usize,
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) conns: Vec<Option<Conn>>,
+    pub(crate) sessions: Slab<Session>,
+    pub(crate) by_client: HashMap<Arc<str>, usize>,
+    /// Local subscriptions: subscriber id = session key.
+    pub(crate) index: TopicIndex<QoS>,
+    /// Other workers' interest: subscriber id = worker id.
+    pub(crate) interest: TopicIndex<()>,
+    pub(crate) retained: RetainedStore,
+    pub(crate) timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// Takeover requests that reached us while our own connection for that client was
+    /// still waiting for a handover: forward the handover when it comes.
+    pub(crate) forward_handover: HashMap<Arc<str>, (WorkerId, ConnId)>,
+    pub(crate) effects: Effects,
+    pub(crate) stats: Stats,
+    /// Worker 0 only: the latest counters of every worker.
+    pub(crate) worker_stats: Vec<Stats>,
+    pub(crate) started_at: Instant,
+    pub(crate) next_sys_at: Option<Instant>,
+    /// Reused per publish: (session key, granted QoS) of local matches.
+    pub(crate) matches: Vec<(u32, QoS)>,
+    pub(crate) next_auto_id: u64,
+}
+
+impl Shard {
+    /// A shard for worker `id` of `workers`.
+    pub fn new(
+        id: WorkerId,
+        workers: usize,
+        cfg: Arc<Config>,
+        registry: Arc<Registry>,
+        now: Instant,
+    ) -> Shard {
+        assert!(workers >= 1 && workers <= super::WORKERS_MAX && id < workers);
+        let next_sys_at =
+            (cfg.sys_interval_secs > 0).then(|| now + Duration::from_secs(cfg.sys_interval_secs));
+        Shard {
+            id,
+            workers,
+            cfg,
+            registry,
+            conns: Vec::new(),
+            sessions: Slab::new(),
+            by_client: HashMap::new(),
+            index: TopicIndex::new(),
+            interest: TopicIndex::new(),
+            retained: RetainedStore::new(),
+            timers: BinaryHeap::new(),
+            forward_handover: HashMap::new(),
+            effects: Effects {
+                mesh: (0..workers).map(|_| Vec::new()).collect(),
+                ..Effects::default()
+            },
+            stats: Stats::default(),
+            worker_stats: vec![Stats::default(); workers],
+            started_at: now,
+            next_sys_at,
+            matches: Vec::new(),
+            next_auto_id: 0,
+        }
+    }
+
+    pub fn worker_id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// A new network connection: it has `connect_timeout` to send CONNECT.
+    pub fn open(&mut self, now: Instant, id: ConnId) {
+        let slot = id.slot as usize;
+        if self.conns.len() <= slot {
+            self.conns.resize_with(slot + 1, || None);
+        }
+        debug_assert!(self.conns[slot].is_none(), "slot reused while live");
+        self.conns[slot] = Some(Conn {
+            gen: id.gen,
+            phase: Phase::AwaitConnect,
+            tx: Vec::new(),
+            dirty: false,
+            last_rx: now,
+            opened_at: now,
+            keep_alive_limit: None,
+            version: ProtocolVersion::V3_1_1,
+            will: None,
+            timer_at: None,
+        });
+        self.stats.connections_total += 1;
+        self.schedule(id, now + self.cfg.connect_timeout());
+    }
+
+    pub(crate) fn conn(&self, id: ConnId) -> Option<&Conn> {
+        match self.conns.get(id.slot as usize) {
+            Some(Some(c)) if c.gen == id.gen => Some(c),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
+        match self.conns.get_mut(id.slot as usize) {
+            Some(Some(c)) if c.gen == id.gen => Some(c),
+            _ => None,
+        }
+    }
+
+    /// True while the connection exists in the shard.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.conn(id).is_some()
+    }
+
+    /// One decoded packet from a connection.
+    pub fn packet(&mut self, now: Instant, id: ConnId, packet: Packet) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        conn.last_rx = now;
+        self.stats.messages_received += 1;
+        match (&conn.phase, packet) {
+            (Phase::AwaitConnect, Packet::Connect(c)) => self.on_connect(now, id, c),
+            (Phase::AwaitConnect, p) => {
+                // [MQTT-3.1.0-1]: the first packet must be CONNECT.
+                self.protocol_error(now, id, p.name(), "first packet is not CONNECT")
+            }
+            (Phase::AwaitHandover(_), p) => {
+                // The client may not send before CONNACK in practice; we cannot act on
+                // it without a session, so treat it as a violation of the flow.
+                self.protocol_error(now, id, p.name(), "packet before CONNACK")
+            }
+            (Phase::Active { session }, p) => {
+                let session = *session;
+                self.on_active_packet(now, id, session, p)
+            }
+        }
+    }
+
+    fn on_active_packet(&mut self, now: Instant, id: ConnId, session: usize, packet: Packet) {
+        match packet {
+            Packet::Publish(p) => self.on_publish(now, id, session, p),
+            Packet::PubAck(pid) => {
+                if let Some(s) = self.sessions.get_mut(session) {
+                    if s.puback(pid) {
+                        self.pump(id, session);
+                    }
+                }
+            }
+            Packet::PubRec(pid) => {
+                let known = self.sessions.get_mut(session).is_some_and(|s| s.pubrec(pid));
+                if known {
+                    self.write_packet(id, &Packet::PubRel(pid));
+                }
+            }
+            Packet::PubRel(pid) => {
+                if let Some(s) = self.sessions.get_mut(session) {
+                    s.inbound_qos2.remove(&pid);
+                }
+                // [MQTT-4.3.3-2]: PUBCOMP with the same id, even if unknown.
+                self.write_packet(id, &Packet::PubComp(pid));
+            }
+            Packet::PubComp(pid) => {
+                if let Some(s) = self.sessions.get_mut(session) {
+                    if s.pubcomp(pid) {
+                        self.pump(id, session);
+                    }
+                }
+            }
+            Packet::Subscribe(s) => self.on_subscribe(now, id, session, s),
+            Packet::Unsubscribe(u) => self.on_unsubscribe(id, session, u),
+            Packet::PingReq => self.write_packet(id, &Packet::PingResp), // [MQTT-3.12.4-1]
+            Packet::Disconnect => self.on_disconnect(now, id),
+            // [MQTT-3.1.0-2]: a second CONNECT is a protocol violation.
+            Packet::Connect(_) => self.protocol_error(now, id, "CONNECT", "second CONNECT"),
+            p @ (Packet::ConnAck(_)
+            | Packet::SubAck(_)
+            | Packet::UnsubAck(_)
+            | Packet::PingResp) => {
+                self.protocol_error(now, id, p.name(), "server-to-client packet from a client")
+            }
+        }
+    }
+
+    /// Bytes counted by the runtime as read from a connection.
+    pub fn count_rx_bytes(&mut self, n: usize) {
+        self.stats.bytes_received += n as u64;
+    }
+
+    /// The connection's write buffer, for the runtime to flush; clears the dirty mark.
+    pub fn tx_mut(&mut self, id: ConnId) -> Option<&mut Vec<u8>> {
+        let conn = self.conn_mut(id)?;
+        conn.dirty = false;
+        Some(&mut conn.tx)
+    }
+
+    /// Bytes the runtime handed to the kernel.
+    pub fn count_tx_bytes(&mut self, n: usize) {
+        self.stats.bytes_sent += n as u64;
+    }
+
+    /// The runtime's effects; the shard starts collecting anew.
+    pub fn effects(&mut self) -> &mut Effects {
+        &mut self.effects
+    }
+
+    /// Appends an encoded packet to a connection's write buffer.
+    pub(crate) fn write_packet(&mut self, id: ConnId, packet: &Packet) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        crate::protocol::encode_packet(packet, &mut conn.tx);
+        self.stats.messages_sent += 1;
+        self.mark_dirty(id);
+    }
+
+    pub(crate) fn mark_dirty(&mut self, id: ConnId) {
+        if let Some(conn) = self.conn_mut(id) {
+            if !conn.dirty {
+                conn.dirty = true;
+                self.effects.dirty.push(id);
+            }
+        }
+    }
+
+    pub(crate) fn send_mesh(&mut self, to: WorkerId, msg: MeshMsg) {
+        debug_assert!(to != self.id && to < self.workers);
+        self.effects.mesh[to].push(msg);
+    }
+
+    /// Arms the connection's timer for `at` if that is earlier than its live entry.
+    pub(crate) fn schedule(&mut self, id: ConnId, at: Instant) {
+        let Some(conn) = self.conn_mut(id) else { return };
+        if conn.timer_at.is_some_and(|t| t <= at) {
+            return;
+        }
+        conn.timer_at = Some(at);
+        self.timers.push(Reverse((at, id.slot, id.gen)));
+    }
+
+    /// The earliest time `tick` has work to do.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        let t = self.timers.peek().map(|Reverse((at, _, _))| *at);
+        match (t, self.next_sys_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Fires due timers: CONNECT timeouts, keep-alive expiry, handover deadlines and
+    /// the `$SYS` interval.
+    pub fn tick(&mut self, now: Instant) {
+        while let Some(&Reverse((at, slot, gen))) = self.timers.peek() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            let id = ConnId { slot, gen };
+            let Some(conn) = self.conn_mut(id) else { continue };
+            if conn.timer_at != Some(at) {
+                continue; // superseded by an earlier entry
+            }
+            conn.timer_at = None;
+            let due = match &conn.phase {
+                Phase::AwaitConnect => Some(conn.opened_at + self.cfg.connect_timeout()),
+                Phase::AwaitHandover(p) => Some(p.deadline),
+                Phase::Active { .. } => conn.keep_alive_limit.map(|k| conn.last_rx + k),
+            };
+            match due {
+                Some(due) if due > now => self.schedule(id, due),
+                Some(_) => self.on_timeout(now, id),
+                None => {}
+            }
+        }
+        if self.next_sys_at.is_some_and(|t| t <= now) {
+            self.next_sys_at = Some(now + Duration::from_secs(self.cfg.sys_interval_secs));
+            self.sys_tick(now);
+        }
+    }
+
+    /// A batch of messages from another worker.
+    pub fn mesh(&mut self, now: Instant, from: WorkerId, batch: Batch) {
+        for msg in batch {
+            self.on_mesh(now, from, msg);
+        }
+    }
+
+    /// A snapshot of this worker's counters with the gauges filled in.
+    pub fn stats(&self) -> Stats {
+        let mut s = self.stats.clone();
+        s.subscriptions = self.index.subscription_count() as u64;
+        s.retained = self.retained.len() as u64;
+        s.clients_disconnected = self.sessions.iter().filter(|(_, s)| s.conn.is_none()).count() as u64;
+        s.queued = self.sessions.iter().map(|(_, s)| s.queue.len() as u64).sum();
+        s
+    }
+
+    /// Number of sessions held by this worker (online or not).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Number of connections this shard knows.
+    pub fn conn_count(&self) -> usize {
+        self.conns.iter().filter(|c| c.is_some()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,317 @@
+//! PUBLISH in and out: inbound QoS flows, routing to local sessions and remote
+//! workers, outbound QoS windows and queues, SUBSCRIBE/UNSUBSCRIBE and retained
+//! delivery. This is the hot path: no allocation per subscriber, one match per publish.
+
+use super::Shard;
+use crate::broker::mesh::{MeshMsg, Origin};
+use crate::broker::message::Message;
+use crate::broker::session::{Enqueued, Queued};
+use crate::broker::{ConnId, WorkerId};
+use crate::protocol::{Packet, Publish, QoS, SubAck, SubAckCode, Subscribe, TopicFilter, Unsubscribe};
+use std::time::Instant;
+
+impl Shard {
+    pub(super) fn on_publish(&mut self, now: Instant, id: ConnId, key: usize, p: Publish) {
+        self.stats.publish_received += 1;
+        let msg = Message {
+            topic: p.topic,
+            payload: p.payload,
+            qos: p.qos,
+            retain: p.retain,
+        };
+        // Clients may not write the broker's own `$SYS` tree; the message is
+        // acknowledged as the protocol requires but not forwarded or retained.
+        let forward = !msg.topic.as_str().starts_with("$SYS");
+        match (p.qos, p.packet_id) {
+            (QoS::AtMostOnce, _) => {
+                if forward {
+                    self.route(now, msg, Some(id));
+                }
+            }
+            (QoS::AtLeastOnce, Some(pid)) => {
+                if forward {
+                    self.route(now, msg, Some(id));
+                }
+                self.write_packet(id, &Packet::PubAck(pid)); // [MQTT-4.3.2-2]
+            }
+            (QoS::ExactlyOnce, Some(pid)) => {
+                // [MQTT-4.3.3-2]: deliver once, remember the id until PUBREL.
+                let first = self
+                    .sessions
+                    .get_mut(key)
+                    .is_some_and(|s| s.inbound_qos2.insert(pid));
+                if first && forward {
+                    self.route(now, msg, Some(id));
+                }
+                self.write_packet(id, &Packet::PubRec(pid));
+            }
+            (_, None) => {
+                // The decoder guarantees an id for QoS > 0; keep the shard total anyway.
+                debug_assert!(false, "QoS > 0 PUBLISH without packet id");
+                self.protocol_error(now, id, "PUBLISH", "QoS > 0 without packet id");
+            }
+        }
+    }
+
+    /// Sends a message to every matching subscriber, local and remote. `from` is the
+    /// publishing connection on this worker, if any (for back-pressure).
+    pub(crate) fn route(&mut self, now: Instant, mut msg: Message, from: Option<ConnId>) {
+        if msg.qos != QoS::AtMostOnce || msg.retain {
+            // It may be held in queues or the retained store: stop pinning the read buffer.
+            msg = msg.compacted();
+        }
+        let origin = from.map(|conn| Origin {
+            worker: self.id,
+            conn,
+        });
+        if msg.retain {
+            self.store_retained(&msg);
+        }
+        let mut mask: u64 = 0;
+        if msg.retain {
+            // Every worker keeps a replica of the retained store.
+            mask = (1u64 << self.workers) - 1;
+        } else if self.workers > 1 {
+            self.interest
+                .for_each_match(&msg.topic, |w, ()| mask |= 1u64 << w);
+        }
+        mask &= !(1u64 << self.id);
+        while mask != 0 {
+            let w = mask.trailing_zeros() as WorkerId;
+            mask &= mask - 1;
+            self.send_mesh(
+                w,
+                MeshMsg::Publish {
+                    msg: msg.clone(),
+                    origin,
+                    sent_at: now,
+                },
+            );
+        }
+        self.deliver_local(now, &msg, origin);
+    }
+
+    /// Delivers to this worker's matching sessions, once per session at the highest
+    /// granted QoS among its matching filters ([MQTT-3.3.5-1]).
+    pub(crate) fn deliver_local(&mut self, now: Instant, msg: &Message, origin: Option<Origin>) {
+        let mut matches = std::mem::take(&mut self.matches);
+        matches.clear();
+        self.index
+            .for_each_match(&msg.topic, |sub, qos| matches.push((sub, qos)));
+        if matches.len() > 1 {
+            matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+            matches.dedup_by_key(|m| m.0);
+        }
+        for &(key, granted) in &matches {
+            // [MQTT-3.3.1-9]: RETAIN is cleared on normal forwarding.
+            self.deliver(now, key as usize, msg, granted, false, origin);
+        }
+        self.matches = matches;
+    }
+
+    /// One delivery to one session at min(published, granted) QoS ([MQTT-3.8.4-6]).
+    pub(crate) fn deliver(
+        &mut self,
+        now: Instant,
+        key: usize,
+        msg: &Message,
+        granted: QoS,
+        retain: bool,
+        origin: Option<Origin>,
+    ) {
+        let qos = msg.qos.min(granted);
+        let max_inflight = self.cfg.max_inflight;
+        let limit = self.cfg.max_queued_messages;
+        let Some(session) = self.sessions.get_mut(key) else { return };
+        let online = session.conn;
+        if qos == QoS::AtMostOnce {
+            let Some(cid) = online else {
+                self.stats.dropped_qos0_offline += 1;
+                return;
+            };
+            let full = self
+                .conn(cid)
+                .is_none_or(|c| c.tx.len() >= self.cfg.max_outbound_bytes);
+            if full {
+                self.stats.dropped_qos0_slow += 1;
+                return;
+            }
+            self.encode_delivery(cid, msg, qos, retain, None);
+            return;
+        }
+        match online {
+            Some(cid) if session.queue.is_empty() && session.window_open(max_inflight) => {
+                let pid = session.start_inflight(qos, msg.clone(), retain);
+                self.encode_delivery(cid, msg, qos, retain, Some(pid));
+            }
+            _ => {
+                // Online: congestion starts at the limit and back-pressures the
+                // publisher; the oldest is dropped only at twice the limit. Offline: the
+                // oldest is dropped at the limit.
+                let hard = if online.is_some() { limit.saturating_mul(2) } else { limit };
+                let item = Queued {
+                    qos,
+                    msg: msg.clone(),
+                    retain,
+                };
+                match session.enqueue(item, limit, hard) {
+                    Enqueued::Ok => {}
+                    Enqueued::Congested => {
+                        if online.is_some() {
+                            self.backpressure(now, origin);
+                        }
+                    }
+                    Enqueued::DroppedOldest => {
+                        self.stats.dropped_queue_full += 1;
+                        if online.is_some() {
+                            self.backpressure(now, origin);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn backpressure(&mut self, now: Instant, origin: Option<Origin>) {
+        let Some(o) = origin else { return };
+        let until = now + self.cfg.backpressure_pause();
+        self.stats.backpressure_pauses += 1;
+        if o.worker == self.id {
+            self.effects.pause.push((o.conn, until));
+        } else {
+            self.send_mesh(o.worker, MeshMsg::Pause { conn: o.conn, until });
+        }
+    }
+
+    /// Moves queued messages into the in-flight window while it has room.
+    pub(crate) fn pump(&mut self, id: ConnId, key: usize) {
+        let max_inflight = self.cfg.max_inflight;
+        loop {
+            let Some(session) = self.sessions.get_mut(key) else { return };
+            if !session.window_open(max_inflight) {
+                return;
+            }
+            let Some(q) = session.queue.pop_front() else { return };
+            let pid = session.start_inflight(q.qos, q.msg.clone(), q.retain);
+            self.encode_delivery(id, &q.msg, q.qos, q.retain, Some(pid));
+        }
+    }
+
+    pub(super) fn on_subscribe(&mut self, now: Instant, id: ConnId, key: usize, sub: Subscribe) {
+        let mut codes = Vec::with_capacity(sub.filters.len());
+        for (filter, qos) in &sub.filters {
+            let granted = *qos; // the broker supports every QoS
+            if let Some(s) = self.sessions.get_mut(key) {
+                s.add_subscription(filter, granted); // [MQTT-3.8.4-3]: replaces
+            }
+            self.index_insert(filter, key, granted);
+            codes.push(SubAckCode::Granted(granted));
+        }
+        // [MQTT-3.8.4-1], [MQTT-3.8.4-2], [MQTT-3.8.4-5]: one code per filter, in order.
+        self.write_packet(
+            id,
+            &Packet::SubAck(SubAck {
+                packet_id: sub.packet_id,
+                codes,
+            }),
+        );
+        // [MQTT-3.3.1-6], [MQTT-3.8.4-3]: retained messages go out with RETAIN set.
+        let mut retained = Vec::new();
+        for (filter, granted) in &sub.filters {
+            self.retained
+                .for_each_match(filter, |m| retained.push((m.clone(), *granted)));
+        }
+        for (msg, granted) in retained {
+            self.deliver(now, key, &msg, granted, true, None);
+        }
+    }
+
+    pub(super) fn on_unsubscribe(&mut self, id: ConnId, key: usize, unsub: Unsubscribe) {
+        for filter in &unsub.filters {
+            let existed = self
+                .sessions
+                .get_mut(key)
+                .is_some_and(|s| s.remove_subscription(filter));
+            if existed {
+                self.index_remove(filter, key);
+            }
+        }
+        // [MQTT-3.10.4-4], [MQTT-3.10.4-5]: UNSUBACK even when nothing matched.
+        self.write_packet(id, &Packet::UnsubAck(unsub.packet_id));
+    }
+
+    /// Adds to the local index and tells the other workers about a new filter.
+    pub(crate) fn index_insert(&mut self, filter: &TopicFilter, key: usize, qos: QoS) {
+        let r = self.index.insert(filter, key as u32, qos);
+        if r.filter_was_empty {
+            self.broadcast_interest(filter, true);
+        }
+    }
+
+    pub(crate) fn index_remove(&mut self, filter: &TopicFilter, key: usize) {
+        let r = self.index.remove(filter, key as u32);
+        if r.previous.is_some() && r.filter_now_empty {
+            self.broadcast_interest(filter, false);
+        }
+    }
+
+    fn broadcast_interest(&mut self, filter: &TopicFilter, add: bool) {
+        for w in (0..self.workers).filter(|&w| w != self.id) {
+            self.send_mesh(
+                w,
+                MeshMsg::Interest {
+                    filter: filter.clone(),
+                    add,
+                },
+            );
+        }
+    }
+
+    /// Updates this worker's retained replica: an empty payload deletes
+    /// ([MQTT-3.3.1-10]), anything else replaces ([MQTT-3.3.1-5]).
+    fn store_retained(&mut self, msg: &Message) {
+        if msg.payload.is_empty() {
+            self.retained.remove(&msg.topic);
+        } else {
+            self.retained.insert(msg.clone());
+        }
+    }
+
+    pub(super) fn on_mesh(&mut self, now: Instant, from: WorkerId, msg: MeshMsg) {
+        match msg {
+            MeshMsg::Publish { msg, origin, .. } => {
+                if msg.retain {
+                    self.store_retained(&msg);
+                }
+                self.deliver_local(now, &msg, origin);
+            }
+            MeshMsg::Interest { filter, add } => {
+                if add {
+                    self.interest.insert(&filter, from as u32, ());
+                } else {
+                    self.interest.remove(&filter, from as u32);
+                }
+            }
+            MeshMsg::Takeover {
+                client_id,
+                to,
+                clean,
+            } => self.on_takeover(now, from, client_id, to, clean),
+            MeshMsg::Handover {
+                client_id,
+                to,
+                session,
+            } => self.on_handover(now, client_id, to, session),
+            MeshMsg::Pause { conn, until } => {
+                if self.is_open(conn) {
+                    self.effects.pause.push((conn, until));
+                }
+            }
+            MeshMsg::Stats(s) => {
+                if let Some(slot) = self.worker_stats.get_mut(from) {
+                    *slot = *s;
+                }
+            }
+        }
+    }
+}

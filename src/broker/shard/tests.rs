@@ -1,0 +1,523 @@
+//! Scenario tests of the shard alone: packets in, bytes out, on a virtual clock.
+
+use super::Shard;
+use crate::broker::registry::Registry;
+use crate::broker::ConnId;
+use crate::config::Config;
+use crate::protocol::*;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Several shards on one thread; mesh batches are delivered by [`H::settle`].
+struct H {
+    shards: Vec<Shard>,
+    now: Instant,
+    closed: Vec<ConnId>,
+    next_slot: u32,
+}
+
+impl H {
+    fn new(workers: usize) -> H {
+        Self::with(workers, Config::default())
+    }
+
+    fn with(workers: usize, mut cfg: Config) -> H {
+        cfg.sys_interval_secs = 0;
+        let cfg = Arc::new(cfg);
+        let reg = Arc::new(Registry::new());
+        let now = Instant::now();
+        H {
+            shards: (0..workers)
+                .map(|w| Shard::new(w, workers, cfg.clone(), reg.clone(), now))
+                .collect(),
+            now,
+            closed: Vec::new(),
+            next_slot: 0,
+        }
+    }
+
+    fn open(&mut self, w: usize) -> (usize, ConnId) {
+        self.next_slot += 1;
+        let id = ConnId {
+            slot: self.next_slot,
+            gen: 1,
+        };
+        self.shards[w].open(self.now, id);
+        (w, id)
+    }
+
+    fn send(&mut self, c: (usize, ConnId), p: Packet) {
+        self.shards[c.0].packet(self.now, c.1, p);
+        self.settle();
+    }
+
+    /// Delivers mesh batches until none are left and collects closes.
+    fn settle(&mut self) {
+        loop {
+            let mut moved = false;
+            for from in 0..self.shards.len() {
+                let closes = std::mem::take(&mut self.shards[from].effects().close);
+                self.closed.extend(closes.into_iter().map(|(id, _)| id));
+                for to in 0..self.shards.len() {
+                    let batch = std::mem::take(&mut self.shards[from].effects().mesh[to]);
+                    if !batch.is_empty() {
+                        moved = true;
+                        self.shards[to].mesh(self.now, from, batch);
+                    }
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    fn recv(&mut self, c: (usize, ConnId)) -> Vec<Packet> {
+        let Some(tx) = self.shards[c.0].tx_mut(c.1) else { return Vec::new() };
+        let mut buf = BytesMut::from(&tx[..]);
+        tx.clear();
+        let mut out = Vec::new();
+        while let Some(p) = decode_one(&mut buf, usize::MAX).unwrap() {
+            out.push(p);
+        }
+        assert!(buf.is_empty(), "trailing partial packet in output");
+        out
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        for s in &mut self.shards {
+            s.tick(self.now);
+        }
+        self.settle();
+    }
+
+    fn is_closed(&self, c: (usize, ConnId)) -> bool {
+        !self.shards[c.0].is_open(c.1)
+    }
+
+    fn connect_with(&mut self, w: usize, connect: Connect) -> ((usize, ConnId), ConnAck) {
+        let c = self.open(w);
+        self.send(c, Packet::Connect(connect));
+        let mut got = self.recv(c);
+        assert!(!got.is_empty(), "no CONNACK");
+        match got.remove(0) {
+            Packet::ConnAck(a) => (c, a),
+            p => panic!("expected CONNACK, got {p:?}"),
+        }
+    }
+
+    fn connect(&mut self, w: usize, id: &str, clean: bool) -> (usize, ConnId) {
+        let (c, ack) = self.connect_with(w, connect(id, clean));
+        assert_eq!(ack.code, ConnectReturnCode::Accepted);
+        c
+    }
+
+    fn subscribe(&mut self, c: (usize, ConnId), filter: &str, qos: QoS) {
+        self.send(
+            c,
+            Packet::Subscribe(Subscribe {
+                packet_id: pid(1),
+                filters: vec![(TopicFilter::new(filter).unwrap(), qos)],
+            }),
+        );
+        let got = self.recv(c);
+        assert!(
+            matches!(&got[0], Packet::SubAck(s) if s.codes == vec![SubAckCode::Granted(qos)]),
+            "{got:?}"
+        );
+    }
+}
+
+fn pid(n: u16) -> PacketId {
+    PacketId::new(n).unwrap()
+}
+
+fn connect(id: &str, clean: bool) -> Connect {
+    Connect {
+        version: ProtocolVersion::V3_1_1,
+        clean_session: clean,
+        keep_alive_secs: 0,
+        client_id: id.into(),
+        will: None,
+        username: None,
+        password: None,
+    }
+}
+
+fn publish(topic: &str, qos: QoS, id: u16, payload: &'static [u8]) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain: false,
+        topic: TopicName::new(topic).unwrap(),
+        packet_id: (qos != QoS::AtMostOnce).then(|| pid(id)),
+        payload: Bytes::from_static(payload),
+    })
+}
+
+fn published(p: &Packet) -> &Publish {
+    match p {
+        Packet::Publish(p) => p,
+        p => panic!("expected PUBLISH, got {p:?}"),
+    }
+}
+
+#[test]
+fn connack_accepts_and_reports_no_session() {
+    let mut h = H::new(1);
+    let (_, ack) = h.connect_with(0, connect("a", true));
+    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert!(!ack.session_present, "[MQTT-3.2.2-1]");
+}
+
+#[test]
+fn first_packet_must_be_connect() {
+    // [MQTT-3.1.0-1]
+    let mut h = H::new(1);
+    let c = h.open(0);
+    h.send(c, Packet::PingReq);
+    assert!(h.is_closed(c));
+}
+
+#[test]
+fn second_connect_closes() {
+    // [MQTT-3.1.0-2]
+    let mut h = H::new(1);
+    let c = h.connect(0, "a", true);
+    h.send(c, Packet::Connect(connect("a", true)));
+    assert!(h.is_closed(c));
+}
+
+#[test]
+fn empty_client_id_rules() {
+    let mut h = H::new(1);
+    // [MQTT-3.1.3-8]: empty id with clean session 0 -> 0x02 and close.
+    let (c, ack) = h.connect_with(0, connect("", false));
+    assert_eq!(ack.code, ConnectReturnCode::IdentifierRejected);
+    assert!(h.is_closed(c));
+    // [MQTT-3.1.3-6]: empty id with clean session 1 -> accepted with a fresh id.
+    let (c, ack) = h.connect_with(0, connect("", true));
+    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert!(!h.is_closed(c));
+}
+
+#[test]
+fn v31_client_id_longer_than_23_is_rejected() {
+    let mut h = H::new(1);
+    let mut c = connect("abcdefghijklmnopqrstuvwxyz", true);
+    c.version = ProtocolVersion::V3_1;
+    let (_, ack) = h.connect_with(0, c);
+    assert_eq!(ack.code, ConnectReturnCode::IdentifierRejected);
+}
+
+#[test]
+fn connect_timeout_closes() {
+    let mut h = H::new(1);
+    let c = h.open(0);
+    h.advance(Duration::from_secs(9));
+    assert!(!h.is_closed(c));
+    h.advance(Duration::from_secs(2));
+    assert!(h.is_closed(c));
+}
+
+#[test]
+fn qos_levels_end_to_end() {
+    let mut h = H::new(1);
+    let sub = h.connect(0, "sub", true);
+    h.subscribe(sub, "t/#", QoS::ExactlyOnce);
+    let pubc = h.connect(0, "pub", true);
+
+    h.send(pubc, publish("t/0", QoS::AtMostOnce, 0, b"zero"));
+    assert!(h.recv(pubc).is_empty(), "no ack for QoS 0");
+    let got = h.recv(sub);
+    assert_eq!(published(&got[0]).qos, QoS::AtMostOnce);
+
+    h.send(pubc, publish("t/1", QoS::AtLeastOnce, 7, b"one"));
+    assert_eq!(h.recv(pubc), vec![Packet::PubAck(pid(7))]);
+    let got = h.recv(sub);
+    let p = published(&got[0]);
+    assert_eq!((p.qos, &p.payload[..]), (QoS::AtLeastOnce, &b"one"[..]));
+    h.send(sub, Packet::PubAck(p.packet_id.unwrap()));
+
+    h.send(pubc, publish("t/2", QoS::ExactlyOnce, 8, b"two"));
+    assert_eq!(h.recv(pubc), vec![Packet::PubRec(pid(8))]);
+    // A duplicate before PUBREL is acknowledged but not delivered again [MQTT-4.3.3-2].
+    h.send(pubc, publish("t/2", QoS::ExactlyOnce, 8, b"two"));
+    assert_eq!(h.recv(pubc), vec![Packet::PubRec(pid(8))]);
+    h.send(pubc, Packet::PubRel(pid(8)));
+    assert_eq!(h.recv(pubc), vec![Packet::PubComp(pid(8))]);
+    let got = h.recv(sub);
+    assert_eq!(got.len(), 1, "exactly once: {got:?}");
+    let id = published(&got[0]).packet_id.unwrap();
+    h.send(sub, Packet::PubRec(id));
+    assert_eq!(h.recv(sub), vec![Packet::PubRel(id)]);
+    h.send(sub, Packet::PubComp(id));
+    assert!(h.recv(sub).is_empty());
+}
+
+#[test]
+fn delivered_qos_is_min_of_published_and_granted() {
+    let mut h = H::new(1);
+    let sub = h.connect(0, "sub", true);
+    h.subscribe(sub, "t", QoS::AtLeastOnce);
+    let pubc = h.connect(0, "pub", true);
+    h.send(pubc, publish("t", QoS::ExactlyOnce, 1, b"x"));
+    let got = h.recv(sub);
+    assert_eq!(published(&got[0]).qos, QoS::AtLeastOnce);
+}
+
+#[test]
+fn overlapping_subscriptions_deliver_once_at_highest_qos() {
+    let mut h = H::new(1);
+    let sub = h.connect(0, "sub", true);
+    h.subscribe(sub, "a/+", QoS::AtMostOnce);
+    h.subscribe(sub, "a/#", QoS::AtLeastOnce);
+    h.subscribe(sub, "a/b", QoS::AtMostOnce);
+    let pubc = h.connect(0, "pub", true);
+    h.send(pubc, publish("a/b", QoS::ExactlyOnce, 1, b"x"));
+    let got = h.recv(sub);
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(published(&got[0]).qos, QoS::AtLeastOnce);
+}
+
+#[test]
+fn retained_messages() {
+    let mut h = H::new(2);
+    let pubc = h.connect(0, "pub", true);
+    let mut p = publish("r/1", QoS::AtLeastOnce, 1, b"kept");
+    if let Packet::Publish(p) = &mut p {
+        p.retain = true;
+    }
+    h.send(pubc, p);
+    // A subscriber on the other worker sees it with RETAIN set [MQTT-3.3.1-6].
+    let sub = h.connect(1, "sub", true);
+    h.send(
+        sub,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(3),
+            filters: vec![(TopicFilter::new("r/+").unwrap(), QoS::ExactlyOnce)],
+        }),
+    );
+    let got = h.recv(sub);
+    assert!(matches!(got[0], Packet::SubAck(_)));
+    let r = published(&got[1]);
+    assert!(r.retain);
+    assert_eq!(r.qos, QoS::AtLeastOnce);
+    assert_eq!(&r.payload[..], b"kept");
+    // Normal forwarding clears RETAIN [MQTT-3.3.1-9].
+    let mut p = publish("r/1", QoS::AtMostOnce, 0, b"new");
+    if let Packet::Publish(p) = &mut p {
+        p.retain = true;
+    }
+    h.send(pubc, p);
+    let got = h.recv(sub);
+    assert!(!published(&got[0]).retain);
+    // An empty retained payload deletes [MQTT-3.3.1-10].
+    let mut p = publish("r/1", QoS::AtMostOnce, 0, b"");
+    if let Packet::Publish(p) = &mut p {
+        p.retain = true;
+    }
+    h.send(pubc, p);
+    let late = h.connect(1, "late", true);
+    h.send(
+        late,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(3),
+            filters: vec![(TopicFilter::new("r/#").unwrap(), QoS::AtMostOnce)],
+        }),
+    );
+    assert_eq!(h.recv(late).len(), 1, "only the SUBACK");
+}
+
+#[test]
+fn will_on_abnormal_close_not_on_disconnect() {
+    let mut h = H::new(2);
+    let watcher = h.connect(1, "w", true);
+    h.subscribe(watcher, "wills/#", QoS::AtLeastOnce);
+    let mut c = connect("dying", true);
+    c.will = Some(Will {
+        topic: TopicName::new("wills/dying").unwrap(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+    });
+    let (dying, _) = h.connect_with(0, c.clone());
+    h.shards[0].closed(h.now, dying.1);
+    h.settle();
+    let got = h.recv(watcher);
+    assert_eq!(&published(&got[0]).payload[..], b"gone");
+
+    let (polite, _) = h.connect_with(0, c);
+    h.send(polite, Packet::Disconnect);
+    assert!(h.is_closed(polite));
+    assert!(h.recv(watcher).is_empty(), "[MQTT-3.14.4-3]");
+}
+
+#[test]
+fn keep_alive_expiry_closes_and_publishes_will() {
+    let mut h = H::new(1);
+    let watcher = h.connect(0, "w", true);
+    h.subscribe(watcher, "wills/#", QoS::AtMostOnce);
+    let mut c = connect("ka", true);
+    c.keep_alive_secs = 2;
+    c.will = Some(Will {
+        topic: TopicName::new("wills/ka").unwrap(),
+        payload: Bytes::from_static(b"timeout"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+    });
+    let (ka, _) = h.connect_with(0, c);
+    h.advance(Duration::from_millis(2900));
+    h.send(ka, Packet::PingReq);
+    assert_eq!(h.recv(ka), vec![Packet::PingResp]);
+    h.advance(Duration::from_millis(2900));
+    assert!(!h.is_closed(ka), "PINGREQ reset the keep-alive");
+    h.advance(Duration::from_millis(200));
+    assert!(h.is_closed(ka), "[MQTT-3.1.2-24] 1.5 x keep-alive");
+    let got = h.recv(watcher);
+    assert_eq!(&published(&got[0]).payload[..], b"timeout");
+}
+
+#[test]
+fn persistent_session_queues_while_offline() {
+    let mut h = H::new(1);
+    let sub = h.connect(0, "p", false);
+    h.subscribe(sub, "q", QoS::AtLeastOnce);
+    h.shards[0].closed(h.now, sub.1);
+    let pubc = h.connect(0, "pub", true);
+    h.send(pubc, publish("q", QoS::AtLeastOnce, 1, b"m1"));
+    h.send(pubc, publish("q", QoS::AtMostOnce, 0, b"m0"));
+    h.send(pubc, publish("q", QoS::AtLeastOnce, 2, b"m2"));
+    let (sub, ack) = h.connect_with(0, connect("p", false));
+    assert!(ack.session_present, "[MQTT-3.2.2-2]");
+    let got = h.recv(sub);
+    let payloads: Vec<_> = got.iter().map(|p| published(p).payload.clone()).collect();
+    assert_eq!(payloads, vec![Bytes::from_static(b"m1"), Bytes::from_static(b"m2")]);
+    // A clean reconnect discards the session [MQTT-3.1.2-6].
+    h.shards[0].closed(h.now, sub.1);
+    let (_, ack) = h.connect_with(0, connect("p", true));
+    assert!(!ack.session_present);
+}
+
+#[test]
+fn unacknowledged_messages_are_resent_with_dup_on_reconnect() {
+    let mut h = H::new(1);
+    let sub = h.connect(0, "p", false);
+    h.subscribe(sub, "q", QoS::ExactlyOnce);
+    let pubc = h.connect(0, "pub", true);
+    h.send(pubc, publish("q", QoS::AtLeastOnce, 1, b"a"));
+    h.send(pubc, publish("q", QoS::ExactlyOnce, 2, b"b"));
+    let got = h.recv(sub);
+    let (a, b) = (published(&got[0]).clone(), published(&got[1]).clone());
+    h.send(sub, Packet::PubRec(b.packet_id.unwrap()));
+    assert_eq!(h.recv(sub), vec![Packet::PubRel(b.packet_id.unwrap())]);
+    h.shards[0].closed(h.now, sub.1);
+    let (sub, ack) = h.connect_with(0, connect("p", false));
+    assert!(ack.session_present);
+    let got = h.recv(sub);
+    let again = published(&got[0]);
+    assert!(again.dup, "[MQTT-4.4.0-1]");
+    assert_eq!(again.packet_id, a.packet_id);
+    assert_eq!(got[1], Packet::PubRel(b.packet_id.unwrap()));
+}
+
+#[test]
+fn inflight_window_limits_and_queue_drains_in_order() {
+    let cfg = Config {
+        max_inflight: 2,
+        ..Config::default()
+    };
+    let mut h = H::with(1, cfg);
+    let sub = h.connect(0, "s", true);
+    h.subscribe(sub, "q", QoS::AtLeastOnce);
+    let pubc = h.connect(0, "pub", true);
+    for i in 1..=5u16 {
+        h.send(pubc, publish("q", QoS::AtLeastOnce, i, b"x"));
+    }
+    let got = h.recv(sub);
+    assert_eq!(got.len(), 2, "window of 2");
+    h.send(sub, Packet::PubAck(published(&got[0]).packet_id.unwrap()));
+    assert_eq!(h.recv(sub).len(), 1, "one slot freed, one sent");
+}
+
+#[test]
+fn takeover_across_workers_moves_the_session() {
+    let mut h = H::new(2);
+    let old = h.connect(0, "dev", false);
+    h.subscribe(old, "cmd/dev", QoS::AtLeastOnce);
+    let pubc = h.connect(1, "pub", true);
+    h.send(pubc, publish("cmd/dev", QoS::AtLeastOnce, 1, b"one"));
+    let got = h.recv(old);
+    assert_eq!(got.len(), 1);
+    // Unacknowledged; now the client reconnects on the other worker.
+    let (new, ack) = h.connect_with(1, connect("dev", false));
+    assert!(h.is_closed(old), "[MQTT-3.1.4-2] old connection closed");
+    assert!(ack.session_present);
+    let got = h.recv(new);
+    assert!(published(&got[0]).dup, "unacknowledged message resent");
+    // New messages reach the session on its new worker.
+    h.send(pubc, publish("cmd/dev", QoS::AtLeastOnce, 2, b"two"));
+    let got = h.recv(new);
+    assert_eq!(&published(&got[0]).payload[..], b"two");
+    assert_eq!(h.shards[0].session_count(), 0);
+}
+
+#[test]
+fn cross_worker_routing_follows_interest() {
+    let mut h = H::new(2);
+    let sub = h.connect(1, "s", true);
+    h.subscribe(sub, "x/+", QoS::AtMostOnce);
+    let pubc = h.connect(0, "p", true);
+    h.send(pubc, publish("x/1", QoS::AtMostOnce, 0, b"hi"));
+    assert_eq!(h.recv(sub).len(), 1);
+    h.send(
+        sub,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: pid(9),
+            filters: vec![TopicFilter::new("x/+").unwrap()],
+        }),
+    );
+    assert_eq!(h.recv(sub), vec![Packet::UnsubAck(pid(9))]);
+    h.send(pubc, publish("x/1", QoS::AtMostOnce, 0, b"hi"));
+    assert!(h.recv(sub).is_empty());
+    assert!(h.shards[0].effects().mesh[1].is_empty(), "no interest, nothing forwarded");
+}
+
+#[test]
+fn clean_sessions_leave_nothing_behind() {
+    let mut h = H::new(2);
+    for i in 0..10 {
+        let c = h.connect(i % 2, &format!("c{i}"), true);
+        h.subscribe(c, &format!("t/{i}"), QoS::AtLeastOnce);
+        h.shards[c.0].closed(h.now, c.1);
+    }
+    h.settle();
+    for s in &h.shards {
+        assert_eq!(s.session_count(), 0);
+        assert_eq!(s.conn_count(), 0);
+        assert_eq!(s.stats().subscriptions, 0);
+    }
+}
+
+#[test]
+fn client_publish_to_sys_is_not_forwarded() {
+    let mut h = H::new(1);
+    let sub = h.connect(0, "s", true);
+    h.subscribe(sub, "$SYS/#", QoS::AtMostOnce);
+    let pubc = h.connect(0, "p", true);
+    h.send(pubc, publish("$SYS/broker/fake", QoS::AtLeastOnce, 1, b"x"));
+    assert_eq!(h.recv(pubc), vec![Packet::PubAck(pid(1))]);
+    assert!(h.recv(sub).is_empty());
+}
+
+#[test]
+fn stale_events_are_ignored() {
+    let mut h = H::new(1);
+    let c = h.connect(0, "a", true);
+    h.shards[0].closed(h.now, c.1);
+    h.shards[0].closed(h.now, c.1);
+    h.shards[0].packet(h.now, c.1, Packet::PingReq);
+    assert!(h.shards[0].tx_mut(c.1).is_none());
+}

@@ -1,0 +1,65 @@
+//! Per-worker counters, merged off the hot path by the `$SYS` publisher.
+//!
+//! Owns: the counters and their names. Each worker increments its own plain integers
+//! (no atomics shared between cores); worker 0 receives snapshots over the mesh.
+
+/// Counters kept by one worker. Cumulative unless noted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Connections with an accepted CONNECT right now (gauge).
+    pub clients_connected: u64,
+    /// Persistent sessions held while their client is away (gauge).
+    pub clients_disconnected: u64,
+    /// Connections accepted since start.
+    pub connections_total: u64,
+    pub messages_received: u64,
+    pub messages_sent: u64,
+    pub publish_received: u64,
+    pub publish_sent: u64,
+    pub bytes_received: u64,
+    pub bytes_sent: u64,
+    /// Local subscriptions (gauge).
+    pub subscriptions: u64,
+    /// Retained messages in this worker's replica (gauge).
+    pub retained: u64,
+    /// QoS 1/2 messages waiting in session queues (gauge).
+    pub queued: u64,
+    /// QoS 0 deliveries dropped because the subscriber's write buffer was full.
+    pub dropped_qos0_slow: u64,
+    /// QoS 0 deliveries not made because the subscriber was offline (never queued).
+    pub dropped_qos0_offline: u64,
+    /// QoS 1/2 messages dropped from a full session queue (oldest first).
+    pub dropped_queue_full: u64,
+    /// Connections closed for protocol violations.
+    pub protocol_errors: u64,
+    /// Publisher pauses ordered because a subscriber's queue was congested.
+    pub backpressure_pauses: u64,
+}
+
+impl Stats {
+    /// Adds another worker's counters into this one.
+    pub fn merge(&mut self, o: &Stats) {
+        self.clients_connected += o.clients_connected;
+        self.clients_disconnected += o.clients_disconnected;
+        self.connections_total += o.connections_total;
+        self.messages_received += o.messages_received;
+        self.messages_sent += o.messages_sent;
+        self.publish_received += o.publish_received;
+        self.publish_sent += o.publish_sent;
+        self.bytes_received += o.bytes_received;
+        self.bytes_sent += o.bytes_sent;
+        self.subscriptions += o.subscriptions;
+        self.retained = self.retained.max(o.retained); // replicas: the same store
+        self.queued += o.queued;
+        self.dropped_qos0_slow += o.dropped_qos0_slow;
+        self.dropped_qos0_offline += o.dropped_qos0_offline;
+        self.dropped_queue_full += o.dropped_queue_full;
+        self.protocol_errors += o.protocol_errors;
+        self.backpressure_pauses += o.backpressure_pauses;
+    }
+
+    /// Total messages dropped for any reason.
+    pub fn dropped(&self) -> u64 {
+        self.dropped_qos0_slow + self.dropped_qos0_offline + self.dropped_queue_full
+    }
+}

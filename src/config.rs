@@ -1,0 +1,168 @@
+//! Every tunable of the broker, with its default and unit in its name.
+//!
+//! Owns: [`Config`], how it is read from a TOML file, and its defaults. The command
+//! line (in `main.rs`) overrides file values field by field.
+//! Must not: read the network or start anything; it is plain data.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+/// The broker's configuration. Field names double as TOML keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// TCP listeners. Default `127.0.0.1:1883`.
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads, one event loop each. 0 means one per core.
+    pub workers: usize,
+    /// Pin each worker to a core (worker i to core i mod cores).
+    pub pin_cores: bool,
+    /// Largest packet accepted from a client, fixed header included (bytes).
+    pub max_packet_bytes: usize,
+    /// Time a new connection has to send CONNECT (seconds).
+    pub connect_timeout_secs: u64,
+    /// Unacknowledged QoS 1/2 messages in flight to one client.
+    pub max_inflight: usize,
+    /// QoS 1/2 messages queued per session beyond the in-flight window.
+    pub max_queued_messages: usize,
+    /// Bytes of encoded packets waiting in one connection's write buffer before QoS 0
+    /// deliveries to it are dropped.
+    pub max_outbound_bytes: usize,
+    /// How long a publisher is paused when a subscriber it feeds has a full queue (ms).
+    pub backpressure_pause_ms: u64,
+    /// How long a reconnecting client waits for its session to move from another
+    /// worker before it gets a fresh session (ms).
+    pub handover_timeout_ms: u64,
+    /// Interval of the `$SYS/broker/...` publications (seconds); 0 disables them.
+    pub sys_interval_secs: u64,
+    /// Bytes read from one connection per event-loop turn before moving on.
+    pub read_budget_bytes: usize,
+    /// Log filter (tracing `EnvFilter` syntax) when `RUST_LOG` is unset.
+    pub log_level: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            workers: 0,
+            pin_cores: true,
+            max_packet_bytes: 1024 * 1024,
+            connect_timeout_secs: 10,
+            max_inflight: 20,
+            max_queued_messages: 1000,
+            max_outbound_bytes: 1024 * 1024,
+            backpressure_pause_ms: 100,
+            handover_timeout_ms: 5000,
+            sys_interval_secs: 10,
+            read_budget_bytes: 256 * 1024,
+            log_level: "info".to_string(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file; keys left out keep their defaults.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })?;
+        Ok(cfg)
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.listen.is_empty() {
+            return bad("at least one listen address is needed");
+        }
+        if self.workers > crate::broker::WORKERS_MAX {
+            return bad("workers must be at most 64");
+        }
+        if !(16..=crate::protocol::MAX_REMAINING_LENGTH + 5).contains(&self.max_packet_bytes) {
+            return bad("max_packet_bytes must be between 16 and 268435460");
+        }
+        if self.max_inflight == 0 || self.max_inflight > 65_535 {
+            return bad("max_inflight must be between 1 and 65535");
+        }
+        if self.max_queued_messages == 0 {
+            return bad("max_queued_messages must be at least 1");
+        }
+        if self.read_budget_bytes < 4096 {
+            return bad("read_budget_bytes must be at least 4096");
+        }
+        Ok(())
+    }
+
+    /// The worker count with 0 resolved to the number of cores.
+    pub fn effective_workers(&self) -> usize {
+        if self.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+                .min(crate::broker::WORKERS_MAX)
+        } else {
+            self.workers
+        }
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    pub fn handover_timeout(&self) -> Duration {
+        Duration::from_millis(self.handover_timeout_ms)
+    }
+
+    pub fn backpressure_pause(&self) -> Duration {
+        Duration::from_millis(self.backpressure_pause_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn toml_overrides_some_keys() {
+        let cfg: Config = toml::from_str("workers = 2\nmax_inflight = 5\nlisten = [\"127.0.0.1:1999\"]").unwrap();
+        assert_eq!(cfg.workers, 2);
+        assert_eq!(cfg.max_inflight, 5);
+        assert_eq!(cfg.listen[0].port(), 1999);
+        assert_eq!(cfg.max_queued_messages, 1000);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        assert!(toml::from_str::<Config>("no_such_key = 1").is_err());
+    }
+}

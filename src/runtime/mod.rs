@@ -1,0 +1,198 @@
+//! The runtime: the only code that performs IO, spawns threads or reads the clock.
+//!
+//! Owns: the worker threads (one core-pinned `mio` event loop each), the listeners,
+//! the channel mesh between workers with one `Waker` per worker, and the lifecycle
+//! ([`start`], [`BrokerHandle::stop`]).
+//! Must not: make protocol decisions. It reads bytes, hands decoded packets to its
+//! worker's [`Shard`](crate::broker::shard::Shard), and carries out the effects the
+//! shard returns.
+
+mod io;
+mod worker;
+
+use crate::broker::mesh::Batch;
+use crate::broker::registry::Registry;
+use crate::broker::WorkerId;
+use crate::config::{Config, ConfigError};
+use crossbeam_channel::{unbounded, Receiver, Sender};
+use mio::{Poll, Waker};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+/// Token of each worker's waker.
+pub(crate) const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
+/// Listener `i` on worker 0 uses token `LISTENER_TOKEN_BASE - i`.
+pub(crate) const LISTENER_TOKEN_BASE: usize = usize::MAX - 1;
+
+/// What travels over the mesh channels.
+pub(crate) enum Envelope {
+    /// One turn's messages from one worker to another.
+    Batch { from: WorkerId, batch: Batch },
+    /// A freshly accepted connection handed to its worker.
+    NewConn(std::net::TcpStream),
+}
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot create event loop: {0}")]
+    Poll(std::io::Error),
+    #[error("cannot spawn worker thread: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// A running broker. Dropping it stops the broker and joins its threads.
+pub struct BrokerHandle {
+    addrs: Vec<SocketAddr>,
+    wakers: Vec<Arc<Waker>>,
+    shutdown: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl BrokerHandle {
+    /// The bound listener addresses (with the real port when 0 was asked for).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The first listener's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Asks every worker to stop; returns at once.
+    pub fn request_stop(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        for w in &self.wakers {
+            if let Err(e) = w.wake() {
+                tracing::warn!(error = %e, "cannot wake worker for shutdown");
+            }
+        }
+    }
+
+    /// Stops the broker and waits for its workers to finish.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        self.request_stop();
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    }
+
+    /// Blocks until every worker has exited (after [`request_stop`](Self::request_stop)).
+    pub fn join(mut self) {
+        for t in self.threads.drain(..) {
+            if t.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for BrokerHandle {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+/// Starts a broker with `cfg` and returns once every listener is bound.
+pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
+    cfg.validate()?;
+    raise_fd_limit();
+    let workers = cfg.effective_workers();
+    let mut listeners = Vec::new();
+    let mut addrs = Vec::new();
+    for addr in &cfg.listen {
+        let l = io::bind(*addr).map_err(|source| StartError::Listen { addr: *addr, source })?;
+        addrs.push(l.local_addr().map_err(|source| StartError::Listen { addr: *addr, source })?);
+        listeners.push(l);
+    }
+    let mut polls = Vec::new();
+    let mut wakers = Vec::new();
+    for _ in 0..workers {
+        let poll = Poll::new().map_err(StartError::Poll)?;
+        let waker = Waker::new(poll.registry(), WAKER_TOKEN).map_err(StartError::Poll)?;
+        polls.push(poll);
+        wakers.push(Arc::new(waker));
+    }
+    let (senders, receivers): (Vec<Sender<Envelope>>, Vec<Receiver<Envelope>>) =
+        (0..workers).map(|_| unbounded()).unzip();
+    let cfg = Arc::new(cfg);
+    let registry = Arc::new(Registry::new());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let cores = if cfg.pin_cores {
+        core_affinity::get_core_ids().unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    let mut threads = Vec::new();
+    for (id, (poll, rx)) in polls.into_iter().zip(receivers).enumerate() {
+        let mesh = worker::Mesh {
+            rx,
+            peers: senders.clone(),
+            wakers: wakers.clone(),
+        };
+        let my_listeners = if id == 0 { std::mem::take(&mut listeners) } else { Vec::new() };
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let (cfg, registry, shutdown) = (cfg.clone(), registry.clone(), shutdown.clone());
+        let t = std::thread::Builder::new()
+            .name(format!("ternmq-w{id}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !core_affinity::set_for_current(core) {
+                        tracing::warn!(worker = id, "cannot pin worker to core {}", core.id);
+                    }
+                }
+                let w = worker::Worker::new(id, workers, cfg, registry, shutdown, poll, mesh, my_listeners);
+                match w {
+                    Ok(mut w) => w.run(),
+                    Err(e) => tracing::error!(worker = id, error = %e, "worker failed to start"),
+                }
+            })
+            .map_err(StartError::Spawn)?;
+        threads.push(t);
+    }
+    tracing::info!(?addrs, workers, "ternmq listening");
+    Ok(BrokerHandle {
+        addrs,
+        wakers,
+        shutdown,
+        threads,
+    })
+}
+
+/// Raises the soft open-file limit to the hard limit, as a broker with many
+/// connections needs, and says so.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::info!(from = old, to = lim.rlim_max, "raised open-file limit");
+            }
+        }
+    }
+}

@@ -1,0 +1,487 @@
+//! One worker thread: a `mio` event loop around one [`Shard`].
+//!
+//! A turn: wait for events (timeout = the shard's next deadline), drain the mesh
+//! inbox, read every readable connection (bounded per connection), fire timers, then
+//! carry out the shard's effects: one batch and one wake per destination worker,
+//! one write per dirty connection, closes last.
+
+use super::io::read_into_spare;
+use super::{Envelope, LISTENER_TOKEN_BASE, WAKER_TOKEN};
+use crate::broker::registry::Registry;
+use crate::broker::shard::Shard;
+use crate::broker::{ConnId, WorkerId};
+use crate::config::Config;
+use crate::protocol::{decode_one, CodecError};
+use bytes::BytesMut;
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+use std::io::{self, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Per-worker read buffer size; reads land here and whole packets are decoded in place.
+const SCRATCH_BYTES: usize = 64 * 1024;
+/// Connections accepted per listener per turn, so accepting cannot starve traffic.
+const ACCEPT_PER_TURN_MAX: usize = 256;
+/// Batches waiting in one destination's channel before we stop reading sockets.
+const MESH_BACKLOG_MAX: usize = 256;
+
+/// This worker's ends of the channel mesh.
+pub(crate) struct Mesh {
+    pub rx: Receiver<Envelope>,
+    pub peers: Vec<Sender<Envelope>>,
+    pub wakers: Vec<Arc<Waker>>,
+}
+
+/// The IO side of one connection.
+struct IoConn {
+    stream: TcpStream,
+    gen: u32,
+    /// A trailing partial packet; empty (unallocated) between packets.
+    partial: BytesMut,
+    paused_until: Option<Instant>,
+    /// Data may be waiting that we did not read (budget or pause).
+    read_pending: bool,
+}
+
+pub(crate) struct Worker {
+    id: WorkerId,
+    cfg: Arc<Config>,
+    shutdown: Arc<AtomicBool>,
+    poll: Poll,
+    mesh: Mesh,
+    listeners: Vec<TcpListener>,
+    shard: Shard,
+    conns: Slab<IoConn>,
+    scratch: BytesMut,
+    next_gen: u32,
+    next_worker: usize,
+    workers: usize,
+    /// Slots to read again next turn without waiting for an event.
+    pending_reads: Vec<usize>,
+    paused: Vec<usize>,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        id: WorkerId,
+        workers: usize,
+        cfg: Arc<Config>,
+        registry: Arc<Registry>,
+        shutdown: Arc<AtomicBool>,
+        poll: Poll,
+        mesh: Mesh,
+        mut listeners: Vec<TcpListener>,
+    ) -> io::Result<Worker> {
+        for (i, l) in listeners.iter_mut().enumerate() {
+            poll.registry()
+                .register(l, Token(LISTENER_TOKEN_BASE - i), Interest::READABLE)?;
+        }
+        let shard = Shard::new(id, workers, cfg.clone(), registry, Instant::now());
+        Ok(Worker {
+            id,
+            cfg,
+            shutdown,
+            poll,
+            mesh,
+            listeners,
+            shard,
+            conns: Slab::new(),
+            scratch: BytesMut::with_capacity(SCRATCH_BYTES),
+            next_gen: 0,
+            next_worker: 0,
+            workers,
+            pending_reads: Vec::new(),
+            paused: Vec::new(),
+        })
+    }
+
+    pub(crate) fn run(&mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut ready = Vec::new();
+        loop {
+            let timeout = self.poll_timeout(Instant::now());
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    tracing::error!(worker = self.id, error = %e, "poll failed");
+                    break;
+                }
+            }
+            if self.shutdown.load(Ordering::Acquire) {
+                break;
+            }
+            let now = Instant::now();
+            self.drain_inbox(now);
+            ready.clear();
+            for ev in events.iter() {
+                let t = ev.token();
+                if t == WAKER_TOKEN {
+                    continue;
+                }
+                if t.0 > LISTENER_TOKEN_BASE - self.listeners.len() && t.0 <= LISTENER_TOKEN_BASE {
+                    self.accept(now, LISTENER_TOKEN_BASE - t.0);
+                    continue;
+                }
+                if ev.is_writable() {
+                    self.flush(t.0);
+                }
+                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                    ready.push(t.0);
+                }
+            }
+            ready.append(&mut self.pending_reads);
+            self.resume_paused(now, &mut ready);
+            let mesh_congested = self.mesh_congested();
+            for &slot in &ready {
+                if mesh_congested {
+                    self.mark_read_pending(slot);
+                } else {
+                    self.read(now, slot);
+                }
+            }
+            self.shard.tick(now);
+            self.apply_effects(now);
+        }
+        tracing::debug!(worker = self.id, "worker stopped");
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if !self.pending_reads.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let paused = self
+            .paused
+            .iter()
+            .filter_map(|&s| self.conns.get(s).and_then(|c| c.paused_until))
+            .min();
+        let deadline = match (self.shard.next_deadline(), paused) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // Round up to the next millisecond so we do not spin just short of a deadline.
+        deadline.map(|d| d.saturating_duration_since(now) + Duration::from_micros(500))
+    }
+
+    fn drain_inbox(&mut self, now: Instant) {
+        loop {
+            match self.mesh.rx.try_recv() {
+                Ok(Envelope::Batch { from, batch }) => self.shard.mesh(now, from, batch),
+                Ok(Envelope::NewConn(stream)) => self.adopt(now, stream),
+                Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
+            }
+        }
+    }
+
+    fn mesh_congested(&self) -> bool {
+        self.mesh.peers.iter().any(|p| p.len() > MESH_BACKLOG_MAX)
+    }
+
+    /// Accepts new connections and deals them out round-robin over the workers.
+    fn accept(&mut self, now: Instant, i: usize) {
+        for _ in 0..ACCEPT_PER_TURN_MAX {
+            let Some(l) = self.listeners.get(i) else { return };
+            match l.accept() {
+                Ok((stream, peer)) => {
+                    tracing::trace!(%peer, "accepted");
+                    let target = self.next_worker % self.workers;
+                    self.next_worker = self.next_worker.wrapping_add(1);
+                    if target == self.id {
+                        self.adopt_mio(now, stream);
+                    } else {
+                        // SAFETY-free conversion: mio's stream wraps the std one.
+                        let std_stream: std::net::TcpStream = stream.into();
+                        if self.mesh.peers[target].send(Envelope::NewConn(std_stream)).is_ok() {
+                            let _ = self.mesh.wakers[target].wake();
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    // EMFILE and friends: log and retry on the next event.
+                    tracing::warn!(error = %e, "accept failed");
+                    return;
+                }
+            }
+        }
+        // More may be waiting: the listener is edge-triggered, so poll it again soon.
+        self.pending_accept(i);
+    }
+
+    fn pending_accept(&mut self, i: usize) {
+        // Re-registering re-arms the edge so the backlog is seen next turn.
+        if let Some(l) = self.listeners.get_mut(i) {
+            let _ = self.poll.registry().reregister(
+                l,
+                Token(LISTENER_TOKEN_BASE - i),
+                Interest::READABLE,
+            );
+        }
+    }
+
+    fn adopt(&mut self, now: Instant, stream: std::net::TcpStream) {
+        if let Err(e) = stream.set_nonblocking(true) {
+            tracing::warn!(error = %e, "cannot make socket non-blocking");
+            return;
+        }
+        self.adopt_mio(now, TcpStream::from_std(stream));
+    }
+
+    fn adopt_mio(&mut self, now: Instant, mut stream: TcpStream) {
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(error = %e, "cannot register connection");
+            return;
+        }
+        self.next_gen = self.next_gen.wrapping_add(1);
+        let gen = self.next_gen;
+        entry.insert(IoConn {
+            stream,
+            gen,
+            partial: BytesMut::new(),
+            paused_until: None,
+            read_pending: false,
+        });
+        self.shard.open(
+            now,
+            ConnId {
+                slot: slot as u32,
+                gen,
+            },
+        );
+    }
+
+    fn mark_read_pending(&mut self, slot: usize) {
+        if let Some(c) = self.conns.get_mut(slot) {
+            c.read_pending = true;
+            self.pending_reads.push(slot);
+        }
+    }
+
+    fn resume_paused(&mut self, now: Instant, ready: &mut Vec<usize>) {
+        let conns = &mut self.conns;
+        self.paused.retain(|&slot| {
+            let Some(c) = conns.get_mut(slot) else { return false };
+            match c.paused_until {
+                Some(t) if t > now => true,
+                _ => {
+                    c.paused_until = None;
+                    if c.read_pending {
+                        ready.push(slot);
+                    }
+                    false
+                }
+            }
+        });
+    }
+
+    /// Reads and decodes one connection until it would block, its budget is spent, or
+    /// it is paused or closed.
+    fn read(&mut self, now: Instant, slot: usize) {
+        let mut budget = self.cfg.read_budget_bytes;
+        loop {
+            let Some(c) = self.conns.get_mut(slot) else { return };
+            let id = ConnId {
+                slot: slot as u32,
+                gen: c.gen,
+            };
+            if c.paused_until.is_some_and(|t| t > now) {
+                c.read_pending = true;
+                return;
+            }
+            if budget == 0 {
+                c.read_pending = true;
+                self.pending_reads.push(slot);
+                return;
+            }
+            c.read_pending = false;
+            if self.scratch.capacity() - self.scratch.len() < SCRATCH_BYTES / 4 {
+                self.scratch.reserve(SCRATCH_BYTES);
+            }
+            match read_into_spare(&c.stream, &mut self.scratch) {
+                Ok(0) => {
+                    self.shard.closed(now, id);
+                    self.remove(slot);
+                    return;
+                }
+                Ok(n) => {
+                    budget = budget.saturating_sub(n);
+                    self.shard.count_rx_bytes(n);
+                    let chunk = self.scratch.split();
+                    if !self.decode(now, slot, id, chunk) {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(?id, error = %e, "read failed");
+                    self.shard.closed(now, id);
+                    self.remove(slot);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Decodes every whole packet of `chunk` (after any saved partial one) and keeps
+    /// the trailing partial packet. False when the connection is gone.
+    fn decode(&mut self, now: Instant, slot: usize, id: ConnId, chunk: BytesMut) -> bool {
+        let Some(c) = self.conns.get_mut(slot) else { return false };
+        let mut buf = if c.partial.is_empty() {
+            chunk
+        } else {
+            let mut p = std::mem::take(&mut c.partial);
+            p.extend_from_slice(&chunk);
+            p
+        };
+        let max = self.cfg.max_packet_bytes;
+        loop {
+            match decode_one(&mut buf, max) {
+                Ok(Some(packet)) => {
+                    self.shard.packet(now, id, packet);
+                    if !self.shard.is_open(id) {
+                        return false;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    self.decode_failed(now, id, &e);
+                    return false;
+                }
+            }
+        }
+        if !buf.is_empty() {
+            if let Some(c) = self.conns.get_mut(slot) {
+                // Own the partial bytes so an idle connection does not pin the scratch.
+                c.partial = BytesMut::from(&buf[..]);
+            }
+        }
+        true
+    }
+
+    fn decode_failed(&mut self, now: Instant, id: ConnId, e: &CodecError) {
+        self.shard.decode_error(now, id, e);
+    }
+
+    /// Writes a connection's buffered bytes until done or the socket is full.
+    fn flush(&mut self, slot: usize) {
+        let Some(c) = self.conns.get_mut(slot) else { return };
+        let id = ConnId {
+            slot: slot as u32,
+            gen: c.gen,
+        };
+        let Some(tx) = self.shard.tx_mut(id) else { return };
+        let mut written = 0;
+        let mut failed = false;
+        while written < tx.len() {
+            match c.stream.write(&tx[written..]) {
+                Ok(0) => {
+                    failed = true;
+                    break;
+                }
+                Ok(n) => written += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(?id, error = %e, "write failed");
+                    failed = true;
+                    break;
+                }
+            }
+        }
+        if written == tx.len() {
+            // Idle connections own no write buffer.
+            *tx = Vec::new();
+        } else {
+            tx.drain(..written);
+        }
+        self.shard.count_tx_bytes(written);
+        if failed {
+            // The read side will see the error too; close now so nothing piles up.
+            self.shard.closed(Instant::now(), id);
+            self.apply_closes();
+        }
+    }
+
+    fn apply_effects(&mut self, _now: Instant) {
+        // Pauses first: they gate the next turn's reads.
+        let pauses = std::mem::take(&mut self.shard.effects().pause);
+        for (id, until) in pauses {
+            if let Some(c) = self.conns.get_mut(id.slot as usize) {
+                if c.gen == id.gen {
+                    if c.paused_until.is_none() {
+                        self.paused.push(id.slot as usize);
+                    }
+                    c.paused_until = Some(c.paused_until.map_or(until, |t| t.max(until)));
+                }
+            }
+        }
+        // One batch and one wake per destination.
+        for w in 0..self.workers {
+            let batch = std::mem::take(&mut self.shard.effects().mesh[w]);
+            if batch.is_empty() {
+                continue;
+            }
+            if self.mesh.peers[w]
+                .send(Envelope::Batch {
+                    from: self.id,
+                    batch,
+                })
+                .is_ok()
+            {
+                if let Err(e) = self.mesh.wakers[w].wake() {
+                    tracing::warn!(error = %e, "cannot wake worker {w}");
+                }
+            }
+        }
+        let dirty = std::mem::take(&mut self.shard.effects().dirty);
+        for id in &dirty {
+            if self.conns.get(id.slot as usize).is_some_and(|c| c.gen == id.gen) {
+                self.flush(id.slot as usize);
+            }
+        }
+        // Give the vector's capacity back for the next turn.
+        let mut dirty = dirty;
+        dirty.clear();
+        let effects = self.shard.effects();
+        if effects.dirty.is_empty() {
+            effects.dirty = dirty;
+        }
+        self.apply_closes();
+    }
+
+    fn apply_closes(&mut self) {
+        let closes = std::mem::take(&mut self.shard.effects().close);
+        for (id, tx) in closes {
+            let slot = id.slot as usize;
+            if !self.conns.get(slot).is_some_and(|c| c.gen == id.gen) {
+                continue;
+            }
+            if let Some(c) = self.conns.get_mut(slot) {
+                if !tx.is_empty() {
+                    let _ = c.stream.write(&tx); // best effort: the connection is ending
+                }
+                let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            }
+            self.remove(slot);
+        }
+    }
+
+    fn remove(&mut self, slot: usize) {
+        if let Some(mut c) = self.conns.try_remove(slot) {
+            let _ = self.poll.registry().deregister(&mut c.stream);
+        }
+    }
+}
