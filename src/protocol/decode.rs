@@ -1,1 +1,844 @@
-//! Placeholder until this module lands.
+//! Decoding: one complete frame of bytes into one [`Packet`] (chapters 2 and 3).
+//!
+//! Owns: every per-packet well-formedness rule of MQTT 3.1/3.1.1 (fixed-header flags,
+//! field lengths, UTF-8 strings, packet ids, CONNECT flags, SUBSCRIBE options, return
+//! codes) and the zero-copy slicing of strings and payloads out of the frame.
+//!
+//! Must not: panic on any input (no `unwrap`, `expect`, indexing or unchecked `Buf`
+//! reads), copy payloads, or apply session or broker policy (empty client ids, a second
+//! CONNECT, authorization): those live in `broker/`.
+
+use super::frame::{parse_header, FrameError};
+use super::{
+    ConnAck, Connect, ConnectReturnCode, Packet, PacketId, ProtocolVersion, Publish, QoS, SubAck,
+    SubAckCode, Subscribe, TopicError, TopicFilter, TopicName, Unsubscribe, Will,
+};
+use bytes::{Buf, Bytes};
+use bytestring::ByteString;
+
+/// Why a frame is not a well-formed packet. Every variant means "malformed": the
+/// connection must be closed, except [`DecodeError::UnsupportedProtocolLevel`], which
+/// the server answers with CONNACK 0x01 first ([MQTT-3.1.2-2]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Packet type 0 or 15 (2.2.1).
+    #[error("reserved packet type {0}")]
+    ReservedPacketType(u8),
+    /// Reserved fixed-header flag bits not as specified ([MQTT-2.2.2-1], [MQTT-2.2.2-2]).
+    #[error("invalid fixed header flags {flags:#06b} for packet type {packet_type}")]
+    InvalidHeaderFlags { packet_type: u8, flags: u8 },
+    /// PUBLISH with both QoS bits set ([MQTT-3.3.1-4]).
+    #[error("PUBLISH with QoS 3")]
+    InvalidPublishQoS,
+    /// PUBLISH with DUP set on QoS 0 ([MQTT-3.3.1-2]).
+    #[error("PUBLISH with DUP set on QoS 0")]
+    DupOnQoS0,
+    /// The frame is empty or its fixed header is incomplete.
+    #[error("incomplete fixed header")]
+    IncompleteHeader,
+    /// The Remaining Length needs more than four bytes (2.2.3).
+    #[error("malformed remaining length")]
+    MalformedRemainingLength,
+    /// The frame's length disagrees with its fixed header's Remaining Length.
+    #[error("frame of {actual} bytes, but its fixed header says {expected}")]
+    FrameLengthMismatch { expected: usize, actual: usize },
+    /// The body ends before the fields it must carry.
+    #[error("packet body is shorter than its fields")]
+    Truncated,
+    /// Bytes are left in the body after the last field.
+    #[error("{0} unexpected bytes after the last field")]
+    TrailingBytes(usize),
+    /// A UTF-8 string field is not well-formed UTF-8 ([MQTT-1.5.3-1]).
+    #[error("invalid UTF-8 string")]
+    InvalidUtf8,
+    /// A UTF-8 string field contains U+0000 ([MQTT-1.5.3-2]).
+    #[error("string contains U+0000")]
+    NullChar,
+    /// A topic name or filter breaks the rules of 4.7.
+    #[error("invalid topic: {0}")]
+    InvalidTopic(#[from] TopicError),
+    /// Packet identifier 0 ([MQTT-2.3.1-1]).
+    #[error("packet identifier 0")]
+    ZeroPacketId,
+    /// SUBSCRIBE or UNSUBSCRIBE without any topic filter ([MQTT-3.8.3-3], [MQTT-3.10.3-2]).
+    #[error("SUBSCRIBE or UNSUBSCRIBE without topic filters")]
+    NoTopicFilters,
+    /// SUBSCRIBE requested QoS 3 or set the reserved upper bits ([MQTT-3.8.3-4]).
+    #[error("invalid SUBSCRIBE options byte {0:#04x}")]
+    InvalidSubscriptionOptions(u8),
+    /// CONNECT protocol name is neither `MQTT` nor `MQIsdp` ([MQTT-3.1.2-1]).
+    #[error("invalid protocol name")]
+    InvalidProtocolName,
+    /// CONNECT with a known protocol name but a level this codec does not speak
+    /// ([MQTT-3.1.2-2]); MQTT 5 (level 5) lands here too.
+    #[error("unsupported protocol level {0}")]
+    UnsupportedProtocolLevel(u8),
+    /// CONNECT flags bit 0 set ([MQTT-3.1.2-3]).
+    #[error("reserved CONNECT flag set")]
+    ReservedConnectFlag,
+    /// Will QoS 3 ([MQTT-3.1.2-14]).
+    #[error("will QoS 3")]
+    InvalidWillQoS,
+    /// Will QoS or Will Retain set without the Will Flag ([MQTT-3.1.2-13], [MQTT-3.1.2-15]).
+    #[error("will QoS or retain set without the will flag")]
+    WillFieldsWithoutWillFlag,
+    /// Password flag set without the user name flag ([MQTT-3.1.2-22]).
+    #[error("password flag set without user name flag")]
+    PasswordWithoutUsername,
+    /// CONNACK acknowledge flags with reserved bits 7-1 set (3.2.2.1), or Session
+    /// Present set with a non-zero return code ([MQTT-3.2.2-4]).
+    #[error("invalid CONNACK flags {0:#04x}")]
+    InvalidConnAckFlags(u8),
+    /// CONNACK return code above 5 (3.2.2.3).
+    #[error("unknown CONNACK return code {0}")]
+    InvalidConnectReturnCode(u8),
+    /// SUBACK return code other than 0, 1, 2 or 0x80 ([MQTT-3.9.3-2]).
+    #[error("invalid SUBACK return code {0:#04x}")]
+    InvalidSubAckCode(u8),
+}
+
+impl DecodeError {
+    /// True for the one error the server answers with CONNACK 0x01 (unacceptable
+    /// protocol version) before closing, instead of closing at once ([MQTT-3.1.2-2]).
+    pub fn is_unsupported_protocol_level(&self) -> bool {
+        matches!(self, DecodeError::UnsupportedProtocolLevel(_))
+    }
+}
+
+type Result<T> = std::result::Result<T, DecodeError>;
+
+/// Decodes exactly one whole packet; `frame` holds the fixed header and the whole body
+/// (as located by [`super::check_frame`]). Strings and payloads are zero-copy slices of
+/// `frame`.
+pub fn decode_packet(frame: Bytes) -> Result<Packet> {
+    let header = match parse_header(&frame) {
+        Ok(Some(h)) => h,
+        Ok(None) => return Err(DecodeError::IncompleteHeader),
+        Err(FrameError::MalformedRemainingLength) => {
+            return Err(DecodeError::MalformedRemainingLength)
+        }
+        // parse_header applies no limit; map defensively rather than panic.
+        Err(FrameError::PacketTooLarge { .. }) => {
+            return Err(DecodeError::MalformedRemainingLength)
+        }
+    };
+    if frame.len() != header.total_len() {
+        return Err(DecodeError::FrameLengthMismatch {
+            expected: header.total_len(),
+            actual: frame.len(),
+        });
+    }
+    let mut body = frame;
+    body.advance(header.header_len); // header_len <= total_len == len, checked above
+    let packet_type = header.first_byte >> 4;
+    let flags = header.first_byte & 0x0F;
+
+    let expect_flags = |want: u8| {
+        if flags == want {
+            Ok(())
+        } else {
+            Err(DecodeError::InvalidHeaderFlags { packet_type, flags })
+        }
+    };
+
+    let packet = match packet_type {
+        1 => {
+            expect_flags(0)?;
+            Packet::Connect(decode_connect(&mut body)?)
+        }
+        2 => {
+            expect_flags(0)?;
+            Packet::ConnAck(decode_connack(&mut body)?)
+        }
+        3 => Packet::Publish(decode_publish(flags, &mut body)?),
+        4 => {
+            expect_flags(0)?;
+            Packet::PubAck(packet_id(&mut body)?)
+        }
+        5 => {
+            expect_flags(0)?;
+            Packet::PubRec(packet_id(&mut body)?)
+        }
+        6 => {
+            expect_flags(0b0010)?;
+            Packet::PubRel(packet_id(&mut body)?)
+        }
+        7 => {
+            expect_flags(0)?;
+            Packet::PubComp(packet_id(&mut body)?)
+        }
+        8 => {
+            expect_flags(0b0010)?;
+            Packet::Subscribe(decode_subscribe(&mut body)?)
+        }
+        9 => {
+            expect_flags(0)?;
+            Packet::SubAck(decode_suback(&mut body)?)
+        }
+        10 => {
+            expect_flags(0b0010)?;
+            Packet::Unsubscribe(decode_unsubscribe(&mut body)?)
+        }
+        11 => {
+            expect_flags(0)?;
+            Packet::UnsubAck(packet_id(&mut body)?)
+        }
+        12 => {
+            expect_flags(0)?;
+            Packet::PingReq
+        }
+        13 => {
+            expect_flags(0)?;
+            Packet::PingResp
+        }
+        14 => {
+            expect_flags(0)?;
+            Packet::Disconnect
+        }
+        other => return Err(DecodeError::ReservedPacketType(other)),
+    };
+    if body.has_remaining() {
+        return Err(DecodeError::TrailingBytes(body.remaining()));
+    }
+    Ok(packet)
+}
+
+// ---- field readers: each checks the length before touching `Buf` ----
+
+fn read_u8(buf: &mut Bytes) -> Result<u8> {
+    if buf.remaining() < 1 {
+        return Err(DecodeError::Truncated);
+    }
+    Ok(buf.get_u8())
+}
+
+fn read_u16(buf: &mut Bytes) -> Result<u16> {
+    if buf.remaining() < 2 {
+        return Err(DecodeError::Truncated);
+    }
+    Ok(buf.get_u16())
+}
+
+fn take(buf: &mut Bytes, n: usize) -> Result<Bytes> {
+    if buf.remaining() < n {
+        return Err(DecodeError::Truncated);
+    }
+    Ok(buf.split_to(n))
+}
+
+/// A two-byte length followed by that many bytes (1.5.3 / binary fields).
+fn read_binary(buf: &mut Bytes) -> Result<Bytes> {
+    let len = read_u16(buf)?;
+    take(buf, usize::from(len))
+}
+
+/// A UTF-8 encoded string ([MQTT-1.5.3-1], [MQTT-1.5.3-2]); zero-copy.
+fn read_string(buf: &mut Bytes) -> Result<ByteString> {
+    let raw = read_binary(buf)?;
+    if raw.contains(&0) {
+        return Err(DecodeError::NullChar);
+    }
+    ByteString::try_from(raw).map_err(|_| DecodeError::InvalidUtf8)
+}
+
+fn packet_id(buf: &mut Bytes) -> Result<PacketId> {
+    PacketId::new(read_u16(buf)?).ok_or(DecodeError::ZeroPacketId)
+}
+
+// ---- per packet ----
+
+fn decode_connect(buf: &mut Bytes) -> Result<Connect> {
+    let name = read_binary(buf)?;
+    let level = read_u8(buf)?;
+    let version = match (&name[..], level) {
+        (b"MQTT", 4) => ProtocolVersion::V3_1_1,
+        (b"MQIsdp", 3) => ProtocolVersion::V3_1,
+        (b"MQTT" | b"MQIsdp", other) => {
+            // Stop here: the rest may follow another version's layout (MQTT 5).
+            return Err(DecodeError::UnsupportedProtocolLevel(other));
+        }
+        _ => return Err(DecodeError::InvalidProtocolName),
+    };
+    let flags = read_u8(buf)?;
+    if flags & 0x01 != 0 {
+        return Err(DecodeError::ReservedConnectFlag); // [MQTT-3.1.2-3]
+    }
+    let clean_session = flags & 0x02 != 0;
+    let will_flag = flags & 0x04 != 0;
+    let will_qos_bits = (flags >> 3) & 0x03;
+    let will_retain = flags & 0x20 != 0;
+    let password_flag = flags & 0x40 != 0;
+    let username_flag = flags & 0x80 != 0;
+    let will_qos = if will_flag {
+        QoS::from_u8(will_qos_bits).ok_or(DecodeError::InvalidWillQoS)? // [MQTT-3.1.2-14]
+    } else if will_qos_bits != 0 || will_retain {
+        return Err(DecodeError::WillFieldsWithoutWillFlag); // [MQTT-3.1.2-13], [MQTT-3.1.2-15]
+    } else {
+        QoS::AtMostOnce
+    };
+    if password_flag && !username_flag {
+        return Err(DecodeError::PasswordWithoutUsername); // [MQTT-3.1.2-22]
+    }
+    let keep_alive_secs = read_u16(buf)?;
+
+    let client_id = read_string(buf)?;
+    let will = if will_flag {
+        let topic = TopicName::new(read_string(buf)?)?;
+        let payload = read_binary(buf)?;
+        Some(Will {
+            topic,
+            payload,
+            qos: will_qos,
+            retain: will_retain,
+        })
+    } else {
+        None
+    };
+    let username = if username_flag {
+        Some(read_string(buf)?)
+    } else {
+        None
+    };
+    let password = if password_flag {
+        Some(read_binary(buf)?)
+    } else {
+        None
+    };
+    Ok(Connect {
+        version,
+        clean_session,
+        keep_alive_secs,
+        client_id,
+        will,
+        username,
+        password,
+    })
+}
+
+fn decode_connack(buf: &mut Bytes) -> Result<ConnAck> {
+    let flags = read_u8(buf)?;
+    let code = read_u8(buf)?;
+    if flags & !0x01 != 0 {
+        return Err(DecodeError::InvalidConnAckFlags(flags)); // 3.2.2.1: bits 7-1 reserved
+    }
+    let code =
+        ConnectReturnCode::from_u8(code).ok_or(DecodeError::InvalidConnectReturnCode(code))?;
+    let session_present = flags & 0x01 != 0;
+    if session_present && code != ConnectReturnCode::Accepted {
+        return Err(DecodeError::InvalidConnAckFlags(flags)); // [MQTT-3.2.2-4]
+    }
+    Ok(ConnAck {
+        session_present,
+        code,
+    })
+}
+
+fn decode_publish(flags: u8, buf: &mut Bytes) -> Result<Publish> {
+    let dup = flags & 0x08 != 0;
+    let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(DecodeError::InvalidPublishQoS)?; // [MQTT-3.3.1-4]
+    let retain = flags & 0x01 != 0;
+    if dup && qos == QoS::AtMostOnce {
+        return Err(DecodeError::DupOnQoS0); // [MQTT-3.3.1-2]
+    }
+    let topic = TopicName::new(read_string(buf)?)?; // [MQTT-3.3.2-1], [MQTT-3.3.2-2]
+    let packet_id = if qos == QoS::AtMostOnce {
+        None
+    } else {
+        Some(packet_id(buf)?)
+    };
+    let payload = std::mem::take(buf);
+    Ok(Publish {
+        dup,
+        qos,
+        retain,
+        topic,
+        packet_id,
+        payload,
+    })
+}
+
+fn decode_subscribe(buf: &mut Bytes) -> Result<Subscribe> {
+    let packet_id = packet_id(buf)?;
+    let mut filters = Vec::new();
+    while buf.has_remaining() {
+        let filter = TopicFilter::new(read_string(buf)?)?;
+        let options = read_u8(buf)?;
+        // [MQTT-3.8.3-4]: upper six bits reserved, QoS 3 malformed.
+        let qos = match (options & 0xFC, QoS::from_u8(options & 0x03)) {
+            (0, Some(qos)) => qos,
+            _ => return Err(DecodeError::InvalidSubscriptionOptions(options)),
+        };
+        filters.push((filter, qos));
+    }
+    if filters.is_empty() {
+        return Err(DecodeError::NoTopicFilters); // [MQTT-3.8.3-3]
+    }
+    Ok(Subscribe { packet_id, filters })
+}
+
+fn decode_suback(buf: &mut Bytes) -> Result<SubAck> {
+    let packet_id = packet_id(buf)?;
+    let mut codes = Vec::with_capacity(buf.remaining());
+    while buf.has_remaining() {
+        let code = buf.get_u8();
+        codes.push(SubAckCode::from_u8(code).ok_or(DecodeError::InvalidSubAckCode(code))?);
+    }
+    Ok(SubAck { packet_id, codes })
+}
+
+fn decode_unsubscribe(buf: &mut Bytes) -> Result<Unsubscribe> {
+    let packet_id = packet_id(buf)?;
+    let mut filters = Vec::new();
+    while buf.has_remaining() {
+        filters.push(TopicFilter::new(read_string(buf)?)?);
+    }
+    if filters.is_empty() {
+        return Err(DecodeError::NoTopicFilters); // [MQTT-3.10.3-2]
+    }
+    Ok(Unsubscribe { packet_id, filters })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::frame::encode_remaining_length;
+
+    /// A frame from its first byte and body.
+    fn frame(first: u8, body: &[u8]) -> Bytes {
+        let mut v = vec![first];
+        encode_remaining_length(body.len(), &mut v);
+        v.extend_from_slice(body);
+        v.into()
+    }
+
+    fn dec(first: u8, body: &[u8]) -> Result<Packet> {
+        decode_packet(frame(first, body))
+    }
+
+    fn s(v: &mut Vec<u8>, x: &[u8]) {
+        v.extend_from_slice(&(x.len() as u16).to_be_bytes());
+        v.extend_from_slice(x);
+    }
+
+    /// CONNECT body: protocol name, level, flags, keep alive 60, then `payload`.
+    fn connect(name: &[u8], level: u8, flags: u8, payload: &[&[u8]]) -> Result<Packet> {
+        let mut b = Vec::new();
+        s(&mut b, name);
+        b.push(level);
+        b.push(flags);
+        b.extend_from_slice(&60u16.to_be_bytes());
+        for p in payload {
+            s(&mut b, p);
+        }
+        dec(0x10, &b)
+    }
+
+    fn id(n: u16) -> PacketId {
+        PacketId::new(n).unwrap()
+    }
+
+    #[test]
+    fn reserved_packet_types() {
+        // 2.2.1: types 0 and 15 are reserved.
+        assert_eq!(dec(0x00, &[]), Err(DecodeError::ReservedPacketType(0)));
+        assert_eq!(dec(0xF0, &[]), Err(DecodeError::ReservedPacketType(15)));
+    }
+
+    #[test]
+    fn reserved_header_flags() {
+        // [MQTT-2.2.2-1], [MQTT-2.2.2-2]
+        let bad = |first: u8, body: &[u8]| {
+            assert_eq!(
+                dec(first, body),
+                Err(DecodeError::InvalidHeaderFlags {
+                    packet_type: first >> 4,
+                    flags: first & 0x0F
+                }),
+                "{first:#04x}"
+            );
+        };
+        bad(0x11, &[]);
+        bad(0x28, &[0, 0]);
+        bad(0x41, &[0, 1]);
+        bad(0x52, &[0, 1]);
+        bad(0x60, &[0, 1]); // PUBREL needs 0b0010
+        bad(0x63, &[0, 1]);
+        bad(0x74, &[0, 1]);
+        bad(0x80, &[0, 1, 0, 1, b'a', 0]); // SUBSCRIBE needs 0b0010
+        bad(0x8A, &[0, 1, 0, 1, b'a', 0]);
+        bad(0x91, &[0, 1, 0]);
+        bad(0xA0, &[0, 1, 0, 1, b'a']); // UNSUBSCRIBE needs 0b0010
+        bad(0xB2, &[0, 1]);
+        bad(0xC1, &[]);
+        bad(0xD8, &[]);
+        bad(0xE2, &[]);
+        assert_eq!(dec(0x62, &[0, 1]), Ok(Packet::PubRel(id(1))));
+    }
+
+    #[test]
+    fn publish_qos3_is_malformed() {
+        // [MQTT-3.3.1-4]
+        assert_eq!(
+            dec(0x36, &[0, 1, b'a', 0, 1]),
+            Err(DecodeError::InvalidPublishQoS)
+        );
+    }
+
+    #[test]
+    fn publish_dup_on_qos0_is_malformed() {
+        // [MQTT-3.3.1-2]
+        assert_eq!(dec(0x38, &[0, 1, b'a']), Err(DecodeError::DupOnQoS0));
+        assert!(dec(0x3A, &[0, 1, b'a', 0, 1]).is_ok());
+    }
+
+    #[test]
+    fn publish_zero_copy_and_fields() {
+        let f = frame(0x35, &[0, 3, b'a', b'/', b'b', 0x12, 0x34, b'x', b'y']);
+        let range = f.as_ptr_range();
+        let Ok(Packet::Publish(p)) = decode_packet(f) else {
+            panic!("not a publish")
+        };
+        assert_eq!(p.qos, QoS::ExactlyOnce);
+        assert!(p.retain && !p.dup);
+        assert_eq!(p.topic.as_str(), "a/b");
+        assert_eq!(p.packet_id, Some(id(0x1234)));
+        assert_eq!(&p.payload[..], b"xy");
+        assert!(range.contains(&p.payload.as_ptr()));
+        assert!(range.contains(&p.topic.as_str().as_ptr()));
+    }
+
+    #[test]
+    fn publish_empty_payload_and_topic_rules() {
+        assert!(dec(0x30, &[0, 1, b'a']).is_ok());
+        // [MQTT-3.3.2-2]: no wildcards in a topic name.
+        assert_eq!(
+            dec(0x30, &[0, 3, b'a', b'/', b'+']),
+            Err(DecodeError::InvalidTopic(TopicError::WildcardInName))
+        );
+        // [MQTT-4.7.3-1]: topic at least one character.
+        assert_eq!(
+            dec(0x30, &[0, 0]),
+            Err(DecodeError::InvalidTopic(TopicError::Empty))
+        );
+    }
+
+    #[test]
+    fn body_shorter_than_fields() {
+        assert_eq!(dec(0x40, &[0]), Err(DecodeError::Truncated));
+        assert_eq!(dec(0x30, &[0, 5, b'a']), Err(DecodeError::Truncated));
+        assert_eq!(dec(0x32, &[0, 1, b'a', 0]), Err(DecodeError::Truncated));
+        assert_eq!(dec(0x20, &[0]), Err(DecodeError::Truncated));
+        assert_eq!(dec(0x82, &[0, 1, 0, 1, b'a']), Err(DecodeError::Truncated));
+    }
+
+    #[test]
+    fn trailing_bytes() {
+        assert_eq!(dec(0x40, &[0, 1, 9]), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(dec(0xC0, &[1, 2]), Err(DecodeError::TrailingBytes(2)));
+        assert_eq!(dec(0x20, &[0, 0, 0]), Err(DecodeError::TrailingBytes(1)));
+        assert_eq!(
+            connect(b"MQTT", 4, 0x02, &[b"id", b"extra"]),
+            Err(DecodeError::TrailingBytes(7))
+        );
+    }
+
+    #[test]
+    fn frame_length_must_match_header() {
+        let mut f = frame(0x40, &[0, 1]).to_vec();
+        f.push(0);
+        assert_eq!(
+            decode_packet(f.into()),
+            Err(DecodeError::FrameLengthMismatch {
+                expected: 4,
+                actual: 5
+            })
+        );
+        assert_eq!(
+            decode_packet(Bytes::from_static(&[0x40, 2, 0])),
+            Err(DecodeError::FrameLengthMismatch {
+                expected: 4,
+                actual: 3
+            })
+        );
+        assert_eq!(
+            decode_packet(Bytes::new()),
+            Err(DecodeError::IncompleteHeader)
+        );
+        assert_eq!(
+            decode_packet(Bytes::from_static(&[0x30, 0x80])),
+            Err(DecodeError::IncompleteHeader)
+        );
+        assert_eq!(
+            decode_packet(Bytes::from_static(&[0x30, 0x80, 0x80, 0x80, 0x80, 1])),
+            Err(DecodeError::MalformedRemainingLength)
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_and_null() {
+        // [MQTT-1.5.3-1]: ill-formed UTF-8, including encoded surrogates.
+        assert_eq!(dec(0x30, &[0, 1, 0xFF]), Err(DecodeError::InvalidUtf8));
+        assert_eq!(
+            dec(0x30, &[0, 3, 0xED, 0xA0, 0x80]),
+            Err(DecodeError::InvalidUtf8)
+        );
+        // [MQTT-1.5.3-2]: U+0000.
+        assert_eq!(
+            dec(0x30, &[0, 3, b'a', 0, b'b']),
+            Err(DecodeError::NullChar)
+        );
+        assert_eq!(
+            connect(b"MQTT", 4, 0x02, &[b"a\0"]),
+            Err(DecodeError::NullChar)
+        );
+        // Non-UTF-8 user name is an error; the password is binary.
+        assert_eq!(
+            connect(b"MQTT", 4, 0x82, &[b"id", b"\xC3"]),
+            Err(DecodeError::InvalidUtf8)
+        );
+        let Ok(Packet::Connect(c)) = connect(b"MQTT", 4, 0xC2, &[b"id", b"u", b"\xFF\x00"]) else {
+            panic!()
+        };
+        assert_eq!(c.password.as_deref(), Some(&b"\xFF\x00"[..]));
+    }
+
+    #[test]
+    fn packet_id_zero() {
+        // [MQTT-2.3.1-1]
+        for first in [0x40, 0x50, 0x62, 0x70, 0xB0] {
+            assert_eq!(
+                dec(first, &[0, 0]),
+                Err(DecodeError::ZeroPacketId),
+                "{first:#x}"
+            );
+        }
+        assert_eq!(
+            dec(0x32, &[0, 1, b'a', 0, 0]),
+            Err(DecodeError::ZeroPacketId)
+        );
+        assert_eq!(
+            dec(0x82, &[0, 0, 0, 1, b'a', 0]),
+            Err(DecodeError::ZeroPacketId)
+        );
+        assert_eq!(
+            dec(0xA2, &[0, 0, 0, 1, b'a']),
+            Err(DecodeError::ZeroPacketId)
+        );
+        assert_eq!(dec(0x90, &[0, 0, 0]), Err(DecodeError::ZeroPacketId));
+    }
+
+    #[test]
+    fn subscribe_without_filters() {
+        // [MQTT-3.8.3-3]
+        assert_eq!(dec(0x82, &[0, 1]), Err(DecodeError::NoTopicFilters));
+    }
+
+    #[test]
+    fn unsubscribe_without_filters() {
+        // [MQTT-3.10.3-2]
+        assert_eq!(dec(0xA2, &[0, 1]), Err(DecodeError::NoTopicFilters));
+    }
+
+    #[test]
+    fn subscribe_options() {
+        // [MQTT-3.8.3-4]: QoS 3 and reserved upper bits are malformed.
+        assert_eq!(
+            dec(0x82, &[0, 1, 0, 1, b'a', 3]),
+            Err(DecodeError::InvalidSubscriptionOptions(3))
+        );
+        assert_eq!(
+            dec(0x82, &[0, 1, 0, 1, b'a', 0x41]),
+            Err(DecodeError::InvalidSubscriptionOptions(0x41))
+        );
+        // [MQTT-4.7.1-2]: filter rules apply.
+        assert_eq!(
+            dec(0x82, &[0, 1, 0, 2, b'a', b'#', 0]),
+            Err(DecodeError::InvalidTopic(TopicError::BadMultiLevelWildcard))
+        );
+        let Ok(Packet::Subscribe(s)) = dec(0x82, &[0, 7, 0, 1, b'#', 2, 0, 3, b'a', b'/', b'+', 1])
+        else {
+            panic!()
+        };
+        assert_eq!(s.packet_id, id(7));
+        assert_eq!(s.filters.len(), 2);
+        assert_eq!(s.filters[0].0.as_str(), "#");
+        assert_eq!(s.filters[0].1, QoS::ExactlyOnce);
+        assert_eq!(s.filters[1].1, QoS::AtLeastOnce);
+    }
+
+    #[test]
+    fn connect_protocol_name_and_level() {
+        // [MQTT-3.1.2-1]
+        assert_eq!(
+            connect(b"MQTX", 4, 0x02, &[b"id"]),
+            Err(DecodeError::InvalidProtocolName)
+        );
+        assert_eq!(
+            connect(b"\xFF\xFE", 4, 0x02, &[b"id"]),
+            Err(DecodeError::InvalidProtocolName)
+        );
+        // [MQTT-3.1.2-2]: known name, unsupported level; CONNACK 0x01 follows.
+        let e = connect(b"MQTT", 5, 0x02, &[b"id"]).unwrap_err();
+        assert_eq!(e, DecodeError::UnsupportedProtocolLevel(5));
+        assert!(e.is_unsupported_protocol_level());
+        assert_eq!(
+            connect(b"MQTT", 3, 0x02, &[b"id"]),
+            Err(DecodeError::UnsupportedProtocolLevel(3))
+        );
+        assert_eq!(
+            connect(b"MQIsdp", 4, 0x02, &[b"id"]),
+            Err(DecodeError::UnsupportedProtocolLevel(4))
+        );
+        // An MQTT 5 CONNECT is identified before its properties would fail parsing.
+        let mut b = Vec::new();
+        s(&mut b, b"MQTT");
+        b.extend_from_slice(&[5, 0x02, 0, 60, 0x05, 0x11, 0, 0, 0, 10]);
+        assert_eq!(dec(0x10, &b), Err(DecodeError::UnsupportedProtocolLevel(5)));
+        assert!(!DecodeError::InvalidProtocolName.is_unsupported_protocol_level());
+
+        let Ok(Packet::Connect(c)) = connect(b"MQIsdp", 3, 0x02, &[b"id"]) else {
+            panic!()
+        };
+        assert_eq!(c.version, ProtocolVersion::V3_1);
+        assert!(c.clean_session);
+        assert_eq!(c.keep_alive_secs, 60);
+        assert_eq!(&*c.client_id, "id");
+    }
+
+    #[test]
+    fn connect_reserved_flag() {
+        // [MQTT-3.1.2-3]
+        assert_eq!(
+            connect(b"MQTT", 4, 0x03, &[b"id"]),
+            Err(DecodeError::ReservedConnectFlag)
+        );
+    }
+
+    #[test]
+    fn connect_will_qos3() {
+        // [MQTT-3.1.2-14]
+        assert_eq!(
+            connect(b"MQTT", 4, 0x1E, &[b"id", b"t", b"m"]),
+            Err(DecodeError::InvalidWillQoS)
+        );
+    }
+
+    #[test]
+    fn connect_will_qos_without_will_flag() {
+        // [MQTT-3.1.2-13]
+        assert_eq!(
+            connect(b"MQTT", 4, 0x0A, &[b"id"]),
+            Err(DecodeError::WillFieldsWithoutWillFlag)
+        );
+    }
+
+    #[test]
+    fn connect_will_retain_without_will_flag() {
+        // [MQTT-3.1.2-15]
+        assert_eq!(
+            connect(b"MQTT", 4, 0x22, &[b"id"]),
+            Err(DecodeError::WillFieldsWithoutWillFlag)
+        );
+    }
+
+    #[test]
+    fn connect_password_without_username() {
+        // [MQTT-3.1.2-22]
+        assert_eq!(
+            connect(b"MQTT", 4, 0x42, &[b"id", b"pw"]),
+            Err(DecodeError::PasswordWithoutUsername)
+        );
+    }
+
+    #[test]
+    fn connect_full() {
+        let Ok(Packet::Connect(c)) =
+            connect(b"MQTT", 4, 0xF4, &[b"", b"w/t", b"bye", b"user", b"pw"])
+        else {
+            panic!()
+        };
+        assert_eq!(c.version, ProtocolVersion::V3_1_1);
+        assert!(!c.clean_session);
+        assert_eq!(&*c.client_id, ""); // empty client id is the broker's call
+        let w = c.will.unwrap();
+        assert_eq!(w.topic.as_str(), "w/t");
+        assert_eq!(&w.payload[..], b"bye");
+        assert_eq!(w.qos, QoS::ExactlyOnce);
+        assert!(w.retain);
+        assert_eq!(c.username.as_deref(), Some("user"));
+        assert_eq!(c.password.as_deref(), Some(&b"pw"[..]));
+        // 3.1.3.2: the will topic is a topic name.
+        assert_eq!(
+            connect(b"MQTT", 4, 0x06, &[b"id", b"w/#", b"m"]),
+            Err(DecodeError::InvalidTopic(TopicError::WildcardInName))
+        );
+        // Fields announced by flags but missing.
+        assert_eq!(
+            connect(b"MQTT", 4, 0x82, &[b"id"]),
+            Err(DecodeError::Truncated)
+        );
+    }
+
+    #[test]
+    fn connack() {
+        assert_eq!(
+            dec(0x20, &[1, 0]),
+            Ok(Packet::ConnAck(ConnAck {
+                session_present: true,
+                code: ConnectReturnCode::Accepted
+            }))
+        );
+        // 3.2.2.1: bits 7-1 of the acknowledge flags are reserved.
+        assert_eq!(dec(0x20, &[2, 0]), Err(DecodeError::InvalidConnAckFlags(2)));
+        // [MQTT-3.2.2-4]: session present only with return code 0.
+        assert_eq!(dec(0x20, &[1, 5]), Err(DecodeError::InvalidConnAckFlags(1)));
+        // 3.2.2.3: codes 6-255 are reserved.
+        assert_eq!(
+            dec(0x20, &[0, 6]),
+            Err(DecodeError::InvalidConnectReturnCode(6))
+        );
+    }
+
+    #[test]
+    fn suback_codes() {
+        assert_eq!(
+            dec(0x90, &[0, 1, 0, 1, 2, 0x80]),
+            Ok(Packet::SubAck(SubAck {
+                packet_id: id(1),
+                codes: vec![
+                    SubAckCode::Granted(QoS::AtMostOnce),
+                    SubAckCode::Granted(QoS::AtLeastOnce),
+                    SubAckCode::Granted(QoS::ExactlyOnce),
+                    SubAckCode::Failure
+                ]
+            }))
+        );
+        // [MQTT-3.9.3-2]
+        assert_eq!(
+            dec(0x90, &[0, 1, 3]),
+            Err(DecodeError::InvalidSubAckCode(3))
+        );
+        assert_eq!(
+            dec(0x90, &[0, 1, 0x81]),
+            Err(DecodeError::InvalidSubAckCode(0x81))
+        );
+    }
+
+    #[test]
+    fn simple_packets() {
+        assert_eq!(dec(0x40, &[0, 1]), Ok(Packet::PubAck(id(1))));
+        assert_eq!(dec(0x50, &[1, 0]), Ok(Packet::PubRec(id(256))));
+        assert_eq!(dec(0x70, &[0xFF, 0xFF]), Ok(Packet::PubComp(id(65535))));
+        assert_eq!(dec(0xB0, &[0, 2]), Ok(Packet::UnsubAck(id(2))));
+        assert_eq!(dec(0xC0, &[]), Ok(Packet::PingReq));
+        assert_eq!(dec(0xD0, &[]), Ok(Packet::PingResp));
+        assert_eq!(dec(0xE0, &[]), Ok(Packet::Disconnect));
+        assert_eq!(
+            dec(0xA2, &[0, 3, 0, 1, b'+']),
+            Ok(Packet::Unsubscribe(Unsubscribe {
+                packet_id: id(3),
+                filters: vec![TopicFilter::new("+").unwrap()]
+            }))
+        );
+    }
+}

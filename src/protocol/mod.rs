@@ -20,7 +20,46 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use std::num::NonZeroU16;
 
+pub use decode::{decode_packet, DecodeError};
+pub use encode::{encode_packet, encode_publish, encoded_len};
+pub use frame::{check_frame, Frame, FrameError, MAX_REMAINING_LENGTH};
 pub use topic::{TopicError, TopicFilter, TopicName};
+
+/// Anything that stops [`decode_one`] from yielding a packet: the connection is done
+/// (after CONNACK 0x01 when [`CodecError::is_unsupported_protocol_level`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CodecError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+}
+
+impl CodecError {
+    /// See [`DecodeError::is_unsupported_protocol_level`].
+    pub fn is_unsupported_protocol_level(&self) -> bool {
+        matches!(self, CodecError::Decode(e) if e.is_unsupported_protocol_level())
+    }
+}
+
+/// Takes one packet off the front of `buf`: `Ok(None)` (leaving `buf` untouched) until
+/// a whole packet is buffered, then splits that packet's bytes off and decodes them.
+/// A packet larger than `max_packet_bytes` is refused from its fixed header alone.
+/// After an error the offending bytes may or may not have been consumed; the caller
+/// must close the connection.
+pub fn decode_one(
+    buf: &mut bytes::BytesMut,
+    max_packet_bytes: usize,
+) -> Result<Option<Packet>, CodecError> {
+    let Some(frame) = check_frame(buf, max_packet_bytes)? else {
+        return Ok(None);
+    };
+    if buf.len() < frame.total_len() {
+        return Ok(None);
+    }
+    let bytes = buf.split_to(frame.total_len()).freeze();
+    Ok(Some(decode_packet(bytes)?))
+}
 
 /// A packet identifier. Zero is never a valid id ([MQTT-2.3.1-1]), so the type forbids it.
 pub type PacketId = NonZeroU16;
@@ -217,4 +256,83 @@ pub struct SubAck {
 pub struct Unsubscribe {
     pub packet_id: PacketId,
     pub filters: Vec<TopicFilter>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BytesMut;
+
+    fn sample() -> Vec<Packet> {
+        vec![
+            Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: true,
+                topic: TopicName::new("a/b").unwrap(),
+                packet_id: PacketId::new(5),
+                payload: Bytes::from(vec![9u8; 200]),
+            }),
+            Packet::Subscribe(Subscribe {
+                packet_id: PacketId::new(6).unwrap(),
+                filters: vec![(TopicFilter::new("x/#").unwrap(), QoS::ExactlyOnce)],
+            }),
+            Packet::PingReq,
+        ]
+    }
+
+    #[test]
+    fn every_prefix_is_incomplete_until_the_whole_packet() {
+        for p in sample() {
+            let mut wire = Vec::new();
+            encode_packet(&p, &mut wire);
+            for cut in 0..wire.len() {
+                let mut buf = BytesMut::from(&wire[..cut]);
+                let got = decode_one(&mut buf, 1 << 20);
+                assert_eq!(got, Ok(None), "{} cut {cut}", p.name());
+                assert_eq!(buf.len(), cut, "an incomplete packet is left in place");
+            }
+            let mut buf = BytesMut::from(&wire[..]);
+            assert_eq!(decode_one(&mut buf, 1 << 20), Ok(Some(p)));
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn back_to_back_packets_in_one_buffer() {
+        let packets = sample();
+        let mut wire = Vec::new();
+        for p in &packets {
+            encode_packet(p, &mut wire);
+        }
+        wire.extend_from_slice(&[0x30, 0x05]); // start of a fourth, incomplete packet
+        let mut buf = BytesMut::from(&wire[..]);
+        for p in packets {
+            assert_eq!(decode_one(&mut buf, 1 << 20), Ok(Some(p)));
+        }
+        assert_eq!(decode_one(&mut buf, 1 << 20), Ok(None));
+        assert_eq!(&buf[..], [0x30, 0x05]);
+    }
+
+    #[test]
+    fn errors_are_wrapped() {
+        let mut buf = BytesMut::from(&[0x30, 0xFF, 0xFF, 0xFF, 0x7F][..]);
+        assert_eq!(
+            decode_one(&mut buf, 1024),
+            Err(CodecError::Frame(FrameError::PacketTooLarge {
+                size: MAX_REMAINING_LENGTH + 5,
+                max: 1024
+            }))
+        );
+        let mut buf = BytesMut::from(&[0xF0, 0x00][..]);
+        assert_eq!(
+            decode_one(&mut buf, 1024),
+            Err(CodecError::Decode(DecodeError::ReservedPacketType(15)))
+        );
+        let mut b = vec![0x10, 10, 0, 4];
+        b.extend_from_slice(b"MQTT");
+        b.extend_from_slice(&[5, 2, 0, 0]);
+        let err = decode_one(&mut BytesMut::from(&b[..]), 1024).unwrap_err();
+        assert!(err.is_unsupported_protocol_level());
+    }
 }
