@@ -220,9 +220,6 @@ mod tests {
         }
     }
 
-    fn pid(n: u16) -> PacketId {
-        PacketId::new(n).unwrap()
-    }
 
     #[test]
     fn packet_ids_skip_zero_and_ids_in_use() {

@@ -191,9 +191,9 @@ impl Shard {
 
     /// One decoded packet from a connection.
     pub fn packet(&mut self, now: Instant, id: ConnId, packet: Packet) {
+        self.stats.messages_received += 1;
         let Some(conn) = self.conn_mut(id) else { return };
         conn.last_rx = now;
-        self.stats.messages_received += 1;
         match (&conn.phase, packet) {
             (Phase::AwaitConnect, Packet::Connect(c)) => self.on_connect(now, id, c),
             (Phase::AwaitConnect, p) => {

@@ -256,7 +256,8 @@ impl Shard {
     }
 
     fn broadcast_interest(&mut self, filter: &TopicFilter, add: bool) {
-        for w in (0..self.workers).filter(|&w| w != self.id) {
+        let me = self.id;
+        for w in (0..self.workers).filter(|&w| w != me) {
             self.send_mesh(
                 w,
                 MeshMsg::Interest {

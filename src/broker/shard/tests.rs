@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 struct H {
     shards: Vec<Shard>,
     now: Instant,
-    closed: Vec<ConnId>,
+    /// Last bytes of connections the shards closed, by (worker, conn).
+    closed: Vec<((usize, ConnId), Vec<u8>)>,
+    /// Packets read past a CONNACK, returned by the next `recv`.
+    unread: Vec<((usize, ConnId), Packet)>,
     next_slot: u32,
 }
 
@@ -33,6 +36,7 @@ impl H {
                 .collect(),
             now,
             closed: Vec::new(),
+            unread: Vec::new(),
             next_slot: 0,
         }
     }
@@ -58,7 +62,8 @@ impl H {
             let mut moved = false;
             for from in 0..self.shards.len() {
                 let closes = std::mem::take(&mut self.shards[from].effects().close);
-                self.closed.extend(closes.into_iter().map(|(id, _)| id));
+                self.closed
+                    .extend(closes.into_iter().map(|(id, tx)| ((from, id), tx)));
                 for to in 0..self.shards.len() {
                     let batch = std::mem::take(&mut self.shards[from].effects().mesh[to]);
                     if !batch.is_empty() {
@@ -74,10 +79,23 @@ impl H {
     }
 
     fn recv(&mut self, c: (usize, ConnId)) -> Vec<Packet> {
-        let Some(tx) = self.shards[c.0].tx_mut(c.1) else { return Vec::new() };
-        let mut buf = BytesMut::from(&tx[..]);
-        tx.clear();
-        let mut out = Vec::new();
+        self.settle();
+        let mut buf = match self.shards[c.0].tx_mut(c.1) {
+            Some(tx) => BytesMut::from(&std::mem::take(tx)[..]),
+            None => match self.closed.iter_mut().find(|(k, _)| *k == c) {
+                Some((_, tx)) => BytesMut::from(&std::mem::take(tx)[..]),
+                None => BytesMut::new(),
+            },
+        };
+        let mut out: Vec<Packet> = Vec::new();
+        let unread = std::mem::take(&mut self.unread);
+        for (k, p) in unread {
+            if k == c {
+                out.push(p);
+            } else {
+                self.unread.push((k, p));
+            }
+        }
         while let Some(p) = decode_one(&mut buf, usize::MAX).unwrap() {
             out.push(p);
         }
@@ -102,7 +120,9 @@ impl H {
         self.send(c, Packet::Connect(connect));
         let mut got = self.recv(c);
         assert!(!got.is_empty(), "no CONNACK");
-        match got.remove(0) {
+        let first = got.remove(0);
+        self.unread.extend(got.into_iter().map(|p| (c, p)));
+        match first {
             Packet::ConnAck(a) => (c, a),
             p => panic!("expected CONNACK, got {p:?}"),
         }
