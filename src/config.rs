@@ -154,7 +154,8 @@ mod tests {
 
     #[test]
     fn toml_overrides_some_keys() {
-        let cfg: Config = toml::from_str("workers = 2\nmax_inflight = 5\nlisten = [\"127.0.0.1:1999\"]").unwrap();
+        let cfg: Config =
+            toml::from_str("workers = 2\nmax_inflight = 5\nlisten = [\"127.0.0.1:1999\"]").unwrap();
         assert_eq!(cfg.workers, 2);
         assert_eq!(cfg.max_inflight, 5);
         assert_eq!(cfg.listen[0].port(), 1999);

@@ -3,7 +3,7 @@
 //! See `ARCHITECTURE.md` for the map. `protocol` is the sans-IO codec, `broker` the
 //! sans-IO shard logic, `runtime` the only place that performs IO.
 
-pub mod protocol;
 pub mod broker;
 pub mod config;
+pub mod protocol;
 pub mod runtime;

@@ -47,8 +47,12 @@ fn pubsub_every_qos_across_workers() {
     wait_suback(&mut sub_conn);
     let (publ, mut pub_conn) = rumqtt(b.addr(), "pub", true);
     wait_connack(&mut pub_conn);
-    for (i, q) in [RQoS::AtMostOnce, RQoS::AtLeastOnce, RQoS::ExactlyOnce].into_iter().enumerate() {
-        publ.publish(format!("t/{i}"), q, false, vec![i as u8]).unwrap();
+    for (i, q) in [RQoS::AtMostOnce, RQoS::AtLeastOnce, RQoS::ExactlyOnce]
+        .into_iter()
+        .enumerate()
+    {
+        publ.publish(format!("t/{i}"), q, false, vec![i as u8])
+            .unwrap();
         // Drive the publisher's event loop so the packet (and its QoS flow) goes out.
         let _ = pub_conn.recv_timeout(Duration::from_millis(50));
         let p = next_publish(&mut sub_conn);
@@ -63,8 +67,11 @@ fn retained_message_reaches_later_wildcard_subscriber_on_other_worker() {
     let b = broker(2);
     let (publ, mut pub_conn) = rumqtt(b.addr(), "pub", true);
     wait_connack(&mut pub_conn);
-    publ.publish("home/kitchen/temp", RQoS::AtLeastOnce, true, "21").unwrap();
-    wait_event(&mut pub_conn, |e| matches!(e, Event::Incoming(RPacket::PubAck(_))));
+    publ.publish("home/kitchen/temp", RQoS::AtLeastOnce, true, "21")
+        .unwrap();
+    wait_event(&mut pub_conn, |e| {
+        matches!(e, Event::Incoming(RPacket::PubAck(_)))
+    });
     let (sub, mut sub_conn) = rumqtt(b.addr(), "sub", true);
     wait_connack(&mut sub_conn);
     sub.subscribe("home/+/temp", RQoS::AtLeastOnce).unwrap();
@@ -91,7 +98,10 @@ fn will_is_published_on_keep_alive_expiry() {
     assert!(matches!(dying.recv(), Some(Packet::ConnAck(_))));
     // Silence for 1.5 x 1 s: the broker must close and publish the will.
     let (closed, _) = dying.closed();
-    assert!(closed, "[MQTT-3.1.2-24] connection closed after 1.5 x keep-alive");
+    assert!(
+        closed,
+        "[MQTT-3.1.2-24] connection closed after 1.5 x keep-alive"
+    );
     match watcher.recv() {
         Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"lost"),
         other => panic!("expected the will, got {other:?}"),
@@ -205,7 +215,9 @@ fn unsupported_protocol_level_gets_connack_1() {
     let b = broker(1);
     let mut raw = Raw::connect(b.addr());
     // CONNECT, protocol name MQTT, level 9, clean session, keep-alive 60, id "x".
-    raw.send_bytes(&[0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 9, 0x02, 0, 60, 0, 1, b'x']);
+    raw.send_bytes(&[
+        0x10, 13, 0, 4, b'M', b'Q', b'T', b'T', 9, 0x02, 0, 60, 0, 1, b'x',
+    ]);
     let (closed, got) = raw.closed();
     assert!(closed);
     assert!(
@@ -221,16 +233,46 @@ fn malformed_input_closes_only_that_connection() {
     let cases: &[(&str, &[u8])] = &[
         ("reserved packet type 0", &[0x00, 0x00]),
         ("reserved packet type 15", &[0xF0, 0x00]),
-        ("remaining length over 4 bytes", &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]),
-        ("PUBLISH QoS 3 [MQTT-3.3.1-4]", &[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01]),
-        ("PUBLISH wildcard topic [MQTT-3.3.2-2]", &[0x30, 0x03, 0x00, 0x01, b'#']),
-        ("SUBSCRIBE bad flags [MQTT-3.8.1-1]", &[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00]),
-        ("SUBSCRIBE no filters [MQTT-3.8.3-3]", &[0x82, 0x02, 0x00, 0x01]),
-        ("PUBLISH packet id 0 [MQTT-2.3.1-1]", &[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00]),
-        ("PUBLISH empty topic [MQTT-4.7.3-1]", &[0x30, 0x02, 0x00, 0x00]),
-        ("PUBLISH topic with U+0000 [MQTT-1.5.3-2]", &[0x30, 0x03, 0x00, 0x01, 0x00]),
-        ("PUBLISH invalid UTF-8 [MQTT-1.5.3-1]", &[0x30, 0x03, 0x00, 0x01, 0xFF]),
-        ("oversize packet refused from header", &[0x30, 0xFF, 0xFF, 0xFF, 0x7F]),
+        (
+            "remaining length over 4 bytes",
+            &[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F],
+        ),
+        (
+            "PUBLISH QoS 3 [MQTT-3.3.1-4]",
+            &[0x36, 0x05, 0x00, 0x01, b'a', 0x00, 0x01],
+        ),
+        (
+            "PUBLISH wildcard topic [MQTT-3.3.2-2]",
+            &[0x30, 0x03, 0x00, 0x01, b'#'],
+        ),
+        (
+            "SUBSCRIBE bad flags [MQTT-3.8.1-1]",
+            &[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00],
+        ),
+        (
+            "SUBSCRIBE no filters [MQTT-3.8.3-3]",
+            &[0x82, 0x02, 0x00, 0x01],
+        ),
+        (
+            "PUBLISH packet id 0 [MQTT-2.3.1-1]",
+            &[0x32, 0x05, 0x00, 0x01, b'a', 0x00, 0x00],
+        ),
+        (
+            "PUBLISH empty topic [MQTT-4.7.3-1]",
+            &[0x30, 0x02, 0x00, 0x00],
+        ),
+        (
+            "PUBLISH topic with U+0000 [MQTT-1.5.3-2]",
+            &[0x30, 0x03, 0x00, 0x01, 0x00],
+        ),
+        (
+            "PUBLISH invalid UTF-8 [MQTT-1.5.3-1]",
+            &[0x30, 0x03, 0x00, 0x01, 0xFF],
+        ),
+        (
+            "oversize packet refused from header",
+            &[0x30, 0xFF, 0xFF, 0xFF, 0x7F],
+        ),
     ];
     for (name, bytes) in cases {
         let mut raw = Raw::mqtt(b.addr(), &format!("bad-{}", name.len()), true);
@@ -239,7 +281,11 @@ fn malformed_input_closes_only_that_connection() {
         assert!(closed, "{name}: connection must be closed");
     }
     bystander.send(&Packet::PingReq);
-    assert_eq!(bystander.recv(), Some(Packet::PingResp), "other clients carry on");
+    assert_eq!(
+        bystander.recv(),
+        Some(Packet::PingResp),
+        "other clients carry on"
+    );
 }
 
 #[test]
@@ -284,7 +330,9 @@ fn sys_topics_are_published() {
             }
             _ => break,
         }
-        if seen.contains_key("$SYS/broker/clients/connected") && seen.contains_key("$SYS/broker/uptime") {
+        if seen.contains_key("$SYS/broker/clients/connected")
+            && seen.contains_key("$SYS/broker/uptime")
+        {
             break;
         }
     }
@@ -312,13 +360,20 @@ fn slow_qos0_subscriber_is_bounded_and_drops_are_counted() {
     let mut publ = Raw::mqtt(b.addr(), "flooder", true);
     let payload = vec![7u8; 4096];
     let mut out = Vec::new();
-    ternmq::protocol::encode_packet(&raw_publish("flood", QoS::AtMostOnce, 0, &payload, false), &mut out);
+    ternmq::protocol::encode_packet(
+        &raw_publish("flood", QoS::AtMostOnce, 0, &payload, false),
+        &mut out,
+    );
     let batch: Vec<u8> = out.iter().copied().cycle().take(out.len() * 100).collect();
     for _ in 0..100 {
         publ.send_bytes(&batch);
     }
     let mut watcher = Raw::mqtt(b.addr(), "watcher", true);
-    raw_subscribe(&mut watcher, "$SYS/broker/dropped/qos0_slow_subscriber", QoS::AtMostOnce);
+    raw_subscribe(
+        &mut watcher,
+        "$SYS/broker/dropped/qos0_slow_subscriber",
+        QoS::AtMostOnce,
+    );
     let mut dropped = 0u64;
     for _ in 0..5 {
         if let Some(Packet::Publish(p)) = watcher.recv() {
@@ -330,7 +385,11 @@ fn slow_qos0_subscriber_is_bounded_and_drops_are_counted() {
     }
     assert!(dropped > 0, "drops are counted in $SYS");
     publ.send(&Packet::PingReq);
-    assert_eq!(publ.recv(), Some(Packet::PingResp), "the publisher is still served");
+    assert_eq!(
+        publ.recv(),
+        Some(Packet::PingResp),
+        "the publisher is still served"
+    );
 }
 
 #[test]

@@ -37,7 +37,17 @@ fn mosquitto_clients_exchange_messages_at_every_qos() {
         pub_msg(port, &topic, "ready", 1, true, version);
         let mut sub = tool("mosquitto_sub")
             .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
-            .args(["-t", &format!("interop/{version}/#"), "-q", "2", "-v", "-C", "4", "-W", "20"])
+            .args([
+                "-t",
+                &format!("interop/{version}/#"),
+                "-q",
+                "2",
+                "-v",
+                "-C",
+                "4",
+                "-W",
+                "20",
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("run mosquitto_sub");
@@ -45,7 +55,14 @@ fn mosquitto_clients_exchange_messages_at_every_qos() {
         let first = lines.next().expect("a line").expect("utf-8");
         assert_eq!(first, format!("{topic} ready"));
         for qos in 0..=2u8 {
-            pub_msg(port, &format!("interop/{version}/q{qos}"), &format!("m{qos}"), qos, false, version);
+            pub_msg(
+                port,
+                &format!("interop/{version}/q{qos}"),
+                &format!("m{qos}"),
+                qos,
+                false,
+                version,
+            );
         }
         let rest: Vec<String> = lines.map_while(Result::ok).collect();
         assert_eq!(
@@ -60,7 +77,16 @@ fn mosquitto_clients_exchange_messages_at_every_qos() {
         assert!(status.success());
         // Clear the retained message (empty payload deletes).
         let out = tool("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", &topic, "-r", "-n"])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-t",
+                &topic,
+                "-r",
+                "-n",
+            ])
             .output()
             .unwrap();
         assert!(out.status.success());

@@ -7,7 +7,7 @@
 
 use super::WorkerId;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, PoisonError};
 
 const SHARDS: usize = 32;
@@ -34,12 +34,12 @@ impl Registry {
     }
 
     fn shard(&self, client_id: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, WorkerId>> {
-        let mut h = self.hasher.build_hasher();
-        client_id.hash(&mut h);
-        let i = (h.finish() as usize) % SHARDS;
+        let i = (self.hasher.hash_one(client_id) as usize) % SHARDS;
         // A poisoned shard only means another worker panicked mid-update of a plain
         // map entry; the map itself is still consistent.
-        self.shards[i].lock().unwrap_or_else(PoisonError::into_inner)
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Makes `worker` the owner of `client_id`; returns the previous owner.

@@ -116,7 +116,11 @@ impl Session {
         debug_assert!(self.inflight.len() < 65_535);
         loop {
             let candidate = self.next_packet_id;
-            self.next_packet_id = if candidate == u16::MAX { 1 } else { candidate + 1 };
+            self.next_packet_id = if candidate == u16::MAX {
+                1
+            } else {
+                candidate + 1
+            };
             if let Some(id) = PacketId::new(candidate) {
                 if !self.inflight.iter().any(|m| m.packet_id == id) {
                     return id;
@@ -200,8 +204,15 @@ impl Session {
 
     /// Bytes pinned by queued and in-flight messages.
     pub fn weight_bytes(&self) -> usize {
-        self.queue.iter().map(|q| q.msg.weight_bytes()).sum::<usize>()
-            + self.inflight.iter().map(|q| q.msg.weight_bytes()).sum::<usize>()
+        self.queue
+            .iter()
+            .map(|q| q.msg.weight_bytes())
+            .sum::<usize>()
+            + self
+                .inflight
+                .iter()
+                .map(|q| q.msg.weight_bytes())
+                .sum::<usize>()
     }
 }
 
@@ -219,7 +230,6 @@ mod tests {
             retain: false,
         }
     }
-
 
     #[test]
     fn packet_ids_skip_zero_and_ids_in_use() {
@@ -288,7 +298,10 @@ mod tests {
         let mut s = Session::new("c".into(), false);
         let f = TopicFilter::new("a/+").unwrap();
         assert_eq!(s.add_subscription(&f, QoS::AtMostOnce), None);
-        assert_eq!(s.add_subscription(&f, QoS::ExactlyOnce), Some(QoS::AtMostOnce));
+        assert_eq!(
+            s.add_subscription(&f, QoS::ExactlyOnce),
+            Some(QoS::AtMostOnce)
+        );
         assert_eq!(s.subscriptions.len(), 1);
         assert!(s.remove_subscription(&f));
         assert!(!s.remove_subscription(&f));

@@ -182,11 +182,19 @@ mod tests {
         }
         // [MQTT-4.7.1-2]
         for bad in ["a#", "a/#/b", "#/", "a/b#"] {
-            assert_eq!(TopicFilter::new(bad), Err(TopicError::BadMultiLevelWildcard), "{bad}");
+            assert_eq!(
+                TopicFilter::new(bad),
+                Err(TopicError::BadMultiLevelWildcard),
+                "{bad}"
+            );
         }
         // [MQTT-4.7.1-3]
         for bad in ["a+", "+a/b", "a/b+"] {
-            assert_eq!(TopicFilter::new(bad), Err(TopicError::BadSingleLevelWildcard), "{bad}");
+            assert_eq!(
+                TopicFilter::new(bad),
+                Err(TopicError::BadSingleLevelWildcard),
+                "{bad}"
+            );
         }
         assert_eq!(TopicFilter::new(""), Err(TopicError::Empty));
     }

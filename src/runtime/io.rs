@@ -24,14 +24,7 @@ pub(crate) fn read_into_spare(fd: &impl AsRawFd, buf: &mut BytesMut) -> io::Resu
     }
     // SAFETY: recv writes at most `spare.len()` bytes into memory we own and reports
     // how many it wrote; only those are then exposed through `set_len`.
-    let n = unsafe {
-        libc::recv(
-            fd.as_raw_fd(),
-            spare.as_mut_ptr().cast(),
-            spare.len(),
-            0,
-        )
-    };
+    let n = unsafe { libc::recv(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), 0) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

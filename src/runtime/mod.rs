@@ -117,8 +117,14 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
     for addr in &cfg.listen {
-        let l = io::bind(*addr).map_err(|source| StartError::Listen { addr: *addr, source })?;
-        addrs.push(l.local_addr().map_err(|source| StartError::Listen { addr: *addr, source })?);
+        let l = io::bind(*addr).map_err(|source| StartError::Listen {
+            addr: *addr,
+            source,
+        })?;
+        addrs.push(l.local_addr().map_err(|source| StartError::Listen {
+            addr: *addr,
+            source,
+        })?);
         listeners.push(l);
     }
     let mut polls = Vec::new();
@@ -146,7 +152,11 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
             peers: senders.clone(),
             wakers: wakers.clone(),
         };
-        let my_listeners = if id == 0 { std::mem::take(&mut listeners) } else { Vec::new() };
+        let my_listeners = if id == 0 {
+            std::mem::take(&mut listeners)
+        } else {
+            Vec::new()
+        };
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let (cfg, registry, shutdown) = (cfg.clone(), registry.clone(), shutdown.clone());
         let t = std::thread::Builder::new()
@@ -157,7 +167,16 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
                         tracing::warn!(worker = id, "cannot pin worker to core {}", core.id);
                     }
                 }
-                let w = worker::Worker::new(id, workers, cfg, registry, shutdown, poll, mesh, my_listeners);
+                let w = worker::Worker::new(
+                    id,
+                    workers,
+                    cfg,
+                    registry,
+                    shutdown,
+                    poll,
+                    mesh,
+                    my_listeners,
+                );
                 match w {
                     Ok(mut w) => w.run(),
                     Err(e) => tracing::error!(worker = id, error = %e, "worker failed to start"),

@@ -183,7 +183,9 @@ impl Worker {
     /// Accepts new connections and deals them out round-robin over the workers.
     fn accept(&mut self, now: Instant, i: usize) {
         for _ in 0..ACCEPT_PER_TURN_MAX {
-            let Some(l) = self.listeners.get(i) else { return };
+            let Some(l) = self.listeners.get(i) else {
+                return;
+            };
             match l.accept() {
                 Ok((stream, peer)) => {
                     tracing::trace!(%peer, "accepted");
@@ -194,7 +196,10 @@ impl Worker {
                     } else {
                         // SAFETY-free conversion: mio's stream wraps the std one.
                         let std_stream: std::net::TcpStream = stream.into();
-                        if self.mesh.peers[target].send(Envelope::NewConn(std_stream)).is_ok() {
+                        if self.mesh.peers[target]
+                            .send(Envelope::NewConn(std_stream))
+                            .is_ok()
+                        {
                             let _ = self.mesh.wakers[target].wake();
                         }
                     }
@@ -272,7 +277,9 @@ impl Worker {
     fn resume_paused(&mut self, now: Instant, ready: &mut Vec<usize>) {
         let conns = &mut self.conns;
         self.paused.retain(|&slot| {
-            let Some(c) = conns.get_mut(slot) else { return false };
+            let Some(c) = conns.get_mut(slot) else {
+                return false;
+            };
             match c.paused_until {
                 Some(t) if t > now => true,
                 _ => {
@@ -291,7 +298,9 @@ impl Worker {
     fn read(&mut self, now: Instant, slot: usize) {
         let mut budget = self.cfg.read_budget_bytes;
         loop {
-            let Some(c) = self.conns.get_mut(slot) else { return };
+            let Some(c) = self.conns.get_mut(slot) else {
+                return;
+            };
             let id = ConnId {
                 slot: slot as u32,
                 gen: c.gen,
@@ -338,7 +347,9 @@ impl Worker {
     /// Decodes every whole packet of `chunk` (after any saved partial one) and keeps
     /// the trailing partial packet. False when the connection is gone.
     fn decode(&mut self, now: Instant, slot: usize, id: ConnId, chunk: BytesMut) -> bool {
-        let Some(c) = self.conns.get_mut(slot) else { return false };
+        let Some(c) = self.conns.get_mut(slot) else {
+            return false;
+        };
         let mut buf = if c.partial.is_empty() {
             chunk
         } else {
@@ -377,12 +388,16 @@ impl Worker {
 
     /// Writes a connection's buffered bytes until done or the socket is full.
     fn flush(&mut self, slot: usize) {
-        let Some(c) = self.conns.get_mut(slot) else { return };
+        let Some(c) = self.conns.get_mut(slot) else {
+            return;
+        };
         let id = ConnId {
             slot: slot as u32,
             gen: c.gen,
         };
-        let Some(tx) = self.shard.tx_mut(id) else { return };
+        let Some(tx) = self.shard.tx_mut(id) else {
+            return;
+        };
         let mut written = 0;
         let mut failed = false;
         while written < tx.len() {
@@ -448,7 +463,11 @@ impl Worker {
         }
         let dirty = std::mem::take(&mut self.shard.effects().dirty);
         for id in &dirty {
-            if self.conns.get(id.slot as usize).is_some_and(|c| c.gen == id.gen) {
+            if self
+                .conns
+                .get(id.slot as usize)
+                .is_some_and(|c| c.gen == id.gen)
+            {
                 self.flush(id.slot as usize);
             }
         }
@@ -466,7 +485,7 @@ impl Worker {
         let closes = std::mem::take(&mut self.shard.effects().close);
         for (id, tx) in closes {
             let slot = id.slot as usize;
-            if !self.conns.get(slot).is_some_and(|c| c.gen == id.gen) {
+            if self.conns.get(slot).is_none_or(|c| c.gen != id.gen) {
                 continue;
             }
             if let Some(c) = self.conns.get_mut(slot) {

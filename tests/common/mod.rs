@@ -41,7 +41,9 @@ impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
         let stream = TcpStream::connect(addr).expect("tcp connect");
         stream.set_nodelay(true).unwrap();
-        stream.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         Raw {
             stream,
             buf: BytesMut::new(),
@@ -53,7 +55,9 @@ impl Raw {
         let mut raw = Raw::connect(addr);
         raw.send(&Packet::Connect(connect_packet(client_id, clean)));
         match raw.recv() {
-            Some(Packet::ConnAck(a)) => assert_eq!(a.code, ternmq::protocol::ConnectReturnCode::Accepted),
+            Some(Packet::ConnAck(a)) => {
+                assert_eq!(a.code, ternmq::protocol::ConnectReturnCode::Accepted)
+            }
             other => panic!("expected CONNACK, got {other:?}"),
         }
         raw
@@ -88,7 +92,11 @@ impl Raw {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return None,
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(_) => return None,
             }
         }
@@ -110,7 +118,11 @@ impl Raw {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return (true, got),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
                 Err(_) => return (true, got),
             }
         }
@@ -164,7 +176,9 @@ pub fn wait_event(
 
 /// The next incoming PUBLISH on a rumqttc connection.
 pub fn next_publish(conn: &mut rumqttc::Connection) -> rumqttc::Publish {
-    match wait_event(conn, |e| matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::Publish(_)))) {
+    match wait_event(conn, |e| {
+        matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::Publish(_)))
+    }) {
         rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => p,
         _ => unreachable!("filtered above"),
     }
@@ -172,7 +186,9 @@ pub fn next_publish(conn: &mut rumqttc::Connection) -> rumqttc::Publish {
 
 /// Waits for the SUBACK of a subscription.
 pub fn wait_suback(conn: &mut rumqttc::Connection) -> rumqttc::SubAck {
-    match wait_event(conn, |e| matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))) {
+    match wait_event(conn, |e| {
+        matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)))
+    }) {
         rumqttc::Event::Incoming(rumqttc::Packet::SubAck(s)) => s,
         _ => unreachable!("filtered above"),
     }
@@ -180,7 +196,9 @@ pub fn wait_suback(conn: &mut rumqttc::Connection) -> rumqttc::SubAck {
 
 /// Waits for CONNACK and returns its session-present flag.
 pub fn wait_connack(conn: &mut rumqttc::Connection) -> bool {
-    match wait_event(conn, |e| matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))) {
+    match wait_event(conn, |e| {
+        matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_)))
+    }) {
         rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)) => a.session_present,
         _ => unreachable!("filtered above"),
     }

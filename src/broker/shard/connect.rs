@@ -25,7 +25,9 @@ const V31_CLIENT_ID_LEN_MAX: usize = 23;
 
 impl Shard {
     pub(super) fn on_connect(&mut self, now: Instant, id: ConnId, c: Connect) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         conn.version = c.version;
         conn.keep_alive_limit = (c.keep_alive_secs > 0)
             .then(|| Duration::from_millis(u64::from(c.keep_alive_secs) * 1500)); // [MQTT-3.1.2-24]
@@ -186,8 +188,12 @@ impl Shard {
     /// [MQTT-4.4.0-1]: on a resumed session, unacknowledged PUBLISH (DUP set) and
     /// PUBREL go out again in their original order.
     fn resend_inflight(&mut self, id: ConnId, key: usize) {
-        let Some(session) = self.sessions.get(key) else { return };
-        let Some(Some(conn)) = self.conns.get_mut(id.slot as usize) else { return };
+        let Some(session) = self.sessions.get(key) else {
+            return;
+        };
+        let Some(Some(conn)) = self.conns.get_mut(id.slot as usize) else {
+            return;
+        };
         for m in &session.inflight {
             match m.state {
                 OutState::Published => encode_publish(
@@ -219,7 +225,12 @@ impl Shard {
 
     /// The connection broke a rule of the protocol: close it, publish its will.
     pub(crate) fn protocol_error(&mut self, now: Instant, id: ConnId, what: &str, why: &str) {
-        tracing::debug!(?id, packet = what, reason = why, "protocol violation, closing");
+        tracing::debug!(
+            ?id,
+            packet = what,
+            reason = why,
+            "protocol violation, closing"
+        );
         self.stats.protocol_errors += 1;
         self.end_conn(now, id);
     }
@@ -247,7 +258,9 @@ impl Shard {
     }
 
     pub(super) fn on_timeout(&mut self, now: Instant, id: ConnId) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         match &conn.phase {
             Phase::AwaitConnect => {
                 tracing::debug!(?id, "no CONNECT in time, closing");
@@ -270,7 +283,9 @@ impl Shard {
     /// Ends a connection: publishes its will (if it still has one), detaches or
     /// discards its session, and asks the runtime to close the socket.
     pub(crate) fn end_conn(&mut self, now: Instant, id: ConnId) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         let will = conn.will.take();
         let phase = std::mem::replace(&mut conn.phase, Phase::AwaitConnect);
         if let Phase::Active { session } = phase {
@@ -305,8 +320,12 @@ impl Shard {
 
     /// Forgets the connection and hands its unwritten bytes to the runtime to close.
     pub(crate) fn drop_conn(&mut self, id: ConnId) {
-        let Some(slot) = self.conns.get_mut(id.slot as usize) else { return };
-        let Some(conn) = slot.take_if(|c| c.gen == id.gen) else { return };
+        let Some(slot) = self.conns.get_mut(id.slot as usize) else {
+            return;
+        };
+        let Some(conn) = slot.take_if(|c| c.gen == id.gen) else {
+            return;
+        };
         let Conn { tx, phase, .. } = conn;
         if let Phase::Active { session } = phase {
             if let Some(s) = self.sessions.get_mut(session) {
@@ -408,7 +427,9 @@ impl Shard {
         retain: bool,
         packet_id: Option<crate::protocol::PacketId>,
     ) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         encode_publish(
             &mut conn.tx,
             false,

@@ -114,7 +114,7 @@ impl Shard {
         registry: Arc<Registry>,
         now: Instant,
     ) -> Shard {
-        assert!(workers >= 1 && workers <= super::WORKERS_MAX && id < workers);
+        assert!((1..=super::WORKERS_MAX).contains(&workers) && id < workers);
         let next_sys_at =
             (cfg.sys_interval_secs > 0).then(|| now + Duration::from_secs(cfg.sys_interval_secs));
         Shard {
@@ -192,7 +192,9 @@ impl Shard {
     /// One decoded packet from a connection.
     pub fn packet(&mut self, now: Instant, id: ConnId, packet: Packet) {
         self.stats.messages_received += 1;
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         conn.last_rx = now;
         match (&conn.phase, packet) {
             (Phase::AwaitConnect, Packet::Connect(c)) => self.on_connect(now, id, c),
@@ -223,7 +225,10 @@ impl Shard {
                 }
             }
             Packet::PubRec(pid) => {
-                let known = self.sessions.get_mut(session).is_some_and(|s| s.pubrec(pid));
+                let known = self
+                    .sessions
+                    .get_mut(session)
+                    .is_some_and(|s| s.pubrec(pid));
                 if known {
                     self.write_packet(id, &Packet::PubRel(pid));
                 }
@@ -281,7 +286,9 @@ impl Shard {
 
     /// Appends an encoded packet to a connection's write buffer.
     pub(crate) fn write_packet(&mut self, id: ConnId, packet: &Packet) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         crate::protocol::encode_packet(packet, &mut conn.tx);
         self.stats.messages_sent += 1;
         self.mark_dirty(id);
@@ -303,7 +310,9 @@ impl Shard {
 
     /// Arms the connection's timer for `at` if that is earlier than its live entry.
     pub(crate) fn schedule(&mut self, id: ConnId, at: Instant) {
-        let Some(conn) = self.conn_mut(id) else { return };
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
         if conn.timer_at.is_some_and(|t| t <= at) {
             return;
         }
@@ -329,7 +338,9 @@ impl Shard {
             }
             self.timers.pop();
             let id = ConnId { slot, gen };
-            let Some(conn) = self.conn_mut(id) else { continue };
+            let Some(conn) = self.conn_mut(id) else {
+                continue;
+            };
             if conn.timer_at != Some(at) {
                 continue; // superseded by an earlier entry
             }
@@ -363,8 +374,16 @@ impl Shard {
         let mut s = self.stats.clone();
         s.subscriptions = self.index.subscription_count() as u64;
         s.retained = self.retained.len() as u64;
-        s.clients_disconnected = self.sessions.iter().filter(|(_, s)| s.conn.is_none()).count() as u64;
-        s.queued = self.sessions.iter().map(|(_, s)| s.queue.len() as u64).sum();
+        s.clients_disconnected = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.conn.is_none())
+            .count() as u64;
+        s.queued = self
+            .sessions
+            .iter()
+            .map(|(_, s)| s.queue.len() as u64)
+            .sum();
         s
     }
 

@@ -7,7 +7,9 @@ use crate::broker::mesh::{MeshMsg, Origin};
 use crate::broker::message::Message;
 use crate::broker::session::{Enqueued, Queued};
 use crate::broker::{ConnId, WorkerId};
-use crate::protocol::{Packet, Publish, QoS, SubAck, SubAckCode, Subscribe, TopicFilter, Unsubscribe};
+use crate::protocol::{
+    Packet, Publish, QoS, SubAck, SubAckCode, Subscribe, TopicFilter, Unsubscribe,
+};
 use std::time::Instant;
 
 impl Shard {
@@ -122,7 +124,9 @@ impl Shard {
         let qos = msg.qos.min(granted);
         let max_inflight = self.cfg.max_inflight;
         let limit = self.cfg.max_queued_messages;
-        let Some(session) = self.sessions.get_mut(key) else { return };
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
         let online = session.conn;
         if qos == QoS::AtMostOnce {
             let Some(cid) = online else {
@@ -148,7 +152,11 @@ impl Shard {
                 // Online: congestion starts at the limit and back-pressures the
                 // publisher; the oldest is dropped only at twice the limit. Offline: the
                 // oldest is dropped at the limit.
-                let hard = if online.is_some() { limit.saturating_mul(2) } else { limit };
+                let hard = if online.is_some() {
+                    limit.saturating_mul(2)
+                } else {
+                    limit
+                };
                 let item = Queued {
                     qos,
                     msg: msg.clone(),
@@ -179,7 +187,13 @@ impl Shard {
         if o.worker == self.id {
             self.effects.pause.push((o.conn, until));
         } else {
-            self.send_mesh(o.worker, MeshMsg::Pause { conn: o.conn, until });
+            self.send_mesh(
+                o.worker,
+                MeshMsg::Pause {
+                    conn: o.conn,
+                    until,
+                },
+            );
         }
     }
 
@@ -187,11 +201,15 @@ impl Shard {
     pub(crate) fn pump(&mut self, id: ConnId, key: usize) {
         let max_inflight = self.cfg.max_inflight;
         loop {
-            let Some(session) = self.sessions.get_mut(key) else { return };
+            let Some(session) = self.sessions.get_mut(key) else {
+                return;
+            };
             if !session.window_open(max_inflight) {
                 return;
             }
-            let Some(q) = session.queue.pop_front() else { return };
+            let Some(q) = session.queue.pop_front() else {
+                return;
+            };
             let pid = session.start_inflight(q.qos, q.msg.clone(), q.retain);
             self.encode_delivery(id, &q.msg, q.qos, q.retain, Some(pid));
         }

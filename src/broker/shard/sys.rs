@@ -26,7 +26,10 @@ impl Shard {
             ("version", format!("ternmq {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{uptime} seconds")),
             ("clients/connected", total.clients_connected.to_string()),
-            ("clients/disconnected", total.clients_disconnected.to_string()),
+            (
+                "clients/disconnected",
+                total.clients_disconnected.to_string(),
+            ),
             (
                 "clients/total",
                 (total.clients_connected + total.clients_disconnected).to_string(),
@@ -34,7 +37,10 @@ impl Shard {
             ("connections/total", total.connections_total.to_string()),
             ("messages/received", total.messages_received.to_string()),
             ("messages/sent", total.messages_sent.to_string()),
-            ("publish/messages/received", total.publish_received.to_string()),
+            (
+                "publish/messages/received",
+                total.publish_received.to_string(),
+            ),
             ("publish/messages/sent", total.publish_sent.to_string()),
             ("publish/messages/dropped", total.dropped().to_string()),
             ("bytes/received", total.bytes_received.to_string()),
@@ -42,8 +48,14 @@ impl Shard {
             ("subscriptions/count", total.subscriptions.to_string()),
             ("retained messages/count", total.retained.to_string()),
             ("store/messages/count", total.queued.to_string()),
-            ("dropped/qos0_slow_subscriber", total.dropped_qos0_slow.to_string()),
-            ("dropped/qos0_offline", total.dropped_qos0_offline.to_string()),
+            (
+                "dropped/qos0_slow_subscriber",
+                total.dropped_qos0_slow.to_string(),
+            ),
+            (
+                "dropped/qos0_offline",
+                total.dropped_qos0_offline.to_string(),
+            ),
             ("dropped/queue_full", total.dropped_queue_full.to_string()),
             ("protocol_errors", total.protocol_errors.to_string()),
             ("backpressure/pauses", total.backpressure_pauses.to_string()),

@@ -414,7 +414,10 @@ fn persistent_session_queues_while_offline() {
     assert!(ack.session_present, "[MQTT-3.2.2-2]");
     let got = h.recv(sub);
     let payloads: Vec<_> = got.iter().map(|p| published(p).payload.clone()).collect();
-    assert_eq!(payloads, vec![Bytes::from_static(b"m1"), Bytes::from_static(b"m2")]);
+    assert_eq!(
+        payloads,
+        vec![Bytes::from_static(b"m1"), Bytes::from_static(b"m2")]
+    );
     // A clean reconnect discards the session [MQTT-3.1.2-6].
     h.shards[0].closed(h.now, sub.1);
     let (_, ack) = h.connect_with(0, connect("p", true));
@@ -502,7 +505,10 @@ fn cross_worker_routing_follows_interest() {
     assert_eq!(h.recv(sub), vec![Packet::UnsubAck(pid(9))]);
     h.send(pubc, publish("x/1", QoS::AtMostOnce, 0, b"hi"));
     assert!(h.recv(sub).is_empty());
-    assert!(h.shards[0].effects().mesh[1].is_empty(), "no interest, nothing forwarded");
+    assert!(
+        h.shards[0].effects().mesh[1].is_empty(),
+        "no interest, nothing forwarded"
+    );
 }
 
 #[test]
