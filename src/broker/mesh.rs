@@ -21,6 +21,32 @@ pub struct Origin {
     pub conn: ConnId,
 }
 
+/// Identifies one routing of a message: the worker that routed it, that worker's
+/// routing sequence number (strictly increasing per worker), and the set of workers
+/// that received a direct copy (the origin itself included: it delivers locally).
+///
+/// Used while a session moves between workers: a worker that received a direct copy
+/// of a message after the session was installed there has delivered (or forwarded)
+/// it, so a forwarded copy must be dropped; otherwise the forwarded copy is the only
+/// one and must be delivered. Per-channel FIFO makes "after" well defined: a worker
+/// has seen exactly the stamps up to its watermark from each origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    pub worker: WorkerId,
+    pub seq: u64,
+    /// Bit `w` set: worker `w` got a direct copy.
+    pub targets: u64,
+}
+
+impl Stamp {
+    /// True if the direct copy at `worker` reached it after a session was installed
+    /// there with `watermark`, i.e. the direct path took care of this message.
+    pub fn handled_directly(&self, worker: WorkerId, watermark: &[u64]) -> bool {
+        self.targets & (1u64 << worker) != 0
+            && watermark.get(self.worker).is_some_and(|&w| self.seq > w)
+    }
+}
+
 /// One cross-worker message.
 #[derive(Debug)]
 pub enum MeshMsg {
@@ -30,8 +56,17 @@ pub enum MeshMsg {
     Publish {
         msg: Message,
         origin: Option<Origin>,
+        stamp: Stamp,
         /// When the batch was started, for queueing-delay accounting.
         sent_at: Instant,
+    },
+    /// A message that reached a worker a session has just left: deliver it to that
+    /// session unless its [`Stamp`] shows the direct path already did.
+    Forward {
+        client_id: Arc<str>,
+        msg: Message,
+        origin: Option<Origin>,
+        stamp: Stamp,
     },
     /// The sender's local index gained its first (`add`) or lost its last subscriber
     /// on `filter`.

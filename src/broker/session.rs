@@ -70,6 +70,10 @@ pub struct Session {
     /// The connection attached on this worker, if online. Worker-local: cleared before
     /// the session moves to another worker.
     pub conn: Option<ConnId>,
+    /// Set when the session arrived here from another worker: the routing watermark
+    /// at that moment (see [`crate::broker::mesh::Stamp`]), used to tell which
+    /// forwarded messages it already received directly. Worker-local.
+    pub moved_in: Option<Box<[u64]>>,
     next_packet_id: u16,
 }
 
@@ -83,6 +87,7 @@ impl Session {
             queue: VecDeque::new(),
             inbound_qos2: HashSet::new(),
             conn: None,
+            moved_in: None,
             next_packet_id: 1,
         }
     }

@@ -63,6 +63,7 @@ impl Shard {
                         deadline,
                     }));
                 }
+                self.awaiting_handover.insert(client_id.clone(), id);
                 self.schedule(id, deadline);
                 self.send_mesh(
                     owner,
@@ -120,6 +121,8 @@ impl Shard {
     /// Installs a moved session (its subscriptions join the index) and returns its key.
     fn install_session(&mut self, mut session: Session) -> usize {
         session.conn = None;
+        session.moved_in = Some(self.watermark());
+        self.drop_stub_for(&session.client_id);
         let client_id = session.client_id.clone();
         let subs = session.subscriptions.clone();
         let key = self.sessions.insert(session);
@@ -139,6 +142,9 @@ impl Shard {
         clean: bool,
         existing: Option<usize>,
     ) {
+        if self.awaiting_handover.get(&client_id) == Some(&id) {
+            self.awaiting_handover.remove(&client_id);
+        }
         let key = match existing {
             Some(key) if !clean => {
                 if let Some(s) = self.sessions.get_mut(key) {
@@ -327,6 +333,11 @@ impl Shard {
             return;
         };
         let Conn { tx, phase, .. } = conn;
+        if let Phase::AwaitHandover(p) = &phase {
+            if self.awaiting_handover.get(&p.client_id) == Some(&id) {
+                self.awaiting_handover.remove(&p.client_id);
+            }
+        }
         if let Phase::Active { session } = phase {
             if let Some(s) = self.sessions.get_mut(session) {
                 s.conn = None;
@@ -345,28 +356,37 @@ impl Shard {
         clean: bool,
     ) {
         // Is our own connection for this client still waiting for a handover?
-        let pending = self.conns.iter().enumerate().find_map(|(slot, c)| match c {
-            Some(Conn {
-                phase: Phase::AwaitHandover(p),
-                gen,
-                ..
-            }) if p.client_id == client_id => Some(ConnId {
-                slot: slot as u32,
-                gen: *gen,
-            }),
-            _ => None,
-        });
-        if let Some(pending) = pending {
+        if let Some(pending) = self.awaiting_handover.get(&client_id).copied() {
             self.drop_conn(pending);
-            self.forward_handover.insert(client_id, (from, to));
+            self.forward_handover.insert(client_id, (from, to, clean));
             return;
         }
-        let session = self.detach_local_session(now, &client_id).and_then(|key| {
-            let s = self.remove_session(key)?;
-            (!clean && !s.clean).then(|| Box::new(s))
-        });
+        self.hand_over(now, client_id, from, to, clean);
+    }
+
+    /// Closes our connection for `client_id` (its will is published) and sends the
+    /// session to `to_worker`, leaving a forwarding stub; a clean new connection gets
+    /// nothing and the old session is discarded.
+    fn hand_over(
+        &mut self,
+        now: Instant,
+        client_id: Arc<str>,
+        to_worker: WorkerId,
+        to: ConnId,
+        clean: bool,
+    ) {
+        // A clean session is discarded when its connection closes here.
+        self.detach_local_session(now, &client_id);
+        let session = match self.by_client.get(&client_id).copied() {
+            Some(key) if !clean => self.move_out(now, key, to_worker).map(Box::new),
+            Some(key) => {
+                self.remove_session(key);
+                None
+            }
+            None => None,
+        };
         self.send_mesh(
-            from,
+            to_worker,
             MeshMsg::Handover {
                 client_id,
                 to,
@@ -383,15 +403,13 @@ impl Shard {
         to: ConnId,
         session: Option<Box<crate::broker::session::Session>>,
     ) {
-        if let Some((worker, conn)) = self.forward_handover.remove(&client_id) {
-            self.send_mesh(
-                worker,
-                MeshMsg::Handover {
-                    client_id,
-                    to: conn,
-                    session,
-                },
-            );
+        if let Some((worker, conn, clean)) = self.forward_handover.remove(&client_id) {
+            // Our own waiting connection was taken over in turn: the session passes
+            // through, installed for an instant so that a stub is left here too.
+            if let Some(s) = session {
+                self.install_session(*s);
+            }
+            self.hand_over(now, client_id, worker, conn, clean);
             return;
         }
         let waiting = match self.conn(to).map(|c| &c.phase) {

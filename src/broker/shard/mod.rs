@@ -13,6 +13,7 @@
 //! (`$SYS` topics and stats).
 
 mod connect;
+mod moved;
 mod route;
 mod sys;
 
@@ -27,7 +28,7 @@ use crate::config::Config;
 use crate::protocol::{Packet, ProtocolVersion, QoS, Will};
 use slab::Slab;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -93,7 +94,9 @@ pub struct Shard {
     pub(crate) timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     /// Takeover requests that reached us while our own connection for that client was
     /// still waiting for a handover: forward the handover when it comes.
-    pub(crate) forward_handover: HashMap<Arc<str>, (WorkerId, ConnId)>,
+    pub(crate) forward_handover: HashMap<Arc<str>, (WorkerId, ConnId, bool)>,
+    /// Our connections waiting for a handover, by client id.
+    pub(crate) awaiting_handover: HashMap<Arc<str>, ConnId>,
     pub(crate) effects: Effects,
     pub(crate) stats: Stats,
     /// Worker 0 only: the latest counters of every worker.
@@ -103,6 +106,15 @@ pub struct Shard {
     /// Reused per publish: (session key, granted QoS) of local matches.
     pub(crate) matches: Vec<(u32, QoS)>,
     pub(crate) next_auto_id: u64,
+    /// Routing sequence number of this worker's last routed message.
+    pub(crate) seq: u64,
+    /// The last routing sequence number received from each worker.
+    pub(crate) last_seen: Vec<u64>,
+    /// Forwarding stubs of sessions that moved away (see `moved.rs`).
+    pub(crate) stubs: Slab<moved::Stub>,
+    pub(crate) stub_by_client: HashMap<Arc<str>, usize>,
+    /// Stub expiry times in creation order (all share one grace period).
+    pub(crate) stub_expiry: VecDeque<(Instant, usize)>,
 }
 
 impl Shard {
@@ -130,6 +142,7 @@ impl Shard {
             retained: RetainedStore::new(),
             timers: BinaryHeap::new(),
             forward_handover: HashMap::new(),
+            awaiting_handover: HashMap::new(),
             effects: Effects {
                 mesh: (0..workers).map(|_| Vec::new()).collect(),
                 ..Effects::default()
@@ -140,6 +153,11 @@ impl Shard {
             next_sys_at,
             matches: Vec::new(),
             next_auto_id: 0,
+            seq: 0,
+            last_seen: vec![0; workers],
+            stubs: Slab::new(),
+            stub_by_client: HashMap::new(),
+            stub_expiry: VecDeque::new(),
         }
     }
 
@@ -323,10 +341,8 @@ impl Shard {
     /// The earliest time `tick` has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let t = self.timers.peek().map(|Reverse((at, _, _))| *at);
-        match (t, self.next_sys_at) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let stub = self.stub_expiry.front().map(|(at, _)| *at);
+        [t, self.next_sys_at, stub].into_iter().flatten().min()
     }
 
     /// Fires due timers: CONNECT timeouts, keep-alive expiry, handover deadlines and
@@ -356,6 +372,7 @@ impl Shard {
                 None => {}
             }
         }
+        self.expire_stubs(now);
         if self.next_sys_at.is_some_and(|t| t <= now) {
             self.next_sys_at = Some(now + Duration::from_secs(self.cfg.sys_interval_secs));
             self.sys_tick(now);
@@ -372,7 +389,8 @@ impl Shard {
     /// A snapshot of this worker's counters with the gauges filled in.
     pub fn stats(&self) -> Stats {
         let mut s = self.stats.clone();
-        s.subscriptions = self.index.subscription_count() as u64;
+        let stubbed: usize = self.stubs.iter().map(|(_, st)| st.filters.len()).sum();
+        s.subscriptions = (self.index.subscription_count() - stubbed) as u64;
         s.retained = self.retained.len() as u64;
         s.clients_disconnected = self
             .sessions

@@ -2,8 +2,9 @@
 //! workers, outbound QoS windows and queues, SUBSCRIBE/UNSUBSCRIBE and retained
 //! delivery. This is the hot path: no allocation per subscriber, one match per publish.
 
+use super::moved::STUB_BIT;
 use super::Shard;
-use crate::broker::mesh::{MeshMsg, Origin};
+use crate::broker::mesh::{MeshMsg, Origin, Stamp};
 use crate::broker::message::Message;
 use crate::broker::session::{Enqueued, Queued};
 use crate::broker::{ConnId, WorkerId};
@@ -78,6 +79,12 @@ impl Shard {
                 .for_each_match(&msg.topic, |w, ()| mask |= 1u64 << w);
         }
         mask &= !(1u64 << self.id);
+        self.seq += 1;
+        let stamp = Stamp {
+            worker: self.id,
+            seq: self.seq,
+            targets: mask | (1u64 << self.id),
+        };
         while mask != 0 {
             let w = mask.trailing_zeros() as WorkerId;
             mask &= mask - 1;
@@ -86,16 +93,23 @@ impl Shard {
                 MeshMsg::Publish {
                     msg: msg.clone(),
                     origin,
+                    stamp,
                     sent_at: now,
                 },
             );
         }
-        self.deliver_local(now, &msg, origin);
+        self.deliver_local(now, &msg, origin, stamp);
     }
 
     /// Delivers to this worker's matching sessions, once per session at the highest
     /// granted QoS among its matching filters ([MQTT-3.3.5-1]).
-    pub(crate) fn deliver_local(&mut self, now: Instant, msg: &Message, origin: Option<Origin>) {
+    pub(crate) fn deliver_local(
+        &mut self,
+        now: Instant,
+        msg: &Message,
+        origin: Option<Origin>,
+        stamp: Stamp,
+    ) {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
         self.index
@@ -105,8 +119,12 @@ impl Shard {
             matches.dedup_by_key(|m| m.0);
         }
         for &(key, granted) in &matches {
-            // [MQTT-3.3.1-9]: RETAIN is cleared on normal forwarding.
-            self.deliver(now, key as usize, msg, granted, false, origin);
+            if key & STUB_BIT != 0 {
+                self.forward_via_stub(key, msg, origin, stamp);
+            } else {
+                // [MQTT-3.3.1-9]: RETAIN is cleared on normal forwarding.
+                self.deliver(now, key as usize, msg, granted, false, origin);
+            }
         }
         self.matches = matches;
     }
@@ -273,7 +291,7 @@ impl Shard {
         }
     }
 
-    fn broadcast_interest(&mut self, filter: &TopicFilter, add: bool) {
+    pub(crate) fn broadcast_interest(&mut self, filter: &TopicFilter, add: bool) {
         let me = self.id;
         for w in (0..self.workers).filter(|&w| w != me) {
             self.send_mesh(
@@ -298,12 +316,22 @@ impl Shard {
 
     pub(super) fn on_mesh(&mut self, now: Instant, from: WorkerId, msg: MeshMsg) {
         match msg {
-            MeshMsg::Publish { msg, origin, .. } => {
+            MeshMsg::Publish {
+                msg, origin, stamp, ..
+            } => {
+                debug_assert!(stamp.worker == from && stamp.seq > self.last_seen[from]);
+                self.last_seen[from] = stamp.seq;
                 if msg.retain {
                     self.store_retained(&msg);
                 }
-                self.deliver_local(now, &msg, origin);
+                self.deliver_local(now, &msg, origin, stamp);
             }
+            MeshMsg::Forward {
+                client_id,
+                msg,
+                origin,
+                stamp,
+            } => self.on_forward(now, client_id, msg, origin, stamp),
             MeshMsg::Interest { filter, add } => {
                 if add {
                     self.interest.insert(&filter, from as u32, ());

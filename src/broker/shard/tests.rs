@@ -56,6 +56,17 @@ impl H {
         self.settle();
     }
 
+    /// Feeds a packet without delivering any mesh traffic.
+    fn send_only(&mut self, c: (usize, ConnId), p: Packet) {
+        self.shards[c.0].packet(self.now, c.1, p);
+    }
+
+    /// Delivers what `from` has queued for `to`, and nothing else.
+    fn pump(&mut self, from: usize, to: usize) {
+        let batch = std::mem::take(&mut self.shards[from].effects().mesh[to]);
+        self.shards[to].mesh(self.now, from, batch);
+    }
+
     /// Delivers mesh batches until none are left and collects closes.
     fn settle(&mut self) {
         loop {
@@ -546,4 +557,68 @@ fn stale_events_are_ignored() {
     h.shards[0].closed(h.now, c.1);
     h.shards[0].packet(h.now, c.1, Packet::PingReq);
     assert!(h.shards[0].tx_mut(c.1).is_none());
+}
+
+/// The session moves w0 -> w1 while a third worker still routes to w0, in the
+/// interleavings that matter: every acknowledged QoS 2 message reaches it once.
+#[test]
+fn publishes_racing_a_session_move_are_delivered_exactly_once() {
+    for direct_first in [false, true] {
+        let mut h = H::new(3);
+        let old = h.connect(0, "s", false);
+        h.subscribe(old, "t", QoS::ExactlyOnce);
+        // Another subscriber on w1 makes w2 route "t" to w1 as well.
+        let other = h.connect(1, "other", true);
+        h.subscribe(other, "t", QoS::AtMostOnce);
+        let pubc = h.connect(2, "p", true);
+
+        let new = h.open(1);
+        h.send_only(new, Packet::Connect(connect("s", false)));
+        h.pump(1, 0); // Takeover reaches w0: the session leaves, a stub stays.
+        h.send_only(pubc, publish("t", QoS::ExactlyOnce, 5, b"racing"));
+        if direct_first {
+            h.pump(2, 1); // direct copy at w1 before the session arrives
+            h.pump(2, 0); // stale copy at w0: forwarded
+            h.pump(0, 1); // handover, then the forward: must be delivered
+        } else {
+            h.pump(0, 1); // handover: installed on w1
+            h.pump(2, 1); // direct copy: delivered
+            h.pump(2, 0); // stale copy at w0: forwarded
+            h.pump(0, 1); // the forward: already delivered, dropped
+        }
+        h.settle();
+        let got = h.recv(new);
+        let n = got
+            .iter()
+            .filter(|p| matches!(p, Packet::Publish(p) if &p.payload[..] == b"racing"))
+            .count();
+        assert_eq!(n, 1, "direct_first={direct_first}: {got:?}");
+        assert!(h.is_closed(old));
+    }
+}
+
+#[test]
+fn stubs_expire_and_release_interest() {
+    let mut h = H::new(2);
+    let old = h.connect(0, "s", false);
+    h.subscribe(old, "t", QoS::AtLeastOnce);
+    let _new = h.connect(1, "s", false);
+    assert_eq!(
+        h.shards[0].stats().subscriptions,
+        0,
+        "stubs are not subscriptions"
+    );
+    assert_eq!(
+        h.shards[0].index.filter_count(),
+        1,
+        "the stub holds the filter"
+    );
+    h.advance(Duration::from_secs(11));
+    assert_eq!(h.shards[0].index.filter_count(), 0, "the stub is gone");
+    assert_eq!(
+        h.shards[1].interest.filter_count(),
+        0,
+        "w0's interest withdrawn"
+    );
+    assert_eq!(h.shards[1].stats().subscriptions, 1);
 }
