@@ -314,6 +314,13 @@ impl Worker {
                 self.pending_reads.push(slot);
                 return;
             }
+            if self.shard.tx_len(id) >= self.cfg.max_outbound_bytes {
+                // The client is not reading what we send (acks, deliveries): stop
+                // reading from it until its buffer drains, so it cannot make us
+                // buffer without bound. `flush` resumes it.
+                c.read_pending = true;
+                return;
+            }
             c.read_pending = false;
             if self.scratch.capacity() - self.scratch.len() < SCRATCH_BYTES / 4 {
                 self.scratch.reserve(SCRATCH_BYTES);
@@ -422,7 +429,11 @@ impl Worker {
         } else {
             tx.drain(..written);
         }
+        let backlog = tx.len();
         self.shard.count_tx_bytes(written);
+        if c.read_pending && backlog < self.cfg.max_outbound_bytes && c.paused_until.is_none() {
+            self.pending_reads.push(slot);
+        }
         if failed {
             // The read side will see the error too; close now so nothing piles up.
             self.shard.closed(Instant::now(), id);

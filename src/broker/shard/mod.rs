@@ -292,6 +292,11 @@ impl Shard {
         Some(&mut conn.tx)
     }
 
+    /// Bytes waiting in the connection's write buffer (0 for unknown connections).
+    pub fn tx_len(&self, id: ConnId) -> usize {
+        self.conn(id).map_or(0, |c| c.tx.len())
+    }
+
     /// Bytes the runtime handed to the kernel.
     pub fn count_tx_bytes(&mut self, n: usize) {
         self.stats.bytes_sent += n as u64;

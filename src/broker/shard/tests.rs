@@ -622,3 +622,56 @@ fn stubs_expire_and_release_interest() {
     );
     assert_eq!(h.shards[1].stats().subscriptions, 1);
 }
+
+#[test]
+fn congested_online_subscriber_pauses_its_publisher_then_drops_oldest() {
+    let cfg = Config {
+        max_inflight: 2,
+        max_queued_messages: 5,
+        ..Config::default()
+    };
+    let mut h = H::with(2, cfg);
+    let slow = h.connect(0, "slow", true);
+    h.subscribe(slow, "q", QoS::AtLeastOnce);
+    let local_pub = h.connect(0, "lp", true);
+    let remote_pub = h.connect(1, "rp", true);
+    for i in 1..=4u16 {
+        h.send(local_pub, publish("q", QoS::AtLeastOnce, i, b"x"));
+    }
+    // 2 in flight + 2 queued: not congested yet.
+    assert!(h.shards[0].effects().pause.is_empty());
+    for i in 1..=4u16 {
+        h.send(remote_pub, publish("q", QoS::AtLeastOnce, i, b"y"));
+    }
+    // The queue reached its limit: the publishers feeding it are paused, the remote
+    // one through its own worker.
+    let paused0: Vec<_> = h.shards[0]
+        .effects()
+        .pause
+        .iter()
+        .map(|(c, _)| *c)
+        .collect();
+    let paused1: Vec<_> = h.shards[1]
+        .effects()
+        .pause
+        .iter()
+        .map(|(c, _)| *c)
+        .collect();
+    assert!(paused1.contains(&remote_pub.1), "{paused1:?}");
+    assert!(!paused0.contains(&local_pub.1));
+    for i in 5..=10u16 {
+        h.send(local_pub, publish("q", QoS::AtLeastOnce, i, b"x"));
+    }
+    // 2 in flight + 10 queued (twice the limit) and the oldest dropped after that.
+    let stats = h.shards[0].stats();
+    assert_eq!(stats.queued, 10);
+    assert_eq!(stats.dropped_queue_full, 2);
+    assert!(stats.backpressure_pauses > 0);
+    // Acknowledging drains the queue in order.
+    let got = h.recv(slow);
+    assert_eq!(got.len(), 2);
+    for p in &got {
+        h.send(slow, Packet::PubAck(published(p).packet_id.unwrap()));
+    }
+    assert_eq!(h.recv(slow).len(), 2, "two more from the queue");
+}
