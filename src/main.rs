@@ -97,10 +97,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    let mut signals = match signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ]) {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGUSR2])
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ternmq: cannot install signal handlers: {e}");
@@ -114,8 +113,19 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!(signal = sig, "shutting down");
+    for sig in signals.forever() {
+        match sig {
+            // SIGUSR1 prints the merged latency histograms, SIGUSR2 resets them.
+            SIGUSR1 => eprint!("{}", broker.latency().report()),
+            SIGUSR2 => {
+                broker.reset_latency();
+                tracing::info!("latency histograms reset");
+            }
+            _ => {
+                tracing::info!(signal = sig, "shutting down");
+                break;
+            }
+        }
     }
     broker.stop();
     tracing::info!("stopped");

@@ -6,6 +6,7 @@
 //! Must not: carry sockets or anything tied to a thread; the runtime wraps these in its
 //! own envelope for that.
 
+use super::latency::Latency;
 use super::message::Message;
 use super::session::Session;
 use super::stats::Stats;
@@ -57,8 +58,6 @@ pub enum MeshMsg {
         msg: Message,
         origin: Option<Origin>,
         stamp: Stamp,
-        /// When the batch was started, for queueing-delay accounting.
-        sent_at: Instant,
     },
     /// A message that reached a worker a session has just left: deliver it to that
     /// session unless its [`Stamp`] shows the direct path already did.
@@ -88,8 +87,8 @@ pub enum MeshMsg {
     },
     /// Stop reading from `conn` until `until`: a subscriber it feeds is congested.
     Pause { conn: ConnId, until: Instant },
-    /// Periodic counters for the `$SYS` publisher (worker 0).
-    Stats(Box<Stats>),
+    /// Periodic counters and histograms for the `$SYS` publisher (worker 0).
+    Stats(Box<(Stats, Latency)>),
 }
 
 /// Everything a shard wants sent to one destination worker in one turn.

@@ -6,6 +6,7 @@
 //! Must not: import `mio`, `std::net`, `crossbeam_channel`, or call `Instant::now()`:
 //! time comes in as a `now` argument and every effect goes out as data.
 
+pub mod latency;
 pub mod mesh;
 pub mod message;
 pub mod registry;

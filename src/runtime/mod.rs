@@ -10,6 +10,7 @@
 mod io;
 mod worker;
 
+use crate::broker::latency::Latency;
 use crate::broker::mesh::Batch;
 use crate::broker::registry::Registry;
 use crate::broker::WorkerId;
@@ -28,10 +29,25 @@ pub(crate) const LISTENER_TOKEN_BASE: usize = usize::MAX - 1;
 
 /// What travels over the mesh channels.
 pub(crate) enum Envelope {
-    /// One turn's messages from one worker to another.
-    Batch { from: WorkerId, batch: Batch },
+    /// One turn's messages from one worker to another; `created_at` is the start of
+    /// the origin's turn that produced them.
+    Batch {
+        from: WorkerId,
+        created_at: std::time::Instant,
+        batch: Batch,
+    },
+    /// An operator request, off the data path.
+    Control(Control),
     /// A freshly accepted connection handed to its worker.
     NewConn(std::net::TcpStream),
+}
+
+/// Operator requests to a worker.
+pub(crate) enum Control {
+    /// Send a copy of the worker's latency histograms.
+    Latency(Sender<Latency>),
+    /// Clear the worker's latency histograms.
+    ResetLatency,
 }
 
 /// Why the broker could not start.
@@ -54,6 +70,7 @@ pub enum StartError {
 pub struct BrokerHandle {
     addrs: Vec<SocketAddr>,
     wakers: Vec<Arc<Waker>>,
+    senders: Vec<Sender<Envelope>>,
     shutdown: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
@@ -67,6 +84,37 @@ impl BrokerHandle {
     /// The first listener's address.
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// Every worker's latency histograms, merged (waits up to a second per worker).
+    pub fn latency(&self) -> Latency {
+        let (tx, rx) = crossbeam_channel::bounded(self.senders.len());
+        let mut asked = 0;
+        for (s, w) in self.senders.iter().zip(&self.wakers) {
+            if s.send(Envelope::Control(Control::Latency(tx.clone())))
+                .is_ok()
+            {
+                asked += 1;
+                let _ = w.wake();
+            }
+        }
+        let mut merged = Latency::default();
+        for _ in 0..asked {
+            match rx.recv_timeout(std::time::Duration::from_secs(1)) {
+                Ok(l) => merged.merge(&l),
+                Err(_) => break,
+            }
+        }
+        merged
+    }
+
+    /// Clears every worker's latency histograms.
+    pub fn reset_latency(&self) {
+        for (s, w) in self.senders.iter().zip(&self.wakers) {
+            if s.send(Envelope::Control(Control::ResetLatency)).is_ok() {
+                let _ = w.wake();
+            }
+        }
     }
 
     /// Asks every worker to stop; returns at once.
@@ -189,6 +237,7 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
     Ok(BrokerHandle {
         addrs,
         wakers,
+        senders,
         shutdown,
         threads,
     })

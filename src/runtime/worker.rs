@@ -6,7 +6,8 @@
 //! one write per dirty connection, closes last.
 
 use super::io::read_into_spare;
-use super::{Envelope, LISTENER_TOKEN_BASE, WAKER_TOKEN};
+use super::{Control, Envelope, LISTENER_TOKEN_BASE, WAKER_TOKEN};
+use crate::broker::mesh::MeshMsg;
 use crate::broker::registry::Registry;
 use crate::broker::shard::Shard;
 use crate::broker::{ConnId, WorkerId};
@@ -63,6 +64,8 @@ pub(crate) struct Worker {
     /// Slots to read again next turn without waiting for an event.
     pending_reads: Vec<usize>,
     paused: Vec<usize>,
+    /// This turn's received batches: (origin turn start, publishes in it).
+    remote_publishes: Vec<(Instant, u64)>,
 }
 
 impl Worker {
@@ -97,6 +100,7 @@ impl Worker {
             workers,
             pending_reads: Vec::new(),
             paused: Vec::new(),
+            remote_publishes: Vec::new(),
         })
     }
 
@@ -115,6 +119,7 @@ impl Worker {
                 break;
             }
             let now = Instant::now();
+            let publishes_before = self.shard.publishes_received();
             self.drain_inbox(now);
             ready.clear();
             for ev in events.iter() {
@@ -145,6 +150,11 @@ impl Worker {
             }
             self.shard.tick(now);
             self.apply_effects(now);
+            self.record_turn(
+                now,
+                publishes_before,
+                !ready.is_empty() || !events.is_empty(),
+            );
         }
         tracing::debug!(worker = self.id, "worker stopped");
     }
@@ -166,10 +176,45 @@ impl Worker {
         deadline.map(|d| d.saturating_duration_since(now) + Duration::from_micros(500))
     }
 
+    /// One clock read at the end of a turn feeds the latency histograms.
+    fn record_turn(&mut self, start: Instant, publishes_before: u64, busy: bool) {
+        let local = self.shard.publishes_received() - publishes_before;
+        if !busy && local == 0 && self.remote_publishes.is_empty() {
+            return;
+        }
+        let done = Instant::now();
+        let ns = |t: Instant| done.saturating_duration_since(t).as_nanos() as u64;
+        let lat = &mut self.shard.latency;
+        lat.record_turn(ns(start));
+        lat.record_publish(ns(start), local);
+        for (t, n) in self.remote_publishes.drain(..) {
+            lat.record_publish(ns(t), n);
+        }
+    }
+
     fn drain_inbox(&mut self, now: Instant) {
         loop {
             match self.mesh.rx.try_recv() {
-                Ok(Envelope::Batch { from, batch }) => self.shard.mesh(now, from, batch),
+                Ok(Envelope::Batch {
+                    from,
+                    created_at,
+                    batch,
+                }) => {
+                    let publishes = batch
+                        .iter()
+                        .filter(|m| matches!(m, MeshMsg::Publish { .. } | MeshMsg::Forward { .. }))
+                        .count() as u64;
+                    let delay = now.saturating_duration_since(created_at).as_nanos() as u64;
+                    self.shard.latency.record_batch(batch.len() as u64, delay);
+                    if publishes > 0 {
+                        self.remote_publishes.push((created_at, publishes));
+                    }
+                    self.shard.mesh(now, from, batch)
+                }
+                Ok(Envelope::Control(Control::Latency(reply))) => {
+                    let _ = reply.send(self.shard.latency.clone());
+                }
+                Ok(Envelope::Control(Control::ResetLatency)) => self.shard.latency.reset(),
                 Ok(Envelope::NewConn(stream)) => self.adopt(now, stream),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
             }
@@ -441,7 +486,7 @@ impl Worker {
         }
     }
 
-    fn apply_effects(&mut self, _now: Instant) {
+    fn apply_effects(&mut self, now: Instant) {
         // Pauses first: they gate the next turn's reads.
         let pauses = std::mem::take(&mut self.shard.effects().pause);
         for (id, until) in pauses {
@@ -463,6 +508,7 @@ impl Worker {
             if self.mesh.peers[w]
                 .send(Envelope::Batch {
                     from: self.id,
+                    created_at: now,
                     batch,
                 })
                 .is_ok()

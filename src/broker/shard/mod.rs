@@ -17,6 +17,7 @@ mod moved;
 mod route;
 mod sys;
 
+use super::latency::Latency;
 use super::mesh::{Batch, MeshMsg};
 use super::registry::Registry;
 use super::retained::RetainedStore;
@@ -101,6 +102,10 @@ pub struct Shard {
     pub(crate) stats: Stats,
     /// Worker 0 only: the latest counters of every worker.
     pub(crate) worker_stats: Vec<Stats>,
+    /// Worker 0 only: the latest histograms of every worker.
+    pub(crate) worker_latency: Vec<Latency>,
+    /// This worker's histograms, recorded by the runtime.
+    pub latency: Latency,
     pub(crate) started_at: Instant,
     pub(crate) next_sys_at: Option<Instant>,
     /// Reused per publish: (session key, granted QoS) of local matches.
@@ -149,6 +154,12 @@ impl Shard {
             },
             stats: Stats::default(),
             worker_stats: vec![Stats::default(); workers],
+            worker_latency: if id == 0 {
+                vec![Latency::default(); workers]
+            } else {
+                Vec::new()
+            },
+            latency: Latency::default(),
             started_at: now,
             next_sys_at,
             matches: Vec::new(),
@@ -408,6 +419,11 @@ impl Shard {
             .map(|(_, s)| s.queue.len() as u64)
             .sum();
         s
+    }
+
+    /// PUBLISH packets received from this worker's clients since start.
+    pub fn publishes_received(&self) -> u64 {
+        self.stats.publish_received
     }
 
     /// Number of sessions held by this worker (online or not).

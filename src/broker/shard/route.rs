@@ -94,7 +94,6 @@ impl Shard {
                     msg: msg.clone(),
                     origin,
                     stamp,
-                    sent_at: now,
                 },
             );
         }
@@ -354,9 +353,13 @@ impl Shard {
                     self.effects.pause.push((conn, until));
                 }
             }
-            MeshMsg::Stats(s) => {
+            MeshMsg::Stats(report) => {
+                let (stats, latency) = *report;
                 if let Some(slot) = self.worker_stats.get_mut(from) {
-                    *slot = *s;
+                    *slot = stats;
+                }
+                if let Some(slot) = self.worker_latency.get_mut(from) {
+                    *slot = latency;
                 }
             }
         }

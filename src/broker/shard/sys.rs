@@ -2,6 +2,7 @@
 //! worker 0 merges them and publishes retained messages under Mosquitto's names.
 
 use super::Shard;
+use crate::broker::latency::Latency;
 use crate::broker::mesh::MeshMsg;
 use crate::broker::message::Message;
 use crate::broker::stats::Stats;
@@ -13,13 +14,19 @@ impl Shard {
     pub(super) fn sys_tick(&mut self, now: Instant) {
         let mine = self.stats();
         if self.id != 0 {
-            self.send_mesh(0, MeshMsg::Stats(Box::new(mine)));
+            let report = Box::new((mine, self.latency.clone()));
+            self.send_mesh(0, MeshMsg::Stats(report));
             return;
         }
         self.worker_stats[0] = mine;
+        self.worker_latency[0] = self.latency.clone();
         let mut total = Stats::default();
         for s in &self.worker_stats {
             total.merge(s);
+        }
+        let mut latency = Latency::default();
+        for l in &self.worker_latency {
+            latency.merge(l);
         }
         let uptime = now.saturating_duration_since(self.started_at).as_secs();
         let topics: [(&str, String); 21] = [
@@ -60,6 +67,21 @@ impl Shard {
             ("protocol_errors", total.protocol_errors.to_string()),
             ("backpressure/pauses", total.backpressure_pauses.to_string()),
         ];
+        let mut topics: Vec<(String, String)> = topics
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
+        for s in latency.summaries() {
+            for (q, v) in [
+                ("count", s.count),
+                ("p50", s.p50),
+                ("p99", s.p99),
+                ("p999", s.p999),
+                ("max", s.max),
+            ] {
+                topics.push((format!("latency/{}/{q}", s.name), v.to_string()));
+            }
+        }
         for (name, value) in topics {
             let Ok(topic) = TopicName::new(format!("$SYS/broker/{name}")) else {
                 debug_assert!(false, "bad $SYS topic {name}");
