@@ -58,6 +58,8 @@ pub enum MeshMsg {
         msg: Message,
         origin: Option<Origin>,
         stamp: Stamp,
+        /// When the origin decoded it (orders retained-store updates).
+        at: Instant,
     },
     /// A message that reached a worker a session has just left: deliver it to that
     /// session unless its [`Stamp`] shows the direct path already did.

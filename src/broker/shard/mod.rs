@@ -92,6 +92,10 @@ pub struct Shard {
     /// Other workers' interest: subscriber id = worker id.
     pub(crate) interest: TopicIndex<()>,
     pub(crate) retained: RetainedStore,
+    /// The version of the last update applied per retained topic (see `route.rs`).
+    pub(crate) retained_versions: HashMap<crate::protocol::TopicName, route::RetainVersion>,
+    /// Deleted retained topics, oldest first, kept for a grace period.
+    pub(crate) tombstones: VecDeque<(Instant, crate::protocol::TopicName)>,
     pub(crate) timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
     /// Takeover requests that reached us while our own connection for that client was
     /// still waiting for a handover: forward the handover when it comes.
@@ -145,6 +149,8 @@ impl Shard {
             index: TopicIndex::new(),
             interest: TopicIndex::new(),
             retained: RetainedStore::new(),
+            retained_versions: HashMap::new(),
+            tombstones: VecDeque::new(),
             timers: BinaryHeap::new(),
             forward_handover: HashMap::new(),
             awaiting_handover: HashMap::new(),
@@ -358,7 +364,12 @@ impl Shard {
     pub fn next_deadline(&self) -> Option<Instant> {
         let t = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let stub = self.stub_expiry.front().map(|(at, _)| *at);
-        [t, self.next_sys_at, stub].into_iter().flatten().min()
+        let grace = self.cfg.handover_timeout() * 2;
+        let tomb = self.tombstones.front().map(|(at, _)| *at + grace);
+        [t, self.next_sys_at, stub, tomb]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Fires due timers: CONNECT timeouts, keep-alive expiry, handover deadlines and
@@ -389,6 +400,7 @@ impl Shard {
             }
         }
         self.expire_stubs(now);
+        self.expire_tombstones(now);
         if self.next_sys_at.is_some_and(|t| t <= now) {
             self.next_sys_at = Some(now + Duration::from_secs(self.cfg.sys_interval_secs));
             self.sys_tick(now);

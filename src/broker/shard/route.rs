@@ -13,6 +13,9 @@ use crate::protocol::{
 };
 use std::time::Instant;
 
+/// Orders retained-store updates across replicas: decode time, worker, sequence.
+pub(crate) type RetainVersion = (Instant, WorkerId, u64);
+
 impl Shard {
     pub(super) fn on_publish(&mut self, now: Instant, id: ConnId, key: usize, p: Publish) {
         self.stats.publish_received += 1;
@@ -67,9 +70,6 @@ impl Shard {
             worker: self.id,
             conn,
         });
-        if msg.retain {
-            self.store_retained(&msg);
-        }
         let mut mask: u64 = 0;
         if msg.retain {
             // Every worker keeps a replica of the retained store.
@@ -85,6 +85,9 @@ impl Shard {
             seq: self.seq,
             targets: mask | (1u64 << self.id),
         };
+        if msg.retain {
+            self.store_retained(&msg, (now, self.id, self.seq));
+        }
         while mask != 0 {
             let w = mask.trailing_zeros() as WorkerId;
             mask &= mask - 1;
@@ -94,6 +97,7 @@ impl Shard {
                     msg: msg.clone(),
                     origin,
                     stamp,
+                    at: now,
                 },
             );
         }
@@ -304,24 +308,62 @@ impl Shard {
     }
 
     /// Updates this worker's retained replica: an empty payload deletes
-    /// ([MQTT-3.3.1-10]), anything else replaces ([MQTT-3.3.1-5]).
-    fn store_retained(&mut self, msg: &Message) {
+    /// ([MQTT-3.3.1-10]), anything else replaces ([MQTT-3.3.1-5]). Replicas converge:
+    /// an update older than the one applied (by decode time, then worker, then
+    /// sequence) is ignored, and a delete leaves a tombstone for a grace period so a
+    /// late older insert cannot resurrect the topic.
+    fn store_retained(&mut self, msg: &Message, version: RetainVersion) {
+        if self
+            .retained_versions
+            .get(&msg.topic)
+            .is_some_and(|v| *v >= version)
+        {
+            return;
+        }
+        self.retained_versions.insert(msg.topic.clone(), version);
         if msg.payload.is_empty() {
             self.retained.remove(&msg.topic);
+            self.tombstones.push_back((version.0, msg.topic.clone()));
         } else {
             self.retained.insert(msg.clone());
+        }
+    }
+
+    /// Forgets deletions older than the grace period, and versions of topics that
+    /// hold no message.
+    pub(crate) fn expire_tombstones(&mut self, now: Instant) {
+        let grace = self.cfg.handover_timeout() * 2;
+        while let Some((at, _)) = self.tombstones.front() {
+            if now.saturating_duration_since(*at) < grace {
+                break;
+            }
+            let Some((at, topic)) = self.tombstones.pop_front() else {
+                break;
+            };
+            let deleted = self.retained.get(&topic).is_none();
+            if deleted
+                && self
+                    .retained_versions
+                    .get(&topic)
+                    .is_some_and(|v| v.0 == at)
+            {
+                self.retained_versions.remove(&topic);
+            }
         }
     }
 
     pub(super) fn on_mesh(&mut self, now: Instant, from: WorkerId, msg: MeshMsg) {
         match msg {
             MeshMsg::Publish {
-                msg, origin, stamp, ..
+                msg,
+                origin,
+                stamp,
+                at,
             } => {
                 debug_assert!(stamp.worker == from && stamp.seq > self.last_seen[from]);
                 self.last_seen[from] = stamp.seq;
                 if msg.retain {
-                    self.store_retained(&msg);
+                    self.store_retained(&msg, (at, stamp.worker, stamp.seq));
                 }
                 self.deliver_local(now, &msg, origin, stamp);
             }
