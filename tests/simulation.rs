@@ -175,7 +175,8 @@ struct Sim {
     msgs: Vec<MsgRec>,
     /// Application-level deliveries per (client, message).
     got: HashMap<(usize, u64), u32>,
-    /// Last first-delivered message per (subscriber, publisher link, topic, QoS).
+    /// Last first-delivered message per (subscriber, publisher link, topic,
+    /// 3 * published QoS + delivered QoS).
     order: HashMap<(usize, u32, usize, u8), u64>,
     trace: Option<Vec<String>>,
     cross_worker_connects: usize,
@@ -553,6 +554,10 @@ impl Sim {
         let Some(l) = self.clients[c].link else {
             return;
         };
+        if !self.clients[c].connected {
+            // No DISCONNECT before CONNACK: a well-behaved client just closes.
+            return self.client_close(l, false);
+        }
         trace!(self, "{} sends DISCONNECT on L{l}", self.clients[c].name);
         self.send(l, Packet::Disconnect);
         self.client_close(l, true);
@@ -907,8 +912,10 @@ impl Sim {
         }
         if n == 1 {
             // [MQTT-4.6.0-6]: per topic and QoS, in the order received from one client
-            // (here: one publisher connection).
-            let key = (c, pub_link, topic, pub_qos.as_u8());
+            // (here: one publisher connection). Keyed by published and delivered QoS: a
+            // subscriber that changes its granted QoS may see a QoS 0 delivery overtake
+            // a queued QoS 1 one, which the rule ("same Topic and QoS") allows.
+            let key = (c, pub_link, topic, pub_qos.as_u8() * 3 + p.qos.as_u8());
             if let Some(&prev) = self.order.get(&key) {
                 check!(
                     self,
@@ -1127,6 +1134,15 @@ impl Sim {
             }
         }
         self.quiesce(true);
+        for c in 0..self.clients.len() {
+            let cl = &self.clients[c];
+            if cl.link.is_some() && !cl.connected {
+                let name = cl.name.clone();
+                self.fail(format!(
+                    "{name}: no CONNACK once everything settled (its session handover never completes)"
+                ));
+            }
+        }
         self.check_deliveries();
         self.teardown();
     }
