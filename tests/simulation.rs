@@ -220,6 +220,9 @@ fn matches(filter: usize, topic: usize) -> bool {
         .matches(&TopicName::new(TOPICS[topic]).unwrap())
 }
 
+/// Long enough that no handover times out during a run.
+const HANDOVER_TIMEOUT_MS: u64 = 3_600_000;
+
 fn mesh_summary(b: &Batch) -> String {
     let mut s = String::new();
     for m in b {
@@ -247,6 +250,13 @@ fn mesh_summary(b: &Batch) -> String {
                     ))
                 );
             }
+            MeshMsg::Forward { client_id, msg, .. } => {
+                let id = parse_payload(&msg.payload).map_or(u64::MAX, |p| p.0);
+                let _ = write!(s, "Forward({client_id} m{id}) ");
+            }
+            MeshMsg::StubGone { client_id } => {
+                let _ = write!(s, "StubGone({client_id}) ");
+            }
             MeshMsg::Pause { .. } => s.push_str("Pause "),
             MeshMsg::Stats(_) => s.push_str("Stats "),
         }
@@ -264,7 +274,7 @@ impl Sim {
             max_inflight: MAX_INFLIGHT,
             max_queued_messages: 1_000_000,
             connect_timeout_secs: 3600,
-            handover_timeout_ms: 3_600_000,
+            handover_timeout_ms: HANDOVER_TIMEOUT_MS,
             ..Config::default()
         };
         let cfg = Arc::new(cfg);
@@ -1201,7 +1211,9 @@ impl Sim {
                 self.quiesce(false);
             }
         }
-        self.advance(Duration::from_secs(1));
+        // Past the forwarding stubs' grace period (twice the handover timeout): every
+        // stub left by a session move is gone and its interest withdrawn.
+        self.advance(Duration::from_millis(2 * HANDOVER_TIMEOUT_MS + 1000));
         self.quiesce(false);
 
         let mut sessions = 0;

@@ -22,30 +22,17 @@ pub struct Origin {
     pub conn: ConnId,
 }
 
-/// Identifies one routing of a message: the worker that routed it, that worker's
-/// routing sequence number (strictly increasing per worker), and the set of workers
-/// that received a direct copy (the origin itself included: it delivers locally).
-///
-/// Used while a session moves between workers: a worker that received a direct copy
-/// of a message after the session was installed there has delivered (or forwarded)
-/// it, so a forwarded copy must be dropped; otherwise the forwarded copy is the only
-/// one and must be delivered. Per-channel FIFO makes "after" well defined: a worker
-/// has seen exactly the stamps up to its watermark from each origin.
+/// Identifies one routing of a message: the worker that routed it and that
+/// worker's routing sequence number (strictly increasing per worker). It orders
+/// retained-store updates and pairs a forwarded copy with its direct twin while a
+/// session moves (see `shard/moved.rs`); `targets` is the set of workers that got a
+/// direct copy (the origin itself included: it delivers locally).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     pub worker: WorkerId,
     pub seq: u64,
     /// Bit `w` set: worker `w` got a direct copy.
     pub targets: u64,
-}
-
-impl Stamp {
-    /// True if the direct copy at `worker` reached it after a session was installed
-    /// there with `watermark`, i.e. the direct path took care of this message.
-    pub fn handled_directly(&self, worker: WorkerId, watermark: &[u64]) -> bool {
-        self.targets & (1u64 << worker) != 0
-            && watermark.get(self.worker).is_some_and(|&w| self.seq > w)
-    }
 }
 
 /// One cross-worker message.
@@ -62,7 +49,7 @@ pub enum MeshMsg {
         at: Instant,
     },
     /// A message that reached a worker a session has just left: deliver it to that
-    /// session unless its [`Stamp`] shows the direct path already did.
+    /// session (or pass it on if the session moved again).
     Forward {
         client_id: Arc<str>,
         msg: Message,
@@ -76,17 +63,25 @@ pub enum MeshMsg {
     /// the old connection and send the session back with [`MeshMsg::Handover`].
     Takeover {
         client_id: Arc<str>,
+        /// The new connection's claim generation (see `Registry::claim`).
+        gen: u64,
         /// The new connection on the sending worker.
         to: ConnId,
         /// The new connection asked for a clean session: discard, do not send.
         clean: bool,
     },
-    /// Answer to `Takeover`: the session (None when there was none or it was discarded).
+    /// Answer to `Takeover`: the session (None when there was none or it was
+    /// discarded). `superseded`: a newer connection for the client exists; the
+    /// requester must close its waiting connection.
     Handover {
         client_id: Arc<str>,
         to: ConnId,
         session: Option<Box<Session>>,
+        superseded: bool,
     },
+    /// The sender's forwarding stub for `client_id` is gone: no more `Forward`s for it
+    /// will follow on this channel.
+    StubGone { client_id: Arc<str> },
     /// Stop reading from `conn` until `until`: a subscriber it feeds is congested.
     Pause { conn: ConnId, until: Instant },
     /// Periodic counters and histograms for the `$SYS` publisher (worker 0).

@@ -8,6 +8,7 @@
 use super::WorkerId;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 const SHARDS: usize = 32;
@@ -17,6 +18,18 @@ const SHARDS: usize = 32;
 pub struct Registry {
     shards: Vec<Mutex<HashMap<Arc<str>, WorkerId>>>,
     hasher: std::collections::hash_map::RandomState,
+    /// Source of claim generations: strictly increasing across all claims.
+    next_gen: AtomicU64,
+}
+
+/// The result of [`Registry::claim`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// Orders claims of one client id: a later claim has a larger generation, so a
+    /// worker can tell a stale takeover request from a current one.
+    pub gen: u64,
+    /// The worker that owned the id before this claim.
+    pub prev: Option<WorkerId>,
 }
 
 impl Default for Registry {
@@ -24,6 +37,7 @@ impl Default for Registry {
         Registry {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
+            next_gen: AtomicU64::new(1),
         }
     }
 }
@@ -42,9 +56,13 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes `worker` the owner of `client_id`; returns the previous owner.
-    pub fn claim(&self, client_id: &Arc<str>, worker: WorkerId) -> Option<WorkerId> {
-        self.shard(client_id).insert(client_id.clone(), worker)
+    /// Makes `worker` the owner of `client_id`.
+    pub fn claim(&self, client_id: &Arc<str>, worker: WorkerId) -> Claim {
+        let mut shard = self.shard(client_id);
+        // Taken under the shard lock, so generations follow the order of claims.
+        let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
+        let prev = shard.insert(client_id.clone(), worker);
+        Claim { gen, prev }
     }
 
     /// Forgets `client_id` if `worker` still owns it (a session that ended there).
@@ -83,8 +101,11 @@ mod tests {
     fn claim_and_release() {
         let r = Registry::new();
         let c: Arc<str> = "dev-1".into();
-        assert_eq!(r.claim(&c, 0), None);
-        assert_eq!(r.claim(&c, 1), Some(0));
+        let a = r.claim(&c, 0);
+        assert_eq!(a.prev, None);
+        let b = r.claim(&c, 1);
+        assert_eq!(b.prev, Some(0));
+        assert!(b.gen > a.gen);
         assert!(!r.release("dev-1", 0), "a stale owner cannot release");
         assert_eq!(r.owner("dev-1"), Some(1));
         assert!(r.release("dev-1", 1));

@@ -5,7 +5,7 @@ use super::{Conn, Phase, Shard};
 use crate::broker::mesh::MeshMsg;
 use crate::broker::message::Message;
 use crate::broker::session::{OutState, Session};
-use crate::broker::{ConnId, WorkerId};
+use crate::broker::ConnId;
 use crate::protocol::{
     encode_publish, ConnAck, Connect, ConnectReturnCode, Packet, ProtocolVersion, QoS,
 };
@@ -53,31 +53,31 @@ impl Shard {
         };
 
         // [MQTT-3.1.4-2]: one connection per client id, wherever it lives.
-        match self.registry.claim(&client_id, self.id) {
-            Some(owner) if owner != self.id => {
-                let deadline = now + self.cfg.handover_timeout();
-                if let Some(conn) = self.conn_mut(id) {
-                    conn.phase = Phase::AwaitHandover(Box::new(PendingConnect {
-                        client_id: client_id.clone(),
-                        clean: c.clean_session,
-                        deadline,
-                    }));
-                }
-                self.awaiting_handover.insert(client_id.clone(), id);
-                self.schedule(id, deadline);
-                self.send_mesh(
-                    owner,
-                    MeshMsg::Takeover {
-                        client_id,
-                        to: id,
-                        clean: c.clean_session,
-                    },
-                );
-            }
-            _ => {
-                let existing = self.detach_local_session(now, &client_id);
-                self.activate(now, id, client_id, c.clean_session, existing);
-            }
+        let claim = self.registry.claim(&client_id, self.id);
+        let clean = c.clean_session;
+        if self.by_client.contains_key(&client_id) {
+            // The session is here: take it over locally. A worker that claimed the id
+            // in between is answered "superseded" when its request arrives.
+            self.detach_local_session(now, &client_id);
+            let existing = self.by_client.get(&client_id).copied();
+            self.activate(now, id, client_id, clean, existing, claim.gen);
+        } else if self.inbound.contains_key(&client_id) {
+            // The session is already on its way here: this connection waits for it
+            // instead of the older one.
+            self.await_handover(now, id, client_id, clean, claim.gen);
+        } else if let Some(owner) = claim.prev.filter(|&w| w != self.id) {
+            self.await_handover(now, id, client_id.clone(), clean, claim.gen);
+            self.send_mesh(
+                owner,
+                MeshMsg::Takeover {
+                    client_id,
+                    gen: claim.gen,
+                    to: id,
+                    clean,
+                },
+            );
+        } else {
+            self.activate(now, id, client_id, clean, None, claim.gen);
         }
     }
 
@@ -97,15 +97,17 @@ impl Shard {
         self.drop_conn(id);
     }
 
-    /// Takes the session of `client_id` off any connection it has here, publishing
-    /// that connection's will (it ends without DISCONNECT). Returns its key.
-    fn detach_local_session(&mut self, now: Instant, client_id: &Arc<str>) -> Option<usize> {
-        let key = *self.by_client.get(client_id)?;
+    /// Closes the connection attached to the session of `client_id` here, if any,
+    /// publishing its will (it ends without DISCONNECT). A clean session goes with it;
+    /// the registry entry stays, since a new connection has claimed the id.
+    pub(super) fn detach_local_session(&mut self, now: Instant, client_id: &Arc<str>) {
+        let Some(&key) = self.by_client.get(client_id) else {
+            return;
+        };
         if let Some(old) = self.sessions.get(key).and_then(|s| s.conn) {
             tracing::debug!(?old, %client_id, "session taken over");
-            self.end_conn(now, old);
+            self.end_conn_inner(now, old, false);
         }
-        Some(key)
     }
 
     /// Removes a session from this worker entirely: its subscriptions leave the index.
@@ -119,9 +121,23 @@ impl Shard {
     }
 
     /// Installs a moved session (its subscriptions join the index) and returns its key.
-    fn install_session(&mut self, mut session: Session) -> usize {
+    /// `from`: the worker it came from.
+    pub(super) fn install_session(
+        &mut self,
+        now: Instant,
+        from: crate::broker::WorkerId,
+        mut session: Session,
+    ) -> usize {
         session.conn = None;
-        session.moved_in = Some(self.watermark());
+        let _ = now;
+        if session.moved_in.as_ref().is_none_or(|m| m.from != from) {
+            // The sender sets this on departure; a session without it gets the
+            // cautious default (nothing known delivered there).
+            session.moved_in = Some(Box::new(crate::broker::session::MovedIn {
+                from,
+                ..Default::default()
+            }));
+        }
         self.drop_stub_for(&session.client_id);
         let client_id = session.client_id.clone();
         let subs = session.subscriptions.clone();
@@ -133,18 +149,17 @@ impl Shard {
         key
     }
 
-    /// CONNACK and attach: `existing` is a session key already on this worker.
-    fn activate(
+    /// CONNACK and attach: `existing` is a session key already on this worker;
+    /// `gen` the connection's claim generation.
+    pub(super) fn activate(
         &mut self,
         now: Instant,
         id: ConnId,
         client_id: Arc<str>,
         clean: bool,
         existing: Option<usize>,
+        gen: u64,
     ) {
-        if self.awaiting_handover.get(&client_id) == Some(&id) {
-            self.awaiting_handover.remove(&client_id);
-        }
         let key = match existing {
             Some(key) if !clean => {
                 if let Some(s) = self.sessions.get_mut(key) {
@@ -159,6 +174,9 @@ impl Shard {
             None => self.sessions.insert(Session::new(client_id.clone(), clean)),
         };
         self.by_client.insert(client_id, key);
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.claim_gen = gen;
+        }
         let session_present = existing.is_some() && !clean; // [MQTT-3.2.2-1..3]
         self.attach(now, id, key, session_present);
     }
@@ -167,7 +185,7 @@ impl Shard {
         let Some(conn) = self.conn_mut(id) else {
             // The connection vanished while its session moved here: keep the session
             // if it is persistent, as if the client had disconnected.
-            self.session_gone_offline(key);
+            self.session_gone_offline(key, true);
             return;
         };
         conn.phase = Phase::Active { session: key };
@@ -275,8 +293,10 @@ impl Shard {
             Phase::AwaitHandover(p) => {
                 // The owner did not answer in time: go on with a fresh session.
                 tracing::warn!(?id, client_id = %p.client_id, "session handover timed out");
-                let (client_id, clean) = (p.client_id.clone(), p.clean);
-                self.activate(now, id, client_id, clean, None);
+                let client_id = p.client_id.clone();
+                let inbound = self.inbound.remove(&client_id);
+                let (clean, gen) = inbound.map_or((true, 0), |i| (i.clean, i.gen));
+                self.activate(now, id, client_id, clean, None, gen);
             }
             Phase::Active { .. } => {
                 // [MQTT-3.1.2-24]: 1.5 x keep-alive without a packet.
@@ -289,6 +309,12 @@ impl Shard {
     /// Ends a connection: publishes its will (if it still has one), detaches or
     /// discards its session, and asks the runtime to close the socket.
     pub(crate) fn end_conn(&mut self, now: Instant, id: ConnId) {
+        self.end_conn_inner(now, id, true);
+    }
+
+    /// [`end_conn`](Self::end_conn); `release`: give up the registry entry if the
+    /// session ends (false when a new connection has just claimed the id).
+    pub(super) fn end_conn_inner(&mut self, now: Instant, id: ConnId, release: bool) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
@@ -299,7 +325,7 @@ impl Shard {
             if let Some(s) = self.sessions.get_mut(session) {
                 s.conn = None;
             }
-            self.session_gone_offline(session);
+            self.session_gone_offline(session, release);
         }
         self.drop_conn(id);
         if let Some(w) = will {
@@ -315,11 +341,13 @@ impl Shard {
 
     /// A session lost its connection: a clean one is discarded ([MQTT-3.1.2-6]) and its
     /// id released; a persistent one stays to collect QoS 1/2 messages.
-    fn session_gone_offline(&mut self, key: usize) {
+    fn session_gone_offline(&mut self, key: usize, release: bool) {
         let clean = self.sessions.get(key).is_none_or(|s| s.clean);
         if clean {
             if let Some(s) = self.remove_session(key) {
-                self.registry.release(&s.client_id, self.id);
+                if release {
+                    self.registry.release(&s.client_id, self.id);
+                }
             }
         }
     }
@@ -334,8 +362,11 @@ impl Shard {
         };
         let Conn { tx, phase, .. } = conn;
         if let Phase::AwaitHandover(p) = &phase {
-            if self.awaiting_handover.get(&p.client_id) == Some(&id) {
-                self.awaiting_handover.remove(&p.client_id);
+            // The session is still expected; it will wait here offline.
+            if let Some(inb) = self.inbound.get_mut(&p.client_id) {
+                if inb.conn == Some(id) {
+                    inb.conn = None;
+                }
             }
         }
         if let Phase::Active { session } = phase {
@@ -344,96 +375,6 @@ impl Shard {
             }
         }
         self.effects.close.push((id, tx));
-    }
-
-    /// `Takeover` from another worker: give up our claim on `client_id`.
-    pub(super) fn on_takeover(
-        &mut self,
-        now: Instant,
-        from: WorkerId,
-        client_id: Arc<str>,
-        to: ConnId,
-        clean: bool,
-    ) {
-        // Is our own connection for this client still waiting for a handover?
-        if let Some(pending) = self.awaiting_handover.get(&client_id).copied() {
-            self.drop_conn(pending);
-            self.forward_handover.insert(client_id, (from, to, clean));
-            return;
-        }
-        self.hand_over(now, client_id, from, to, clean);
-    }
-
-    /// Closes our connection for `client_id` (its will is published) and sends the
-    /// session to `to_worker`, leaving a forwarding stub; a clean new connection gets
-    /// nothing and the old session is discarded.
-    fn hand_over(
-        &mut self,
-        now: Instant,
-        client_id: Arc<str>,
-        to_worker: WorkerId,
-        to: ConnId,
-        clean: bool,
-    ) {
-        // A clean session is discarded when its connection closes here.
-        self.detach_local_session(now, &client_id);
-        let session = match self.by_client.get(&client_id).copied() {
-            Some(key) if !clean => self.move_out(now, key, to_worker).map(Box::new),
-            Some(key) => {
-                self.remove_session(key);
-                None
-            }
-            None => None,
-        };
-        self.send_mesh(
-            to_worker,
-            MeshMsg::Handover {
-                client_id,
-                to,
-                session,
-            },
-        );
-    }
-
-    /// `Handover` from the previous owner: finish the waiting CONNECT.
-    pub(super) fn on_handover(
-        &mut self,
-        now: Instant,
-        client_id: Arc<str>,
-        to: ConnId,
-        session: Option<Box<crate::broker::session::Session>>,
-    ) {
-        if let Some((worker, conn, clean)) = self.forward_handover.remove(&client_id) {
-            // Our own waiting connection was taken over in turn: the session passes
-            // through, installed for an instant so that a stub is left here too.
-            if let Some(s) = session {
-                self.install_session(*s);
-            }
-            self.hand_over(now, client_id, worker, conn, clean);
-            return;
-        }
-        let waiting = match self.conn(to).map(|c| &c.phase) {
-            Some(Phase::AwaitHandover(p)) if p.client_id == client_id => Some(p.clean),
-            _ => None,
-        };
-        match (waiting, session) {
-            (Some(clean), session) => {
-                let existing = match session {
-                    Some(s) if !clean => Some(self.install_session(*s)),
-                    _ => None,
-                };
-                self.activate(now, to, client_id, clean, existing);
-            }
-            (None, Some(s)) if self.registry.owner(&client_id) == Some(self.id) => {
-                // The new connection is gone already; we still own the client id, so
-                // the persistent session stays here, offline.
-                let key = self.install_session(*s);
-                self.session_gone_offline(key);
-            }
-            (None, _) => {
-                tracing::debug!(%client_id, "late session handover ignored");
-            }
-        }
     }
 
     /// Appends a PUBLISH for a delivery to the connection's buffer.

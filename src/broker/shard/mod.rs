@@ -16,6 +16,7 @@ mod connect;
 mod moved;
 mod route;
 mod sys;
+mod takeover;
 
 use super::latency::Latency;
 use super::mesh::{Batch, MeshMsg};
@@ -97,11 +98,11 @@ pub struct Shard {
     /// Deleted retained topics, oldest first, kept for a grace period.
     pub(crate) tombstones: VecDeque<(Instant, crate::protocol::TopicName)>,
     pub(crate) timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
-    /// Takeover requests that reached us while our own connection for that client was
-    /// still waiting for a handover: forward the handover when it comes.
-    pub(crate) forward_handover: HashMap<Arc<str>, (WorkerId, ConnId, bool)>,
-    /// Our connections waiting for a handover, by client id.
-    pub(crate) awaiting_handover: HashMap<Arc<str>, ConnId>,
+    /// Takeover requests that reached us while we were still waiting for that
+    /// client's session: pass the session on when it comes.
+    pub(crate) forward_handover: HashMap<Arc<str>, takeover::Forwarding>,
+    /// Sessions on their way here from another worker, by client id.
+    pub(crate) inbound: HashMap<Arc<str>, takeover::Inbound>,
     pub(crate) effects: Effects,
     pub(crate) stats: Stats,
     /// Worker 0 only: the latest counters of every worker.
@@ -153,7 +154,7 @@ impl Shard {
             tombstones: VecDeque::new(),
             timers: BinaryHeap::new(),
             forward_handover: HashMap::new(),
-            awaiting_handover: HashMap::new(),
+            inbound: HashMap::new(),
             effects: Effects {
                 mesh: (0..workers).map(|_| Vec::new()).collect(),
                 ..Effects::default()

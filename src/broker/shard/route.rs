@@ -124,7 +124,7 @@ impl Shard {
         for &(key, granted) in &matches {
             if key & STUB_BIT != 0 {
                 self.forward_via_stub(key, msg, origin, stamp);
-            } else {
+            } else if !self.hold_if_moving(key as usize, msg, granted, origin, stamp) {
                 // [MQTT-3.3.1-9]: RETAIN is cleared on normal forwarding.
                 self.deliver(now, key as usize, msg, granted, false, origin);
             }
@@ -382,14 +382,17 @@ impl Shard {
             }
             MeshMsg::Takeover {
                 client_id,
+                gen,
                 to,
                 clean,
-            } => self.on_takeover(now, from, client_id, to, clean),
+            } => self.on_takeover(now, from, client_id, gen, to, clean),
             MeshMsg::Handover {
                 client_id,
-                to,
                 session,
-            } => self.on_handover(now, client_id, to, session),
+                superseded,
+                ..
+            } => self.on_handover(now, from, client_id, session, superseded),
+            MeshMsg::StubGone { client_id } => self.on_stub_gone(now, from, &client_id),
             MeshMsg::Pause { conn, until } => {
                 if self.is_open(conn) {
                     self.effects.pause.push((conn, until));

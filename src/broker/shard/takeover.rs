@@ -1,0 +1,245 @@
+//! Session takeover between workers ([MQTT-3.1.4-2]): a CONNECT on one worker for a
+//! client whose session lives on another.
+//!
+//! The registry orders claims of a client id with a generation. The new connection's
+//! worker asks the previous owner (`Takeover`, carrying the generation); the owner
+//! closes its connection and sends the session (`Handover`), leaving a forwarding stub
+//! (`moved.rs`). A request older than the owner's own latest claim is answered
+//! `superseded`, and the requester closes its waiting connection: the newest
+//! connection always wins, however the messages interleave. A worker that is itself
+//! waiting for the session when a newer request reaches it passes the session on
+//! when it arrives.
+
+use super::connect::PendingConnect;
+use super::{Phase, Shard};
+use crate::broker::mesh::MeshMsg;
+use crate::broker::session::Session;
+use crate::broker::{ConnId, WorkerId};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A session on its way to this worker.
+#[derive(Debug)]
+pub(crate) struct Inbound {
+    /// Claim generation of the connection that will get it.
+    pub gen: u64,
+    /// That connection, while it is still open.
+    pub conn: Option<ConnId>,
+    pub clean: bool,
+}
+
+/// Where to pass a session on when it arrives.
+#[derive(Debug)]
+pub(crate) struct Forwarding {
+    pub worker: WorkerId,
+    pub conn: ConnId,
+    pub clean: bool,
+    pub gen: u64,
+}
+
+impl Shard {
+    /// Puts `id` in the waiting state for the session of `client_id`, replacing an
+    /// older waiting connection of the same client.
+    pub(super) fn await_handover(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        client_id: Arc<str>,
+        clean: bool,
+        gen: u64,
+    ) {
+        let deadline = now + self.cfg.handover_timeout();
+        let older = self
+            .inbound
+            .insert(
+                client_id.clone(),
+                Inbound {
+                    gen,
+                    conn: Some(id),
+                    clean,
+                },
+            )
+            .and_then(|i| i.conn);
+        if let Some(older) = older.filter(|&o| o != id) {
+            self.drop_conn(older);
+            // drop_conn cleared the entry's connection if it pointed at `older`;
+            // make sure it points at the new one.
+            if let Some(inb) = self.inbound.get_mut(&client_id) {
+                inb.conn = Some(id);
+            }
+        }
+        if let Some(conn) = self.conn_mut(id) {
+            conn.phase = Phase::AwaitHandover(Box::new(PendingConnect {
+                client_id,
+                clean,
+                deadline,
+            }));
+        }
+        self.schedule(id, deadline);
+    }
+
+    fn superseded(&mut self, to_worker: WorkerId, client_id: Arc<str>, to: ConnId) {
+        self.send_mesh(
+            to_worker,
+            MeshMsg::Handover {
+                client_id,
+                to,
+                session: None,
+                superseded: true,
+            },
+        );
+    }
+
+    /// `Takeover` from worker `from` for its connection `to` with claim `gen`.
+    pub(super) fn on_takeover(
+        &mut self,
+        now: Instant,
+        from: WorkerId,
+        client_id: Arc<str>,
+        gen: u64,
+        to: ConnId,
+        clean: bool,
+    ) {
+        if let Some(&key) = self.by_client.get(&client_id) {
+            if self.sessions.get(key).is_some_and(|s| s.claim_gen > gen) {
+                return self.superseded(from, client_id, to);
+            }
+            return self.hand_over(now, client_id, from, to, clean);
+        }
+        if let Some(inb) = self.inbound.get_mut(&client_id) {
+            if inb.gen > gen {
+                return self.superseded(from, client_id, to);
+            }
+            // Our waiting connection loses to the newer one; the session will pass
+            // through here.
+            let ours = inb.conn.take();
+            if let Some(c) = ours {
+                self.drop_conn(c);
+            }
+            let older = self.forward_handover.insert(
+                client_id.clone(),
+                Forwarding {
+                    worker: from,
+                    conn: to,
+                    clean,
+                    gen,
+                },
+            );
+            if let Some(f) = older {
+                self.superseded(f.worker, client_id, f.conn);
+            }
+            return;
+        }
+        // Nothing here: the requester starts afresh.
+        self.send_mesh(
+            from,
+            MeshMsg::Handover {
+                client_id,
+                to,
+                session: None,
+                superseded: false,
+            },
+        );
+    }
+
+    /// Closes our connection for `client_id` (its will is published) and sends the
+    /// session to `to_worker`, leaving a forwarding stub; a clean new connection gets
+    /// nothing and the old session is discarded.
+    pub(super) fn hand_over(
+        &mut self,
+        now: Instant,
+        client_id: Arc<str>,
+        to_worker: WorkerId,
+        to: ConnId,
+        clean: bool,
+    ) {
+        // A clean session is discarded when its connection closes here.
+        self.detach_local_session(now, &client_id);
+        let session = match self.by_client.get(&client_id).copied() {
+            Some(key) if !clean => self.move_out(now, key, to_worker).map(Box::new),
+            Some(key) => {
+                self.remove_session(key);
+                None
+            }
+            None => None,
+        };
+        self.send_mesh(
+            to_worker,
+            MeshMsg::Handover {
+                client_id,
+                to,
+                session,
+                superseded: false,
+            },
+        );
+    }
+
+    /// `Handover` from the previous owner: finish the waiting CONNECT.
+    pub(super) fn on_handover(
+        &mut self,
+        now: Instant,
+        from: WorkerId,
+        client_id: Arc<str>,
+        session: Option<Box<Session>>,
+        superseded: bool,
+    ) {
+        if let Some(f) = self.forward_handover.remove(&client_id) {
+            self.inbound.remove(&client_id);
+            if superseded {
+                // Whoever superseded us is newer than the requester too.
+                return self.superseded(f.worker, client_id, f.conn);
+            }
+            // Installed for an instant so that a stub is left here too.
+            if let Some(s) = session {
+                let key = self.install_session(now, from, *s);
+                if let Some(s) = self.sessions.get_mut(key) {
+                    s.claim_gen = f.gen;
+                }
+            }
+            return self.hand_over(now, client_id, f.worker, f.conn, f.clean);
+        }
+        let Some(inb) = self.inbound.remove(&client_id) else {
+            // After a handover timeout: keep a persistent session only if nothing
+            // has replaced it here.
+            match session {
+                Some(s)
+                    if !superseded
+                        && !s.clean
+                        && !self.by_client.contains_key(&client_id)
+                        && self.registry.owner(&client_id) == Some(self.id) =>
+                {
+                    self.install_session(now, from, *s);
+                }
+                _ => tracing::debug!(%client_id, "late session handover dropped"),
+            }
+            return;
+        };
+        if superseded {
+            if let Some(c) = inb.conn {
+                self.drop_conn(c);
+            }
+            return;
+        }
+        let waiting = inb.conn.filter(|&c| {
+            matches!(self.conn(c).map(|c| &c.phase),
+                Some(Phase::AwaitHandover(p)) if p.client_id == client_id)
+        });
+        let session = session.filter(|s| !inb.clean && !s.clean);
+        match waiting {
+            Some(conn) => {
+                let existing = session.map(|s| self.install_session(now, from, *s));
+                self.activate(now, conn, client_id, inb.clean, existing, inb.gen);
+            }
+            None => {
+                // The connection left while its session travelled: keep the
+                // persistent session here, offline.
+                if let Some(s) = session {
+                    let key = self.install_session(now, from, *s);
+                    if let Some(s) = self.sessions.get_mut(key) {
+                        s.claim_gen = inb.gen;
+                    }
+                }
+            }
+        }
+    }
+}
