@@ -1,26 +1,28 @@
 //! Sessions in motion: forwarding stubs that keep a moving session's messages from
-//! falling between two workers, without duplicates and in order.
+//! falling between workers, without duplicates and in publish order.
 //!
-//! When a persistent session leaves worker A for worker B (takeover), A keeps its
-//! filters in the local index for a grace period (twice the handover timeout),
-//! pointing at a *stub*: other workers keep routing to A until they learn of B, and A
-//! forwards every match to B ([`MeshMsg::Forward`]) in the order it received them.
-//! When the stub expires, A tells B ([`MeshMsg::StubGone`]) after its last forward.
+//! When a persistent session leaves worker A for worker B (takeover), A keeps the
+//! session's filters in its index for a grace period (twice the handover timeout),
+//! pointing at a *stub*: workers that have not yet learned of B keep routing to A,
+//! and A forwards each match to B ([`MeshMsg::Forward`]) in the order it received
+//! them. When the stub expires, A says so ([`MeshMsg::StubGone`]) after its last
+//! forward.
 //!
-//! On B the session is marked [`MovedIn`] until that message. Meanwhile a *direct*
-//! copy of a message that A also received is dropped if A had it before the session
-//! left (A's routing watermark at departure travels with the session: per-channel
-//! FIFO makes "had it" exact), and otherwise held; a forward is delivered at once and
-//! drops its held twin (same [`Stamp`]). What is still held when the stub goes
-//! reached B directly but not A's stub, and is delivered then. So each message
-//! arrives once, and per publisher in order: first the forwarded prefix, then the
-//! rest. The one timing assumption is that B's interest reaches every worker within
+//! On B the session is *settling* ([`MovedIn`]) until that message:
+//! - a direct copy of a message that an earlier home received before the session left
+//!   it (its routing watermark at departure travels with the session) was delivered
+//!   there: dropped;
+//! - any other direct copy is held;
+//! - a forward is delivered at once (once per [`Stamp`], whichever path brings it
+//!   first) and drops its held twin;
+//! - when the stub is gone, what is still held is delivered, in arrival order.
+//!
+//! Per publisher this yields the forwarded prefix, then the rest: no loss, no
+//! duplicate, no reordering. If the session moves on (B -> C) while still settling,
+//! the settling state stays with B's stub, which applies the same rules with
+//! "forward to C" in place of "deliver", and lives until A's stub is gone; C settles
+//! against B. The one timing assumption: B's interest reaches every worker within
 //! the grace period (seconds, against microseconds of mesh latency).
-//!
-//! A session that moves again while still settling (A -> B -> C within the grace
-//! period) takes its held copies along; B's stub relays A's forwards and A's
-//! stub-gone message to C and lives until it has done so, so C settles only when
-//! everything upstream has arrived.
 
 use super::Shard;
 use crate::broker::mesh::{MeshMsg, Origin, Stamp};
@@ -41,46 +43,40 @@ pub(crate) struct Stub {
     pub to: WorkerId,
     pub filters: Vec<(TopicFilter, QoS)>,
     pub expires_at: Instant,
-    /// The session was still settling from this worker when it left: forwards and
-    /// the stub-gone message from there pass through this stub, so it lives at least
-    /// until that message arrives.
-    pub upstream: Option<WorkerId>,
-    /// The grace period is over; the stub waits only for `upstream`.
+    /// The session was still settling when it left: the stub settles in its place.
+    pub settle: Option<Box<MovedIn>>,
+    /// The grace period is over; the stub waits only for `settle` to end.
     pub expired: bool,
 }
 
-impl Shard {
-    /// Holds a direct copy for a session that is still settling after a move; false
-    /// if the session takes deliveries normally.
-    pub(crate) fn hold_if_moving(
-        &mut self,
-        key: usize,
-        msg: &Message,
-        granted: QoS,
-        origin: Option<Origin>,
-        stamp: Stamp,
-    ) -> bool {
-        let Some(m) = self.sessions.get_mut(key).and_then(|s| s.moved_in.as_mut()) else {
-            return false;
-        };
-        let key_of = (stamp.worker, stamp.seq);
-        let had_it = m.departed.iter().any(|(home, d)| {
-            stamp.targets & (1u64 << home) != 0
-                && d.get(stamp.worker).is_some_and(|&d| stamp.seq <= d)
-        });
-        if had_it || m.delivered.contains(&key_of) || m.held.iter().any(|h| h.stamp == stamp) {
-            // An earlier home had it before the session left, or it is already here.
-            return true;
-        }
+/// What a settling session or stub does with a direct copy.
+fn settle_direct(m: &mut MovedIn, stamp: Stamp, msg: &Message, granted: QoS, origin: Option<Origin>) {
+    let had_it = m.departed.iter().any(|(home, d)| {
+        stamp.targets & (1u64 << home) != 0 && d.get(stamp.worker).is_some_and(|&d| stamp.seq <= d)
+    });
+    let here = m.delivered.contains(&(stamp.worker, stamp.seq)) || m.held.iter().any(|h| h.stamp == stamp);
+    if !had_it && !here {
         m.held.push_back(Held {
             stamp,
             msg: msg.clone(),
             granted,
             origin,
         });
-        true
     }
+}
 
+/// What a settling session or stub does with a forward: true to take it.
+fn settle_forward(m: &mut MovedIn, stamp: Stamp) -> bool {
+    if !m.delivered.insert((stamp.worker, stamp.seq)) {
+        return false; // came on another path already
+    }
+    if let Some(i) = m.held.iter().position(|h| h.stamp == stamp) {
+        m.held.remove(i);
+    }
+    true
+}
+
+impl Shard {
     /// The last routing stamp this worker has received from each worker, itself
     /// included.
     pub(crate) fn watermark(&self) -> Box<[u64]> {
@@ -89,15 +85,22 @@ impl Shard {
         w.into_boxed_slice()
     }
 
-    /// Delivers everything a session holds and ends its settling state.
-    fn release_held(&mut self, now: Instant, key: usize) {
-        let Some(m) = self.sessions.get_mut(key).and_then(|s| s.moved_in.take()) else {
-            return;
-        };
-        for h in m.held {
-            if !m.delivered.contains(&(h.stamp.worker, h.stamp.seq)) {
-                self.deliver(now, key, &h.msg, h.granted, false, h.origin);
+    /// Holds (or drops) a direct copy for a settling session; false if the session
+    /// takes deliveries normally.
+    pub(crate) fn hold_if_moving(
+        &mut self,
+        key: usize,
+        msg: &Message,
+        granted: QoS,
+        origin: Option<Origin>,
+        stamp: Stamp,
+    ) -> bool {
+        match self.sessions.get_mut(key).and_then(|s| s.moved_in.as_mut()) {
+            Some(m) => {
+                settle_direct(m, stamp, msg, granted, origin);
+                true
             }
+            None => false,
         }
     }
 
@@ -105,18 +108,15 @@ impl Shard {
     pub(crate) fn move_out(&mut self, now: Instant, key: usize, to: WorkerId) -> Option<Session> {
         let departed = self.watermark();
         let mut session = self.sessions.try_remove(key)?;
-        // Copies held here travel on: their forwarded twins will pass through the
-        // stub left here.
-        let settling = session.moved_in.take();
-        let upstream = settling.as_ref().map(|m| m.from);
-        let settling = settling.map(|m| *m).unwrap_or_default();
+        let settle = session.moved_in.take();
         let mut homes = vec![(self.id, departed)];
-        homes.extend(settling.departed);
+        if let Some(s) = &settle {
+            homes.extend(s.departed.iter().cloned());
+        }
         session.moved_in = Some(Box::new(MovedIn {
             from: self.id,
             departed: homes,
-            held: settling.held,
-            delivered: settling.delivered,
+            ..MovedIn::default()
         }));
         self.by_client.remove(&session.client_id);
         self.drop_stub_for(&session.client_id);
@@ -126,7 +126,7 @@ impl Shard {
             to,
             filters: session.subscriptions.clone(),
             expires_at,
-            upstream,
+            settle,
             expired: false,
         });
         debug_assert!((stub_key as u32) < STUB_BIT && (key as u32) < STUB_BIT);
@@ -136,8 +136,7 @@ impl Shard {
             self.index.insert(filter, sid, *qos);
             self.index.remove(filter, key as u32);
         }
-        self.stub_by_client
-            .insert(session.client_id.clone(), stub_key);
+        self.stub_by_client.insert(session.client_id.clone(), stub_key);
         self.stub_expiry.push_back((expires_at, stub_key));
         session.conn = None;
         Some(session)
@@ -164,6 +163,12 @@ impl Shard {
                 self.broadcast_interest(filter, false);
             }
         }
+        // Whatever it still held reached us directly and nowhere upstream.
+        if let Some(settle) = stub.settle {
+            for h in settle.held {
+                self.send_forward(stub.to, stub.client_id.clone(), h.msg, h.origin, h.stamp);
+            }
+        }
         self.send_mesh(
             stub.to,
             MeshMsg::StubGone {
@@ -173,7 +178,7 @@ impl Shard {
     }
 
     /// Drops stubs whose grace period is over: by then every worker has long learned
-    /// where the session went.
+    /// where the session went. A stub still settling waits for its upstream.
     pub(crate) fn expire_stubs(&mut self, now: Instant) {
         while let Some(&(at, key)) = self.stub_expiry.front() {
             if at > now {
@@ -183,7 +188,7 @@ impl Shard {
             let Some(stub) = self.stubs.get_mut(key).filter(|s| s.expires_at == at) else {
                 continue;
             };
-            if stub.upstream.is_some() {
+            if stub.settle.is_some() {
                 stub.expired = true;
             } else {
                 self.drop_stub(key);
@@ -191,27 +196,37 @@ impl Shard {
         }
     }
 
-    /// A local match hit a stub: send the message after the session.
-    pub(crate) fn forward_via_stub(
-        &mut self,
-        sid: u32,
-        msg: &Message,
-        origin: Option<Origin>,
-        stamp: Stamp,
-    ) {
-        let Some(stub) = self.stubs.get((sid & !STUB_BIT) as usize) else {
-            return;
-        };
-        let (to, client_id) = (stub.to, stub.client_id.clone());
+    fn send_forward(&mut self, to: WorkerId, client_id: Arc<str>, msg: Message, origin: Option<Origin>, stamp: Stamp) {
         self.send_mesh(
             to,
             MeshMsg::Forward {
                 client_id,
-                msg: msg.clone(),
+                msg,
                 origin,
                 stamp,
             },
         );
+    }
+
+    /// A local match hit a stub: send the message after the session (or hold it while
+    /// the stub settles).
+    pub(crate) fn forward_via_stub(
+        &mut self,
+        sid: u32,
+        msg: &Message,
+        granted: QoS,
+        origin: Option<Origin>,
+        stamp: Stamp,
+    ) {
+        let Some(stub) = self.stubs.get_mut((sid & !STUB_BIT) as usize) else {
+            return;
+        };
+        if let Some(m) = stub.settle.as_mut() {
+            settle_direct(m, stamp, msg, granted, origin);
+            return;
+        }
+        let (to, client_id) = (stub.to, stub.client_id.clone());
+        self.send_forward(to, client_id, msg.clone(), origin, stamp);
     }
 
     /// A forwarded message for a session that moved here (or through here).
@@ -232,11 +247,8 @@ impl Shard {
             let Some(m) = session.moved_in.as_mut() else {
                 return;
             };
-            if !m.delivered.insert((stamp.worker, stamp.seq)) {
-                return; // came on another path already
-            }
-            if let Some(i) = m.held.iter().position(|h| h.stamp == stamp) {
-                m.held.remove(i);
+            if !settle_forward(m, stamp) {
+                return;
             }
             let granted = session
                 .subscriptions
@@ -252,46 +264,48 @@ impl Shard {
         let Some(&stub_key) = self.stub_by_client.get(&client_id) else {
             return;
         };
-        let Some(stub) = self.stubs.get(stub_key) else {
+        let Some(stub) = self.stubs.get_mut(stub_key) else {
             return;
         };
+        if let Some(m) = stub.settle.as_mut() {
+            if !settle_forward(m, stamp) {
+                return;
+            }
+        }
         let to = stub.to;
-        self.send_mesh(
-            to,
-            MeshMsg::Forward {
-                client_id,
-                msg,
-                origin,
-                stamp,
-            },
-        );
+        self.send_forward(to, client_id, msg, origin, stamp);
     }
 
-    /// The stub on worker `from` is gone: the session here has all its forwards, or
-    /// our own stub has passed on all of them.
+    /// The stub on worker `from` is gone: nothing more comes that way, so what is
+    /// held here is delivered (by a session) or passed on (by a stub).
     pub(crate) fn on_stub_gone(&mut self, now: Instant, from: WorkerId, client_id: &str) {
-        let Some(&key) = self.by_client.get(client_id) else {
-            let Some(&stub_key) = self.stub_by_client.get(client_id) else {
-                return;
-            };
-            let Some(stub) = self.stubs.get_mut(stub_key) else {
-                return;
-            };
-            if stub.upstream == Some(from) {
-                stub.upstream = None;
-                if stub.expired {
-                    self.drop_stub(stub_key);
+        if let Some(&key) = self.by_client.get(client_id) {
+            let settling = self.sessions.get(key).and_then(|s| s.moved_in.as_ref());
+            if settling.is_some_and(|m| m.from == from) {
+                if let Some(m) = self.sessions.get_mut(key).and_then(|s| s.moved_in.take()) {
+                    for h in m.held {
+                        self.deliver(now, key, &h.msg, h.granted, false, h.origin);
+                    }
                 }
             }
             return;
+        }
+        let Some(&stub_key) = self.stub_by_client.get(client_id) else {
+            return;
         };
-        let settling_from = self
-            .sessions
-            .get(key)
-            .and_then(|s| s.moved_in.as_ref())
-            .map(|m| m.from);
-        if settling_from == Some(from) {
-            self.release_held(now, key);
+        let Some(stub) = self.stubs.get_mut(stub_key) else {
+            return;
+        };
+        if !stub.settle.as_ref().is_some_and(|m| m.from == from) {
+            return;
+        }
+        let held = stub.settle.take().map(|m| m.held).unwrap_or_default();
+        let (to, client, expired) = (stub.to, stub.client_id.clone(), stub.expired);
+        for h in held {
+            self.send_forward(to, client.clone(), h.msg, h.origin, h.stamp);
+        }
+        if expired {
+            self.drop_stub(stub_key);
         }
     }
 }
