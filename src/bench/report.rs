@@ -381,9 +381,15 @@ pub fn hgrm(h: &Histogram<u64>, scale: f64) -> String {
         s,
         "#[Buckets = {:12}, SubBuckets     = {:12}]",
         h.buckets(),
-        h.distinct_values()
+        sub_buckets(h.sigfig())
     );
     s
+}
+
+/// HdrHistogram's sub-bucket count for `sigfig` significant digits: the smallest
+/// power of two at least `2 * 10^sigfig`.
+fn sub_buckets(sigfig: u8) -> u64 {
+    (2 * 10u64.pow(u32::from(sigfig))).next_power_of_two()
 }
 
 fn json_str(v: &str) -> String {
@@ -422,6 +428,7 @@ mod tests {
         assert!(last_data.contains("1.000000000000"), "{last_data}");
         assert!(last_data.trim_end().ends_with("1000"));
         assert!(out.contains("Total count    =         1000"));
+        assert!(out.contains("SubBuckets     =         2048"));
     }
 
     #[test]
