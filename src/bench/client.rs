@@ -164,7 +164,11 @@ impl Conn {
         source: Option<IpAddr>,
     ) -> Result<&mut TcpStream, ClientError> {
         use socket2::{Domain, Protocol, Socket, Type};
-        let sock = Socket::new(Domain::for_address(broker), Type::STREAM, Some(Protocol::TCP))?;
+        let sock = Socket::new(
+            Domain::for_address(broker),
+            Type::STREAM,
+            Some(Protocol::TCP),
+        )?;
         sock.set_nonblocking(true)?;
         sock.set_nodelay(true)?;
         if let Some(ip) = source {
@@ -297,7 +301,7 @@ impl Conn {
                 Ok(Incoming::Nothing)
             }
             Packet::SubAck(s) if self.state == State::AwaitSubAck => {
-                if s.codes.iter().any(|c| *c == SubAckCode::Failure) || s.codes.is_empty() {
+                if s.codes.contains(&SubAckCode::Failure) || s.codes.is_empty() {
                     return Err(ClientError::SubscribeRefused(
                         self.filter.clone().unwrap_or_default(),
                     ));

@@ -154,9 +154,9 @@ fn coordinate(cfg: &BenchConfig, plan: &Plan, shared: &Shared) -> Result<Coord, 
     let sample = || cfg.broker_pid.map(sample_process).transpose();
     let total = plan.clients.len();
     let setup_limit = Duration::from_secs(30)
-        + cfg
-            .ramp_per_sec
-            .map_or(Duration::ZERO, |r| Duration::from_secs_f64(total as f64 / r));
+        + cfg.ramp_per_sec.map_or(Duration::ZERO, |r| {
+            Duration::from_secs_f64(total as f64 / r)
+        });
     let t0 = Instant::now();
     let mut next_line = t0 + Duration::from_secs(1);
     while shared.ready_threads.load(Ordering::Acquire) < cfg.threads {
@@ -183,7 +183,9 @@ fn coordinate(cfg: &BenchConfig, plan: &Plan, shared: &Shared) -> Result<Coord, 
     let measure_start = now + cfg.warmup.as_nanos() as u64;
     let mut measure_end = measure_start + cfg.duration.as_nanos() as u64;
     shared.send_start_ns.store(now, Ordering::Release);
-    shared.measure_start_ns.store(measure_start, Ordering::Release);
+    shared
+        .measure_start_ns
+        .store(measure_start, Ordering::Release);
     shared.measure_end_ns.store(measure_end, Ordering::Release);
     shared.set_phase(Phase::Running);
 
@@ -315,7 +317,9 @@ fn merge(
         report.reconnects += r.reconnects;
         report.stalls += r.stalls;
         if r.wall_ns > 0 {
-            report.generator_cpu.push(r.cpu_ns as f64 / r.wall_ns as f64);
+            report
+                .generator_cpu
+                .push(r.cpu_ns as f64 / r.wall_ns as f64);
         }
     }
     let mut tally = Tally::default();

@@ -56,7 +56,13 @@ impl Header {
 pub fn template(len: usize) -> Vec<u8> {
     let len = len.max(HEADER_LEN);
     (0..len)
-        .map(|i| if i < HEADER_LEN { 0 } else { b'a' + ((i - HEADER_LEN) % 26) as u8 })
+        .map(|i| {
+            if i < HEADER_LEN {
+                0
+            } else {
+                b'a' + ((i - HEADER_LEN) % 26) as u8
+            }
+        })
         .collect()
 }
 

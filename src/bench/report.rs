@@ -151,8 +151,10 @@ impl Report {
             }
         }
         if self.disconnects > 0 {
-            self.warnings
-                .push(format!("{} connections lost during the run", self.disconnects));
+            self.warnings.push(format!(
+                "{} connections lost during the run",
+                self.disconnects
+            ));
         }
         if self.stalls > 0 {
             self.warnings.push(format!(
@@ -376,7 +378,11 @@ pub fn hgrm(h: &Histogram<u64>, scale: f64) -> String {
         (h.mean() / scale, h.stdev() / scale, h.max() as f64 / scale)
     };
     let _ = writeln!(s, "#[Mean    = {mean:12.3}, StdDeviation   = {sd:12.3}]");
-    let _ = writeln!(s, "#[Max     = {max:12.3}, Total count    = {:12}]", h.len());
+    let _ = writeln!(
+        s,
+        "#[Max     = {max:12.3}, Total count    = {:12}]",
+        h.len()
+    );
     let _ = writeln!(
         s,
         "#[Buckets = {:12}, SubBuckets     = {:12}]",

@@ -158,8 +158,7 @@ impl BenchConfig {
         if self.duration.is_zero() {
             return bad("--duration must be positive".into());
         }
-        if self.duration > Duration::from_secs(24 * 3600) || self.drain > Duration::from_secs(600)
-        {
+        if self.duration > Duration::from_secs(24 * 3600) || self.drain > Duration::from_secs(600) {
             return bad("--duration is limited to 24 h and --drain to 600 s".into());
         }
         if self.scenario == Scenario::Fleet && self.backends == 0 {
@@ -243,34 +242,73 @@ impl Plan {
                 for i in 0..n {
                     let topic = cfg.topic(&format!("pairs/{i}"));
                     let filter = topic.clone();
-                    add("s", i, i, Role::Subscriber {
-                        filter,
-                        sources: Sources::One(i as u32),
-                    });
-                    add("p", i, i, Role::Publisher { publisher: i as u32, topic });
+                    add(
+                        "s",
+                        i,
+                        i,
+                        Role::Subscriber {
+                            filter,
+                            sources: Sources::One(i as u32),
+                        },
+                    );
+                    add(
+                        "p",
+                        i,
+                        i,
+                        Role::Publisher {
+                            publisher: i as u32,
+                            topic,
+                        },
+                    );
                     fanout.push(1);
                 }
             }
             Scenario::Fanin => {
-                add("s", 0, 0, Role::Subscriber {
-                    filter: cfg.topic("fanin/+"),
-                    sources: Sources::All,
-                });
+                add(
+                    "s",
+                    0,
+                    0,
+                    Role::Subscriber {
+                        filter: cfg.topic("fanin/+"),
+                        sources: Sources::All,
+                    },
+                );
                 for i in 0..n {
                     let topic = cfg.topic(&format!("fanin/{i}"));
-                    add("p", i, i, Role::Publisher { publisher: i as u32, topic });
+                    add(
+                        "p",
+                        i,
+                        i,
+                        Role::Publisher {
+                            publisher: i as u32,
+                            topic,
+                        },
+                    );
                     fanout.push(1);
                 }
             }
             Scenario::Fanout => {
                 let topic = cfg.topic("fanout/0");
                 for i in 0..n {
-                    add("s", i, i, Role::Subscriber {
-                        filter: topic.clone(),
-                        sources: Sources::All,
-                    });
+                    add(
+                        "s",
+                        i,
+                        i,
+                        Role::Subscriber {
+                            filter: topic.clone(),
+                            sources: Sources::All,
+                        },
+                    );
                 }
-                add("p", 0, 0, Role::Publisher { publisher: 0, topic });
+                add(
+                    "p",
+                    0,
+                    0,
+                    Role::Publisher {
+                        publisher: 0,
+                        topic,
+                    },
+                );
                 fanout.push(n as u32);
             }
             Scenario::Conns => {
@@ -281,14 +319,27 @@ impl Plan {
             }
             Scenario::Fleet => {
                 for b in 0..cfg.backends {
-                    add("b", b, b, Role::Subscriber {
-                        filter: cfg.topic("devices/+/telemetry"),
-                        sources: Sources::All,
-                    });
+                    add(
+                        "b",
+                        b,
+                        b,
+                        Role::Subscriber {
+                            filter: cfg.topic("devices/+/telemetry"),
+                            sources: Sources::All,
+                        },
+                    );
                 }
                 for i in 0..n {
                     let topic = cfg.topic(&format!("devices/{i}/telemetry"));
-                    add("d", i, i, Role::Publisher { publisher: i as u32, topic });
+                    add(
+                        "d",
+                        i,
+                        i,
+                        Role::Publisher {
+                            publisher: i as u32,
+                            topic,
+                        },
+                    );
                     fanout.push(cfg.backends as u32);
                 }
             }
@@ -314,7 +365,9 @@ mod tests {
         assert_eq!(p.clients.len(), 6);
         assert_eq!(p.fanout, vec![1, 1, 1]);
         assert_eq!(p.clients[5].thread, 0); // pair 2 on thread 0
-        assert!(matches!(&p.clients[3].role, Role::Publisher { topic, .. } if topic == "x/pairs/1"));
+        assert!(
+            matches!(&p.clients[3].role, Role::Publisher { topic, .. } if topic == "x/pairs/1")
+        );
         cfg.scenario = Scenario::Fleet;
         cfg.backends = 2;
         cfg.topic_prefix.clear();

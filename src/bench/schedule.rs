@@ -81,7 +81,7 @@ mod tests {
     #[test]
     fn a_late_turn_sends_everything_due_with_its_lag() {
         let s = Schedule::new(10_000, 0, 1, 100.0); // every 10 ms from t=10 us
-        // The event loop wakes 35 ms late: messages 0..=3 are due.
+                                                    // The event loop wakes 35 ms late: messages 0..=3 are due.
         let now = 10_000 + 35_000_000;
         assert_eq!(s.due(0, now, u64::MAX), 4);
         let lags: Vec<u64> = (0..4).map(|k| now - s.at(k)).collect();

@@ -380,9 +380,11 @@ impl<'a> Worker<'a> {
             let stream = self.conns[i]
                 .start(self.cfg.broker, spec.source)
                 .map_err(|e| client_err(&spec.client_id, e))?;
-            self.poll
-                .registry()
-                .register(stream, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+            self.poll.registry().register(
+                stream,
+                Token(i),
+                Interest::READABLE | Interest::WRITABLE,
+            )?;
             self.handshakes += 1;
             self.started += 1;
         }
@@ -544,9 +546,9 @@ impl<'a> Worker<'a> {
                     sched = Some(s);
                 }
                 (_, Load::Rate(rate)) => {
-                    let s = *p.schedule.get_or_insert_with(|| {
-                        Schedule::new(send_start, p.publisher, npubs, rate)
-                    });
+                    let s = *p
+                        .schedule
+                        .get_or_insert_with(|| Schedule::new(send_start, p.publisher, npubs, rate));
                     n = s.due(p.sent, now, n);
                     sched = Some(s);
                 }
@@ -676,7 +678,8 @@ impl<'a> Worker<'a> {
             self.unacked_turn = 0;
         }
         if self.connected_turn != 0 {
-            s.connected.fetch_add(self.connected_turn, Ordering::Relaxed);
+            s.connected
+                .fetch_add(self.connected_turn, Ordering::Relaxed);
             self.connected_turn = 0;
         }
         for (t, w) in self.wake.iter_mut().enumerate() {
