@@ -21,6 +21,7 @@ pub mod payload;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
+mod shared;
 pub mod stats;
 mod worker;
 
@@ -30,10 +31,11 @@ pub use scenario::{BenchConfig, Load, Plan, Scenario};
 use accounting::Tally;
 use mio::{Poll, Waker};
 use scenario::{Role, Sources};
+use shared::{Phase, Shared, ThreadResult};
 use stats::{new_histogram, sample_process, ProcSample};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use worker::{Phase, Shared, ThreadResult, Worker};
+use worker::Worker;
 
 /// Why a run failed.
 #[derive(Debug, thiserror::Error)]
@@ -67,7 +69,7 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     let mut wakers = Vec::new();
     for _ in 0..threads {
         let poll = Poll::new()?;
-        wakers.push(Waker::new(poll.registry(), worker::WAKER)?);
+        wakers.push(Waker::new(poll.registry(), shared::WAKER)?);
         polls.push(poll);
     }
     let shared = Shared {

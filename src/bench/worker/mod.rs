@@ -12,19 +12,21 @@
 
 use super::accounting::{Outcome, Stream};
 use super::client::{ClientError, Conn, Incoming, State};
-use super::payload::{self, Header};
+use super::payload;
 use super::scenario::{BenchConfig, Load, Plan, Role};
-use super::schedule::Schedule;
 use super::stats::{new_histogram, thread_cpu_ns};
 use super::BenchError;
 use crate::protocol::QoS;
-use hdrhistogram::Histogram;
-use mio::{Events, Interest, Poll, Token, Waker};
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+mod publish;
 
-pub(crate) const WAKER: Token = Token(usize::MAX);
+use super::shared::{Phase, Shared, ThreadResult, WAKER};
+use hdrhistogram::Histogram;
+use mio::{Events, Interest, Poll, Token};
+use publish::Pub;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 /// Handshakes in progress per thread, at most.
 const MAX_HANDSHAKES: usize = 256;
 /// Messages one publisher may queue in one turn.
@@ -33,97 +35,6 @@ const SEND_BURST: u64 = 1024;
 const MAX_WBUF: usize = 1 << 20;
 /// Closed loop QoS 0: a window with no delivery for this long is written off (lost).
 const STALL_NS: u64 = 1_000_000_000;
-
-/// Where the run is; set by the coordinator only.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
-pub(crate) enum Phase {
-    Connecting = 0,
-    Running = 1,
-    Draining = 2,
-    Done = 3,
-}
-
-/// State shared by the coordinator and the generator threads (atomics only).
-pub(crate) struct Shared {
-    pub epoch: Instant,
-    pub phase: AtomicU8,
-    pub send_start_ns: AtomicU64,
-    pub measure_start_ns: AtomicU64,
-    pub measure_end_ns: AtomicU64,
-    pub ready_threads: AtomicUsize,
-    pub connected: AtomicI64,
-    pub sent: AtomicU64,
-    pub received: AtomicU64,
-    /// Deliveries that should happen: sum over sends of the publisher's fan-out.
-    pub expected: AtomicU64,
-    /// Distinct deliveries that did happen.
-    pub distinct: AtomicU64,
-    /// QoS 1/2 publishes not yet acknowledged.
-    pub unacked: AtomicI64,
-    pub publishers_done: AtomicUsize,
-    /// Per publisher: deliveries received (closed-loop QoS 0 acknowledgement).
-    pub delivered: Vec<AtomicU64>,
-    pub wakers: Vec<Waker>,
-    /// Per thread: latency p50 / p99 so far, ns (for the progress line).
-    pub p50: Vec<AtomicU64>,
-    pub p99: Vec<AtomicU64>,
-    pub failed: AtomicBool,
-}
-
-impl Shared {
-    pub fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
-    pub fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
-            0 => Phase::Connecting,
-            1 => Phase::Running,
-            2 => Phase::Draining,
-            _ => Phase::Done,
-        }
-    }
-
-    pub fn set_phase(&self, p: Phase) {
-        self.phase.store(p as u8, Ordering::Release);
-        for w in &self.wakers {
-            let _ = w.wake();
-        }
-    }
-}
-
-/// What a thread hands back at the end.
-pub(crate) struct ThreadResult {
-    pub latency: Histogram<u64>,
-    pub lag: Histogram<u64>,
-    /// (publisher, messages sent in total).
-    pub sent_per_publisher: Vec<(u32, u64)>,
-    /// (client index in the plan, its streams by publisher).
-    pub streams: Vec<(usize, HashMap<u32, Stream>)>,
-    pub sent_measured: u64,
-    pub received_measured: u64,
-    pub foreign: u64,
-    pub disconnects: u64,
-    pub reconnects: u64,
-    pub stalls: u64,
-    pub cpu_ns: u64,
-    pub wall_ns: u64,
-}
-
-struct Pub {
-    conn: usize,
-    publisher: u32,
-    topic: String,
-    fanout: u64,
-    sent: u64,
-    limit: u64,
-    schedule: Option<Schedule>,
-    credit: u64,
-    last_delivered: u64,
-    last_progress_ns: u64,
-    done: bool,
-}
 
 /// One generator thread's event loop.
 pub(crate) struct Worker<'a> {
@@ -523,117 +434,6 @@ impl<'a> Worker<'a> {
                 }
             }
         }
-    }
-
-    fn send(&mut self, now: u64, m_start: u64) {
-        let qos = self.cfg.qos;
-        let send_start = self.shared.send_start_ns.load(Ordering::Acquire);
-        let npubs = self.plan.publishers() as u32;
-        for pi in 0..self.pubs.len() {
-            let p = &mut self.pubs[pi];
-            let c = &mut self.conns[p.conn];
-            if p.done || c.state != State::Ready || c.wbuf.len() >= MAX_WBUF {
-                continue;
-            }
-            let mut n = (p.limit - p.sent).min(SEND_BURST);
-            let mut sched = None;
-            match (self.cfg.scenario, self.cfg.load) {
-                (super::Scenario::Fleet, _) => {
-                    let s = *p.schedule.get_or_insert_with(|| {
-                        Schedule::periodic(send_start, p.publisher, npubs, self.cfg.interval_secs)
-                    });
-                    n = s.due(p.sent, now, n);
-                    sched = Some(s);
-                }
-                (_, Load::Rate(rate)) => {
-                    let s = *p
-                        .schedule
-                        .get_or_insert_with(|| Schedule::new(send_start, p.publisher, npubs, rate));
-                    n = s.due(p.sent, now, n);
-                    sched = Some(s);
-                }
-                (_, Load::Max) if qos == QoS::AtMostOnce => {
-                    let delivered =
-                        self.shared.delivered[p.publisher as usize].load(Ordering::Relaxed);
-                    if delivered != p.last_delivered || p.last_progress_ns == 0 {
-                        p.last_delivered = delivered;
-                        p.last_progress_ns = now;
-                    }
-                    let done = delivered + p.credit;
-                    let mut outstanding = (p.sent * p.fanout).saturating_sub(done);
-                    if outstanding > 0 && now - p.last_progress_ns > STALL_NS {
-                        p.credit += outstanding;
-                        outstanding = 0;
-                        p.last_progress_ns = now;
-                        self.res.stalls += 1;
-                    }
-                    let cap = self.cfg.inflight as u64 * p.fanout;
-                    n = n.min(cap.saturating_sub(outstanding) / p.fanout);
-                }
-                (_, Load::Max) => {}
-            }
-            if qos != QoS::AtMostOnce {
-                n = n.min((self.cfg.inflight - c.ids.in_use.min(self.cfg.inflight)) as u64);
-            }
-            for _ in 0..n {
-                let ts = sched.map_or(now, |s| s.at(p.sent));
-                let h = Header {
-                    ts_ns: ts,
-                    seq: p.sent as u32,
-                    publisher: p.publisher,
-                };
-                let _ = h.write(&mut self.body);
-                if c.publish(&p.topic, qos, &self.body).is_none() {
-                    break;
-                }
-                if sched.is_some() && ts >= m_start {
-                    self.lag.saturating_record(now.saturating_sub(ts).max(1));
-                }
-                if ts >= m_start {
-                    self.res.sent_measured += 1;
-                }
-                p.sent += 1;
-                self.sent_turn += 1;
-                self.expected_turn += p.fanout;
-                if qos != QoS::AtMostOnce {
-                    self.unacked_turn += 1;
-                }
-            }
-            if p.sent >= p.limit && !p.done {
-                p.done = true;
-                self.shared.publishers_done.fetch_add(1, Ordering::AcqRel);
-            }
-            let ci = p.conn;
-            self.mark(ci);
-        }
-    }
-
-    /// Drops and reconnects `churn` x devices per second (fleet).
-    fn churn(&mut self, now: u64) -> Result<(), BenchError> {
-        let last = std::mem::replace(&mut self.churn_last_ns, now);
-        if last == 0 || self.pubs.is_empty() {
-            return Ok(());
-        }
-        let secs = now.saturating_sub(last) as f64 / 1e9;
-        self.churn_budget += self.cfg.churn * self.pubs.len() as f64 * secs;
-        let mut tries = self.pubs.len();
-        while self.churn_budget >= 1.0 && tries > 0 {
-            tries -= 1;
-            let pi = self.churn_cursor % self.pubs.len();
-            self.churn_cursor += 1;
-            let ci = self.pubs[pi].conn;
-            let c = &mut self.conns[ci];
-            if c.state != State::Ready || !c.wbuf.is_empty() || c.ids.in_use > 0 {
-                continue;
-            }
-            c.disconnect();
-            let _ = c.flush();
-            self.close(ci, State::Pending);
-            self.pending.push_back(ci);
-            self.res.reconnects += 1;
-            self.churn_budget -= 1.0;
-        }
-        Ok(())
     }
 
     fn flush_dirty(&mut self, phase: Phase) -> Result<(), BenchError> {
