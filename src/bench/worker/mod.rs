@@ -46,6 +46,8 @@ pub(crate) struct Worker<'a> {
     conns: Vec<Conn>,
     queued: Vec<bool>,
     dirty: Vec<usize>,
+    /// Connections whose read budget ran out: read again next turn.
+    again: Vec<usize>,
     pub_of: Vec<Option<usize>>,
     pubs: Vec<Pub>,
     streams: Vec<Option<HashMap<u32, Stream>>>,
@@ -140,6 +142,7 @@ impl<'a> Worker<'a> {
             conns,
             queued: vec![false; n],
             dirty: Vec::new(),
+            again: Vec::new(),
             pub_of,
             pubs,
             streams,
@@ -221,7 +224,7 @@ impl<'a> Worker<'a> {
                     self.on_readable(i, now, phase, m_start, m_end)?;
                 }
             }
-            for i in 0..self.conns.len() {
+            for i in std::mem::take(&mut self.again) {
                 if self.conns[i].more_to_read {
                     self.on_readable(i, now, phase, m_start, m_end)?;
                 }
@@ -256,7 +259,7 @@ impl<'a> Worker<'a> {
 
     fn timeout(&self, now: u64, phase: Phase) -> Duration {
         let mut t = 10_000_000u64;
-        if self.conns.iter().any(|c| c.more_to_read) {
+        if !self.again.is_empty() {
             return Duration::ZERO;
         }
         if phase == Phase::Running {
@@ -350,13 +353,16 @@ impl<'a> Worker<'a> {
             }
         }
         self.mark(i);
+        if self.conns[i].more_to_read {
+            self.again.push(i);
+        }
         if let (Ok(()), false) = (&result, eof) {
             return Ok(());
         }
         let err = result.err().unwrap_or(ClientError::Closed);
         let c = &self.conns[i];
         let spec = &self.plan.clients[c.spec];
-        if c.state != State::Ready || phase == Phase::Connecting {
+        if phase == Phase::Connecting {
             return Err(client_err(&spec.client_id, err));
         }
         tracing::warn!(client = %spec.client_id, error = %err, "connection lost");
@@ -450,14 +456,13 @@ impl<'a> Worker<'a> {
                 self.close(i, State::Closed);
             }
         }
-        self.dirty = dirty;
-        self.dirty.clear();
-        // A write interrupted by a signal asked to be flushed again.
-        for i in 0..self.conns.len() {
-            if self.conns[i].dirty && !self.queued[i] {
-                self.mark(i);
-            }
+        let mut dirty = dirty;
+        // A write interrupted by a signal asks to be flushed again next turn.
+        dirty.retain(|&i| self.conns[i].dirty);
+        for &i in &dirty {
+            self.queued[i] = true;
         }
+        self.dirty = dirty;
         Ok(())
     }
 
