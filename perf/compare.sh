@@ -4,6 +4,7 @@
 # scenario against the brokers alternately (A B A B A B) and writes one JSON line per
 # run plus a header with the machine, commit and exact commands.
 # Usage: perf/compare.sh [REPS] > perf/results/DATE-compare.txt
+#        python3 perf/summarize.py perf/results/DATE-compare.txt >> perf/results/DATE-compare.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPS=${REPS:-${1:-3}}
@@ -20,6 +21,7 @@ trap 'kill $MPID $TPID 2>/dev/null; rm -f $CONF' EXIT
 sleep 1
 echo "# ternmq vs Mosquitto, $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 echo "# commit $(git rev-parse HEAD)"
+echo "# loadavg at start: $(cat /proc/loadavg) (shared machine: other processes compete for both cores)"
 echo "# machine: nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
 echo "# mosquitto: $(/usr/sbin/mosquitto -h 2>&1 | head -1); config: $(tr '\n' ';' < "$CONF")"
 echo "# mosquitto: $M_CMD"
