@@ -1,5 +1,6 @@
 //! The `ternmq` binary: parses the command line, sets up logging, starts the broker
-//! and stops it on SIGINT/SIGTERM. All logic lives in the library.
+//! and stops it on SIGINT/SIGTERM; or, as `ternmq bench <scenario> ...`, runs the
+//! bundled load generator. All logic lives in the library.
 
 use clap::Parser;
 use std::net::SocketAddr;
@@ -9,8 +10,10 @@ use ternmq::config::Config;
 
 /// A thread-per-core MQTT broker.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML config file; command-line options override its values.
     #[arg(long, short = 'c')]
     config: Option<PathBuf>,
@@ -41,6 +44,13 @@ struct Cli {
     /// Log filter when RUST_LOG is unset (error, warn, info, debug, trace). Default info.
     #[arg(long)]
     log_level: Option<String>,
+}
+
+/// Subcommands; without one, `ternmq` runs the broker.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run the load generator against a broker on loopback.
+    Bench(ternmq::bench::cli::BenchArgs),
 }
 
 impl Cli {
@@ -81,8 +91,27 @@ impl Cli {
     }
 }
 
+fn bench(args: &ternmq::bench::cli::BenchArgs) -> ExitCode {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match args.execute() {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ternmq bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(Command::Bench(args)) = cli.command.take() {
+        return bench(&args);
+    }
     let cfg = match cli.into_config() {
         Ok(cfg) => cfg,
         Err(e) => {

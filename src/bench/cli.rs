@@ -1,0 +1,195 @@
+//! The `ternmq bench` command line: parsing into a [`BenchConfig`], running, and
+//! printing the report (table or JSON on stdout, progress on stderr, `.hgrm` file).
+
+use super::scenario::{BenchConfig, Load, Scenario};
+use super::BenchError;
+use crate::protocol::QoS;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Options of `ternmq bench <scenario>`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// What to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Broker host (loopback only).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    #[arg(long, default_value_t = 1883)]
+    pub port: u16,
+    /// QoS of publishes and subscriptions.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Payload size in bytes (at least 16: timestamp, sequence, publisher id).
+    #[arg(long, default_value_t = 64)]
+    pub payload: usize,
+    /// Prefix of every topic (`PREFIX/pairs/3`).
+    #[arg(long, default_value = "")]
+    pub topic_prefix: String,
+    /// Clean sessions (the default).
+    #[arg(long, conflicts_with = "persistent")]
+    pub clean: bool,
+    /// Persistent sessions (clean session = 0).
+    #[arg(long)]
+    pub persistent: bool,
+    /// New connections per second (default: as fast as the broker accepts).
+    #[arg(long, value_name = "CONNS_PER_SEC")]
+    pub ramp: Option<f64>,
+    /// Local source addresses, `127.0.0.2-127.0.0.20` or `A,B,...` (loopback only).
+    #[arg(long, value_name = "RANGE")]
+    pub source: Option<String>,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub warmup: f64,
+    /// Seconds measured (`conns`: seconds the connections are held).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub duration: f64,
+    /// Seconds to wait for late messages and acks before counting loss.
+    #[arg(long, default_value_t = 2.0, value_name = "SECS")]
+    pub drain: f64,
+    /// Stop after this many messages in total.
+    #[arg(long, value_name = "N")]
+    pub messages: Option<u64>,
+    /// Generator threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Pin generator threads to these cores, round-robin.
+    #[arg(long, value_delimiter = ',', value_name = "CORE,...")]
+    pub pin: Vec<usize>,
+    /// Open loop: total offered rate, messages per second.
+    #[arg(long, conflicts_with = "max", value_name = "MSGS_PER_SEC")]
+    pub rate: Option<f64>,
+    /// Closed loop (the default): each publisher keeps `--inflight` messages in flight.
+    #[arg(long)]
+    pub max: bool,
+    /// Unacknowledged messages per publisher (closed loop; QoS 1/2 cap in open loop).
+    #[arg(long, default_value_t = 100)]
+    pub inflight: usize,
+    /// pairs: pairs; fanin: publishers; fanout: subscribers; conns, fleet: connections
+    /// or devices. Default 10 (conns, fleet: 1000).
+    #[arg(long, short = 'n', visible_aliases = ["pairs", "publishers", "subscribers", "connections", "devices"])]
+    pub count: Option<usize>,
+    /// fleet: backend subscribers on `devices/+/telemetry`.
+    #[arg(long, default_value_t = 1)]
+    pub backends: usize,
+    /// fleet: seconds between two messages of one device.
+    #[arg(long, default_value_t = 1.0, value_name = "SECS")]
+    pub interval: f64,
+    /// fleet: fraction of devices dropped and reconnected per second.
+    #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
+    pub churn: f64,
+    /// Broker process id: report its CPU per message and RSS from /proc.
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
+    /// Print one JSON line instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Write the latency distribution (µs) in .hgrm format to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub hgrm: Option<PathBuf>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+fn secs(v: f64, what: &str) -> Result<Duration, BenchError> {
+    Duration::try_from_secs_f64(v).map_err(|_| BenchError::Config(format!("bad {what}: {v}")))
+}
+
+/// Parses `A-B` (inclusive IPv4 range) or `A,B,C`.
+pub fn parse_sources(s: &str) -> Result<Vec<IpAddr>, BenchError> {
+    let bad = || BenchError::Config(format!("bad --source {s}"));
+    if let Some((a, b)) = s.split_once('-') {
+        let a: Ipv4Addr = a.trim().parse().map_err(|_| bad())?;
+        let b: Ipv4Addr = b.trim().parse().map_err(|_| bad())?;
+        let (a, b) = (u32::from(a), u32::from(b));
+        if b < a || b - a > 65_535 {
+            return Err(bad());
+        }
+        return Ok((a..=b).map(|v| IpAddr::V4(Ipv4Addr::from(v))).collect());
+    }
+    s.split(',')
+        .map(|p| p.trim().parse::<IpAddr>().map_err(|_| bad()))
+        .collect()
+}
+
+impl BenchArgs {
+    /// The library configuration these options describe.
+    pub fn to_config(&self) -> Result<BenchConfig, BenchError> {
+        let default_count = match self.scenario {
+            Scenario::Conns | Scenario::Fleet => 1000,
+            _ => 10,
+        };
+        let load = match self.rate {
+            Some(r) => Load::Rate(r),
+            None => Load::Max,
+        };
+        let cfg = BenchConfig {
+            scenario: self.scenario,
+            broker: SocketAddr::new(self.host, self.port),
+            qos: QoS::from_u8(self.qos).ok_or_else(|| BenchError::Config("bad --qos".into()))?,
+            payload_bytes: self.payload,
+            topic_prefix: self.topic_prefix.clone(),
+            clean_session: !self.persistent,
+            ramp_per_sec: self.ramp,
+            sources: match &self.source {
+                Some(s) => parse_sources(s)?,
+                None => Vec::new(),
+            },
+            warmup: secs(self.warmup, "--warmup")?,
+            duration: secs(self.duration, "--duration")?,
+            drain: secs(self.drain, "--drain")?,
+            messages: self.messages,
+            threads: self.threads,
+            pin: self.pin.clone(),
+            load,
+            inflight: self.inflight,
+            count: self.count.unwrap_or(default_count),
+            backends: self.backends,
+            interval_secs: self.interval,
+            churn: self.churn,
+            broker_pid: self.broker_pid,
+            progress: !self.quiet,
+        };
+        if let Some(r) = self.ramp {
+            if !(r > 0.0 && r.is_finite()) {
+                return Err(BenchError::Config("--ramp must be positive".into()));
+            }
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Runs the benchmark and prints its report. Returns the report for callers
+    /// that want to act on it (exit status).
+    pub fn execute(&self) -> Result<super::Report, BenchError> {
+        let cfg = self.to_config()?;
+        let report = super::run(&cfg)?;
+        if self.json {
+            println!("{}", report.json());
+        } else {
+            print!("{}", report.table());
+        }
+        if let Some(path) = &self.hgrm {
+            std::fs::write(path, report.hgrm())?;
+        }
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ranges() {
+        let v = parse_sources("127.0.0.2-127.0.0.4").unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[2], "127.0.0.4".parse::<IpAddr>().unwrap());
+        assert_eq!(parse_sources("127.0.0.1,::1").unwrap().len(), 2);
+        assert!(parse_sources("127.0.0.9-127.0.0.2").is_err());
+        assert!(parse_sources("nope").is_err());
+    }
+}

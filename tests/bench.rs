@@ -1,0 +1,101 @@
+//! End-to-end runs of the load generator (`ternmq::bench::run`) against an
+//! in-process broker on an ephemeral loopback port.
+
+use std::time::Duration;
+use ternmq::bench::{run, BenchConfig, Load, Scenario};
+use ternmq::config::Config;
+use ternmq::protocol::QoS;
+use ternmq::runtime::{start, BrokerHandle};
+
+fn broker() -> BrokerHandle {
+    start(Config {
+        listen: vec!["127.0.0.1:0".parse().unwrap()],
+        workers: 1,
+        pin_cores: false,
+        sys_interval_secs: 0,
+        ..Config::default()
+    })
+    .expect("broker starts")
+}
+
+fn cfg(b: &BrokerHandle, scenario: Scenario, count: usize) -> BenchConfig {
+    BenchConfig {
+        scenario,
+        broker: b.addr(),
+        count,
+        warmup: Duration::from_millis(200),
+        duration: Duration::from_secs(1),
+        drain: Duration::from_secs(5),
+        ..BenchConfig::default()
+    }
+}
+
+#[test]
+fn pairs_qos1_loses_nothing() {
+    let b = broker();
+    let c = BenchConfig {
+        qos: QoS::AtLeastOnce,
+        inflight: 20,
+        broker_pid: Some(std::process::id()),
+        ..cfg(&b, Scenario::Pairs, 4)
+    };
+    let r = run(&c).expect("run");
+    assert_eq!(r.connections, 8);
+    assert!(r.received > 100, "{}", r.table());
+    assert!(r.tally.expected > 0);
+    assert_eq!(r.tally.lost, 0, "{}", r.table());
+    assert_eq!(r.tally.duplicates, 0);
+    assert_eq!(r.tally.received, r.tally.expected);
+    assert!(r.drained);
+    assert!(!r.latency.is_empty());
+    assert!(r.broker_us_per_msg().is_some());
+    let j = r.json();
+    assert!(j.contains("\"lost\":0"), "{j}");
+}
+
+#[test]
+fn fanout_open_loop_delivers_to_every_subscriber() {
+    let b = broker();
+    let c = BenchConfig {
+        load: Load::Rate(2000.0),
+        threads: 2,
+        duration: Duration::from_millis(500),
+        ..cfg(&b, Scenario::Fanout, 5)
+    };
+    let r = run(&c).expect("run");
+    assert_eq!(r.subscribers, 5);
+    assert!(r.sent_total > 500, "{}", r.table());
+    assert_eq!(r.tally.expected, r.sent_total * 5);
+    assert_eq!(r.tally.lost, 0, "{}", r.table());
+    assert!(r.hgrm().contains("Percentile"));
+}
+
+#[test]
+fn conns_holds_idle_connections() {
+    let b = broker();
+    let c = BenchConfig {
+        duration: Duration::from_millis(300),
+        warmup: Duration::ZERO,
+        broker_pid: Some(std::process::id()),
+        ..cfg(&b, Scenario::Conns, 200)
+    };
+    let r = run(&c).expect("run");
+    assert_eq!(r.connections, 200);
+    assert_eq!(r.disconnects, 0);
+    assert!(r.broker_rss_per_conn().is_some());
+    assert_eq!(r.sent_total, 0);
+}
+
+#[test]
+fn a_missing_broker_is_an_error() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let c = BenchConfig {
+        broker: port,
+        count: 1,
+        ..BenchConfig::default()
+    };
+    assert!(run(&c).is_err());
+}
