@@ -508,16 +508,20 @@ impl Sim {
             cl.link
         );
         let cl = &mut self.clients[c];
+        let previous_was_clean = cl.clean;
         cl.link = Some(l);
         cl.connected = false;
         cl.clean = clean;
-        if clean {
-            // A clean session starts from nothing; unfinished flows are abandoned.
+        if clean || previous_was_clean {
+            // [MQTT-3.1.2-6]: a clean session lasts as long as its network
+            // connection, on the client side too; a clean session starts from
+            // nothing. Unfinished flows are abandoned.
             cl.session_known = false;
             cl.out.clear();
             cl.ctl.clear();
             cl.held.clear();
-        } else {
+        }
+        if !clean {
             cl.session_maybe = true;
         }
         let connect = ternmq::protocol::Connect {

@@ -71,13 +71,13 @@ pub enum MeshMsg {
         clean: bool,
     },
     /// Answer to `Takeover`: the session (None when there was none or it was
-    /// discarded). `superseded`: a newer connection for the client exists; the
-    /// requester must close its waiting connection.
+    /// discarded). `superseded_by`: the generation of a newer claim the responder
+    /// knows; a requester whose own connection is older closes it.
     Handover {
         client_id: Arc<str>,
         to: ConnId,
         session: Option<Box<Session>>,
-        superseded: bool,
+        superseded_by: Option<u64>,
     },
     /// The sender's forwarding stub for `client_id` is gone: no more `Forward`s for it
     /// will follow on this channel.

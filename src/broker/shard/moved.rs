@@ -50,11 +50,18 @@ pub(crate) struct Stub {
 }
 
 /// What a settling session or stub does with a direct copy.
-fn settle_direct(m: &mut MovedIn, stamp: Stamp, msg: &Message, granted: QoS, origin: Option<Origin>) {
+fn settle_direct(
+    m: &mut MovedIn,
+    stamp: Stamp,
+    msg: &Message,
+    granted: QoS,
+    origin: Option<Origin>,
+) {
     let had_it = m.departed.iter().any(|(home, d)| {
         stamp.targets & (1u64 << home) != 0 && d.get(stamp.worker).is_some_and(|&d| stamp.seq <= d)
     });
-    let here = m.delivered.contains(&(stamp.worker, stamp.seq)) || m.held.iter().any(|h| h.stamp == stamp);
+    let here =
+        m.delivered.contains(&(stamp.worker, stamp.seq)) || m.held.iter().any(|h| h.stamp == stamp);
     if !had_it && !here {
         m.held.push_back(Held {
             stamp,
@@ -136,7 +143,8 @@ impl Shard {
             self.index.insert(filter, sid, *qos);
             self.index.remove(filter, key as u32);
         }
-        self.stub_by_client.insert(session.client_id.clone(), stub_key);
+        self.stub_by_client
+            .insert(session.client_id.clone(), stub_key);
         self.stub_expiry.push_back((expires_at, stub_key));
         session.conn = None;
         Some(session)
@@ -196,7 +204,14 @@ impl Shard {
         }
     }
 
-    fn send_forward(&mut self, to: WorkerId, client_id: Arc<str>, msg: Message, origin: Option<Origin>, stamp: Stamp) {
+    fn send_forward(
+        &mut self,
+        to: WorkerId,
+        client_id: Arc<str>,
+        msg: Message,
+        origin: Option<Origin>,
+        stamp: Stamp,
+    ) {
         self.send_mesh(
             to,
             MeshMsg::Forward {

@@ -389,9 +389,9 @@ impl Shard {
             MeshMsg::Handover {
                 client_id,
                 session,
-                superseded,
+                superseded_by,
                 ..
-            } => self.on_handover(now, from, client_id, session, superseded),
+            } => self.on_handover(now, from, client_id, session, superseded_by),
             MeshMsg::StubGone { client_id } => self.on_stub_gone(now, from, &client_id),
             MeshMsg::Pause { conn, until } => {
                 if self.is_open(conn) {

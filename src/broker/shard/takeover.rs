@@ -78,14 +78,14 @@ impl Shard {
         self.schedule(id, deadline);
     }
 
-    fn superseded(&mut self, to_worker: WorkerId, client_id: Arc<str>, to: ConnId) {
+    fn superseded(&mut self, to_worker: WorkerId, client_id: Arc<str>, to: ConnId, by: u64) {
         self.send_mesh(
             to_worker,
             MeshMsg::Handover {
                 client_id,
                 to,
                 session: None,
-                superseded: true,
+                superseded_by: Some(by),
             },
         );
     }
@@ -101,14 +101,16 @@ impl Shard {
         clean: bool,
     ) {
         if let Some(&key) = self.by_client.get(&client_id) {
-            if self.sessions.get(key).is_some_and(|s| s.claim_gen > gen) {
-                return self.superseded(from, client_id, to);
+            let ours = self.sessions.get(key).map_or(0, |s| s.claim_gen);
+            if ours > gen {
+                return self.superseded(from, client_id, to, ours);
             }
             return self.hand_over(now, client_id, from, to, clean);
         }
         if let Some(inb) = self.inbound.get_mut(&client_id) {
             if inb.gen > gen {
-                return self.superseded(from, client_id, to);
+                let ours = inb.gen;
+                return self.superseded(from, client_id, to, ours);
             }
             // Our waiting connection loses to the newer one; the session will pass
             // through here.
@@ -126,7 +128,7 @@ impl Shard {
                 },
             );
             if let Some(f) = older {
-                self.superseded(f.worker, client_id, f.conn);
+                self.superseded(f.worker, client_id, f.conn, gen);
             }
             return;
         }
@@ -137,7 +139,7 @@ impl Shard {
                 client_id,
                 to,
                 session: None,
-                superseded: false,
+                superseded_by: None,
             },
         );
     }
@@ -169,7 +171,7 @@ impl Shard {
                 client_id,
                 to,
                 session,
-                superseded: false,
+                superseded_by: None,
             },
         );
     }
@@ -181,13 +183,28 @@ impl Shard {
         from: WorkerId,
         client_id: Arc<str>,
         session: Option<Box<Session>>,
-        superseded: bool,
+        superseded_by: Option<u64>,
     ) {
+        let superseded = superseded_by.is_some();
         if let Some(f) = self.forward_handover.remove(&client_id) {
             self.inbound.remove(&client_id);
-            if superseded {
-                // Whoever superseded us is newer than the requester too.
-                return self.superseded(f.worker, client_id, f.conn);
+            match superseded_by {
+                // A claim newer than the requester's exists: it loses too.
+                Some(by) if by > f.gen => return self.superseded(f.worker, client_id, f.conn, by),
+                // The requester itself is what superseded us: nobody holds a
+                // session (we were each waiting for the other), so it starts afresh.
+                Some(_) => {
+                    return self.send_mesh(
+                        f.worker,
+                        MeshMsg::Handover {
+                            client_id,
+                            to: f.conn,
+                            session: None,
+                            superseded_by: None,
+                        },
+                    )
+                }
+                None => {}
             }
             // Installed for an instant so that a stub is left here too.
             if let Some(s) = session {
