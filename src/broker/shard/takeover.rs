@@ -185,7 +185,6 @@ impl Shard {
         session: Option<Box<Session>>,
         superseded_by: Option<u64>,
     ) {
-        let superseded = superseded_by.is_some();
         if let Some(f) = self.forward_handover.remove(&client_id) {
             self.inbound.remove(&client_id);
             match superseded_by {
@@ -220,7 +219,7 @@ impl Shard {
             // has replaced it here.
             match session {
                 Some(s)
-                    if !superseded
+                    if superseded_by.is_none()
                         && !s.clean
                         && !self.by_client.contains_key(&client_id)
                         && self.registry.owner(&client_id) == Some(self.id) =>
@@ -231,9 +230,25 @@ impl Shard {
             }
             return;
         };
-        if superseded {
-            if let Some(c) = inb.conn {
-                self.drop_conn(c);
+        if let Some(by) = superseded_by {
+            match inb.conn {
+                // A connection newer than the superseding claim took over the wait
+                // here meanwhile: ask again, for it, where the session now is.
+                Some(conn) if inb.gen > by => {
+                    let (gen, clean) = (inb.gen, inb.clean);
+                    self.inbound.insert(client_id.clone(), inb);
+                    self.send_mesh(
+                        from,
+                        MeshMsg::Takeover {
+                            client_id,
+                            gen,
+                            to: conn,
+                            clean,
+                        },
+                    );
+                }
+                Some(conn) => self.drop_conn(conn),
+                None => {}
             }
             return;
         }
