@@ -12,6 +12,7 @@ pub mod message;
 pub mod registry;
 pub mod retained;
 pub mod session;
+pub mod settle;
 pub mod shard;
 pub mod stats;
 pub mod topic_index;

@@ -52,31 +52,6 @@ pub enum Enqueued {
     DroppedOldest,
 }
 
-/// A session that has just moved here from worker `from`, until `from` says its
-/// forwarding stub is gone (see `shard/moved.rs`).
-#[derive(Debug, Clone, Default)]
-pub struct MovedIn {
-    pub from: crate::broker::WorkerId,
-    /// Each earlier home still settling, newest first, with its routing watermark
-    /// when the session left it: a direct copy that home also got, at or below the
-    /// watermark, was delivered (or held) there already.
-    pub departed: Vec<(crate::broker::WorkerId, Box<[u64]>)>,
-    /// Direct copies waiting for their forwarded twin or for the stub to go.
-    pub held: VecDeque<Held>,
-    /// Stamps (worker, sequence) delivered while settling, so a message reaching the
-    /// session on two paths is delivered once.
-    pub delivered: HashSet<(crate::broker::WorkerId, u64)>,
-}
-
-/// A direct copy waiting for the forwarding path to settle.
-#[derive(Debug, Clone)]
-pub struct Held {
-    pub stamp: crate::broker::mesh::Stamp,
-    pub msg: Message,
-    pub granted: QoS,
-    pub origin: Option<crate::broker::mesh::Origin>,
-}
-
 /// A client's session state.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -95,9 +70,9 @@ pub struct Session {
     /// The connection attached on this worker, if online. Worker-local: cleared before
     /// the session moves to another worker.
     pub conn: Option<ConnId>,
-    /// Set when the session arrived here from another worker, for a while: see
-    /// [`MovedIn`]. Worker-local.
-    pub moved_in: Option<Box<MovedIn>>,
+    /// Set for a while after the session arrived from another worker: see
+    /// [`Settle`](crate::broker::settle::Settle).
+    pub moved_in: Option<Box<crate::broker::settle::Settle>>,
     /// The registry claim generation of the connection that last attached it.
     pub claim_gen: u64,
     next_packet_id: u16,

@@ -133,7 +133,7 @@ impl Shard {
         if session.moved_in.as_ref().is_none_or(|m| m.from != from) {
             // The sender sets this on departure; a session without it gets the
             // cautious default (nothing known delivered there).
-            session.moved_in = Some(Box::new(crate::broker::session::MovedIn {
+            session.moved_in = Some(Box::new(crate::broker::settle::Settle {
                 from,
                 ..Default::default()
             }));

@@ -8,26 +8,21 @@
 //! them. When the stub expires, A says so ([`MeshMsg::StubGone`]) after its last
 //! forward.
 //!
-//! On B the session is *settling* ([`MovedIn`]) until that message:
-//! - a direct copy of a message that an earlier home received before the session left
-//!   it (its routing watermark at departure travels with the session) was delivered
-//!   there: dropped;
-//! - any other direct copy is held;
-//! - a forward is delivered at once (once per [`Stamp`], whichever path brings it
-//!   first) and drops its held twin;
-//! - when the stub is gone, what is still held is delivered, in arrival order.
-//!
-//! Per publisher this yields the forwarded prefix, then the rest: no loss, no
-//! duplicate, no reordering. If the session moves on (B -> C) while still settling,
-//! the settling state stays with B's stub, which applies the same rules with
-//! "forward to C" in place of "deliver", and lives until A's stub is gone; C settles
-//! against B. The one timing assumption: B's interest reaches every worker within
-//! the grace period (seconds, against microseconds of mesh latency).
+//! On B the session *settles* ([`Settle`]): direct copies wait while forwards are
+//! delivered, each message once whichever path brings it first; when A's stub is gone
+//! the held copies follow. Per publisher this yields the forwarded prefix, then the
+//! rest: no loss, no duplicate, no reordering. If the session moves on (B -> C) while
+//! settling, the settling state stays with B's stub, which applies the same rules
+//! with "forward to C" in place of "deliver" and lives until A's stub is gone; C
+//! settles against B, carrying the history of what was taken. The one timing
+//! assumption: a message is not delayed in the mesh by more than the grace period
+//! (seconds, against microseconds of mesh latency).
 
 use super::Shard;
 use crate::broker::mesh::{MeshMsg, Origin, Stamp};
 use crate::broker::message::Message;
-use crate::broker::session::{Held, MovedIn, Session};
+use crate::broker::session::Session;
+use crate::broker::settle::{Settle, Take};
 use crate::broker::WorkerId;
 use crate::protocol::{topic::filter_matches, QoS, TopicFilter};
 use std::sync::Arc;
@@ -43,47 +38,26 @@ pub(crate) struct Stub {
     pub to: WorkerId,
     pub filters: Vec<(TopicFilter, QoS)>,
     pub expires_at: Instant,
-    /// The session was still settling when it left: the stub settles in its place.
-    pub settle: Option<Box<MovedIn>>,
-    /// The grace period is over; the stub waits only for `settle` to end.
+    /// The session was still settling (or draining) when it left: the stub goes on
+    /// in its place.
+    pub settle: Option<Box<Settle>>,
+    /// The grace period is over; the stub waits only for its upstream to settle.
     pub expired: bool,
 }
 
-/// What a settling session or stub does with a direct copy.
-fn settle_direct(
-    m: &mut MovedIn,
-    stamp: Stamp,
-    msg: &Message,
-    granted: QoS,
-    origin: Option<Origin>,
-) {
-    let had_it = m.departed.iter().any(|(home, d)| {
-        stamp.targets & (1u64 << home) != 0 && d.get(stamp.worker).is_some_and(|&d| stamp.seq <= d)
-    });
-    let here =
-        m.delivered.contains(&(stamp.worker, stamp.seq)) || m.held.iter().any(|h| h.stamp == stamp);
-    if !had_it && !here {
-        m.held.push_back(Held {
-            stamp,
-            msg: msg.clone(),
-            granted,
-            origin,
-        });
+impl Stub {
+    fn settling(&self) -> bool {
+        self.settle
+            .as_ref()
+            .is_some_and(|s| s.draining_until.is_none())
     }
-}
-
-/// What a settling session or stub does with a forward: true to take it.
-fn settle_forward(m: &mut MovedIn, stamp: Stamp) -> bool {
-    if !m.delivered.insert((stamp.worker, stamp.seq)) {
-        return false; // came on another path already
-    }
-    if let Some(i) = m.held.iter().position(|h| h.stamp == stamp) {
-        m.held.remove(i);
-    }
-    true
 }
 
 impl Shard {
+    fn grace(&self) -> std::time::Duration {
+        self.cfg.handover_timeout() * 2
+    }
+
     /// The last routing stamp this worker has received from each worker, itself
     /// included.
     pub(crate) fn watermark(&self) -> Box<[u64]> {
@@ -92,42 +66,50 @@ impl Shard {
         w.into_boxed_slice()
     }
 
-    /// Holds (or drops) a direct copy for a settling session; false if the session
-    /// takes deliveries normally.
+    /// Settles a direct copy for a session that moved here recently; false if the
+    /// session takes deliveries normally.
     pub(crate) fn hold_if_moving(
         &mut self,
+        now: Instant,
         key: usize,
         msg: &Message,
         granted: QoS,
         origin: Option<Origin>,
         stamp: Stamp,
     ) -> bool {
-        match self.sessions.get_mut(key).and_then(|s| s.moved_in.as_mut()) {
-            Some(m) => {
-                settle_direct(m, stamp, msg, granted, origin);
-                true
-            }
-            None => false,
+        let Some(session) = self.sessions.get_mut(key) else {
+            return false;
+        };
+        let Some(settle) = session.moved_in.as_mut() else {
+            return false;
+        };
+        if settle.finished(now) {
+            session.moved_in = None;
+            return false;
         }
+        if settle.direct(stamp, msg, granted, origin) == Take::Now {
+            self.deliver(now, key, msg, granted, false, origin);
+        }
+        true
     }
 
     /// Takes a persistent session off this worker for `to`, leaving a stub behind.
     pub(crate) fn move_out(&mut self, now: Instant, key: usize, to: WorkerId) -> Option<Session> {
-        let departed = self.watermark();
+        let watermark = self.watermark();
         let mut session = self.sessions.try_remove(key)?;
-        let settle = session.moved_in.take();
-        let mut homes = vec![(self.id, departed)];
-        if let Some(s) = &settle {
-            homes.extend(s.departed.iter().cloned());
-        }
-        session.moved_in = Some(Box::new(MovedIn {
-            from: self.id,
-            departed: homes,
-            ..MovedIn::default()
-        }));
+        let settle = session.moved_in.take().filter(|s| !s.finished(now));
+        let onward = match &settle {
+            Some(s) => s.onward(self.id, watermark),
+            None => Settle {
+                from: self.id,
+                departed: vec![(self.id, watermark)],
+                ..Settle::default()
+            },
+        };
+        session.moved_in = Some(Box::new(onward));
         self.by_client.remove(&session.client_id);
         self.drop_stub_for(&session.client_id);
-        let expires_at = now + self.cfg.handover_timeout() * 2;
+        let expires_at = now + self.grace();
         let stub_key = self.stubs.insert(Stub {
             client_id: session.client_id.clone(),
             to,
@@ -172,8 +154,8 @@ impl Shard {
             }
         }
         // Whatever it still held reached us directly and nowhere upstream.
-        if let Some(settle) = stub.settle {
-            for h in settle.held {
+        if let Some(mut settle) = stub.settle {
+            for h in settle.held.drain(..) {
                 self.send_forward(stub.to, stub.client_id.clone(), h.msg, h.origin, h.stamp);
             }
         }
@@ -196,7 +178,7 @@ impl Shard {
             let Some(stub) = self.stubs.get_mut(key).filter(|s| s.expires_at == at) else {
                 continue;
             };
-            if stub.settle.is_some() {
+            if stub.settling() {
                 stub.expired = true;
             } else {
                 self.drop_stub(key);
@@ -223,8 +205,8 @@ impl Shard {
         );
     }
 
-    /// A local match hit a stub: send the message after the session (or hold it while
-    /// the stub settles).
+    /// A local match hit a stub: send the message after the session (settling
+    /// first if the stub is).
     pub(crate) fn forward_via_stub(
         &mut self,
         sid: u32,
@@ -236,9 +218,10 @@ impl Shard {
         let Some(stub) = self.stubs.get_mut((sid & !STUB_BIT) as usize) else {
             return;
         };
-        if let Some(m) = stub.settle.as_mut() {
-            settle_direct(m, stamp, msg, granted, origin);
-            return;
+        if let Some(settle) = stub.settle.as_mut() {
+            if settle.direct(stamp, msg, granted, origin) != Take::Now {
+                return;
+            }
         }
         let (to, client_id) = (stub.to, stub.client_id.clone());
         self.send_forward(to, client_id, msg.clone(), origin, stamp);
@@ -257,12 +240,12 @@ impl Shard {
             let Some(session) = self.sessions.get_mut(key) else {
                 return;
             };
-            // Only a settling session is owed forwards; a fresh one (clean takeover)
-            // does not inherit the old one's messages.
-            let Some(m) = session.moved_in.as_mut() else {
+            // Only a session that moved here is owed forwards; a fresh one (clean
+            // takeover) does not inherit the old one's messages.
+            let Some(settle) = session.moved_in.as_mut() else {
                 return;
             };
-            if !settle_forward(m, stamp) {
+            if settle.forward(stamp) != Take::Now {
                 return;
             }
             let granted = session
@@ -282,8 +265,8 @@ impl Shard {
         let Some(stub) = self.stubs.get_mut(stub_key) else {
             return;
         };
-        if let Some(m) = stub.settle.as_mut() {
-            if !settle_forward(m, stamp) {
+        if let Some(settle) = stub.settle.as_mut() {
+            if settle.forward(stamp) != Take::Now {
                 return;
             }
         }
@@ -294,14 +277,16 @@ impl Shard {
     /// The stub on worker `from` is gone: nothing more comes that way, so what is
     /// held here is delivered (by a session) or passed on (by a stub).
     pub(crate) fn on_stub_gone(&mut self, now: Instant, from: WorkerId, client_id: &str) {
+        let until = now + self.grace();
         if let Some(&key) = self.by_client.get(client_id) {
-            let settling = self.sessions.get(key).and_then(|s| s.moved_in.as_ref());
-            if settling.is_some_and(|m| m.from == from) {
-                if let Some(m) = self.sessions.get_mut(key).and_then(|s| s.moved_in.take()) {
-                    for h in m.held {
-                        self.deliver(now, key, &h.msg, h.granted, false, h.origin);
-                    }
-                }
+            let Some(settle) = self.sessions.get_mut(key).and_then(|s| s.moved_in.as_mut()) else {
+                return;
+            };
+            if settle.from != from || settle.draining_until.is_some() {
+                return;
+            }
+            for h in settle.settled(until) {
+                self.deliver(now, key, &h.msg, h.granted, false, h.origin);
             }
             return;
         }
@@ -311,10 +296,13 @@ impl Shard {
         let Some(stub) = self.stubs.get_mut(stub_key) else {
             return;
         };
-        if !stub.settle.as_ref().is_some_and(|m| m.from == from) {
+        let Some(settle) = stub.settle.as_mut() else {
+            return;
+        };
+        if settle.from != from || settle.draining_until.is_some() {
             return;
         }
-        let held = stub.settle.take().map(|m| m.held).unwrap_or_default();
+        let held = settle.settled(until);
         let (to, client, expired) = (stub.to, stub.client_id.clone(), stub.expired);
         for h in held {
             self.send_forward(to, client.clone(), h.msg, h.origin, h.stamp);

@@ -124,7 +124,7 @@ impl Shard {
         for &(key, granted) in &matches {
             if key & STUB_BIT != 0 {
                 self.forward_via_stub(key, msg, granted, origin, stamp);
-            } else if !self.hold_if_moving(key as usize, msg, granted, origin, stamp) {
+            } else if !self.hold_if_moving(now, key as usize, msg, granted, origin, stamp) {
                 // [MQTT-3.3.1-9]: RETAIN is cleared on normal forwarding.
                 self.deliver(now, key as usize, msg, granted, false, origin);
             }

@@ -50,7 +50,11 @@ impl Shard {
     ) {
         let deadline = now + self.cfg.handover_timeout();
         // A connection we promised to pass the session to is older than this one.
-        if self.forward_handover.get(&client_id).is_some_and(|f| f.gen < gen) {
+        if self
+            .forward_handover
+            .get(&client_id)
+            .is_some_and(|f| f.gen < gen)
+        {
             if let Some(f) = self.forward_handover.remove(&client_id) {
                 self.superseded(f.worker, client_id.clone(), f.conn, gen);
             }
