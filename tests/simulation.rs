@@ -1148,6 +1148,13 @@ impl Sim {
             }
         }
         self.quiesce(true);
+        // Sessions that moved recently settle when their old home's forwarding stub
+        // expires (the grace period, twice the handover timeout): copies that reached
+        // them only directly are delivered then.
+        self.advance(Duration::from_millis(2 * HANDOVER_TIMEOUT_MS + 1000));
+        self.quiesce(true);
+        self.advance(Duration::from_millis(2 * HANDOVER_TIMEOUT_MS + 1000));
+        self.quiesce(true);
         for c in 0..self.clients.len() {
             let cl = &self.clients[c];
             if cl.link.is_some() && !cl.connected {

@@ -97,15 +97,30 @@ impl Settle {
     /// A forwarded copy: taken now unless already taken. (Stubs forward only what
     /// reached them after the session left, so the departure watermarks do not
     /// apply: a copy an earlier home had may have been held there, not delivered.)
-    pub fn forward(&mut self, stamp: Stamp) -> Take {
-        if let Some(i) = self.held.iter().position(|h| h.stamp == stamp) {
-            self.held.remove(i);
-            return Take::Now;
+    ///
+    /// Returns None to drop it, or the held copies to deliver before it: earlier
+    /// messages of the same publisher's worker that reached only us directly (the
+    /// old home forwards in order, so nothing earlier from there is still coming).
+    pub fn forward(&mut self, stamp: Stamp) -> Option<Vec<Held>> {
+        let twin = self.held.iter().position(|h| h.stamp == stamp);
+        match twin {
+            Some(i) => {
+                self.held.remove(i);
+            }
+            None if !self.seen.insert((stamp.worker, stamp.seq)) => return None,
+            None => {}
         }
-        if !self.seen.insert((stamp.worker, stamp.seq)) {
-            return Take::Drop;
+        let mut before = Vec::new();
+        let mut i = 0;
+        while i < self.held.len() {
+            let h = &self.held[i];
+            if h.stamp.worker == stamp.worker && h.stamp.seq < stamp.seq {
+                before.extend(self.held.remove(i));
+            } else {
+                i += 1;
+            }
         }
-        Take::Now
+        Some(before)
     }
 
     /// The previous home's stub is gone: everything held is taken now, and the state
@@ -167,8 +182,8 @@ mod tests {
         };
         let st = stamp(2, 7, 0b111);
         assert_eq!(s.direct(st, &msg(), QoS::AtLeastOnce, None), Take::Held);
-        assert_eq!(s.forward(st), Take::Now);
-        assert_eq!(s.forward(st), Take::Drop, "a second path brings it again");
+        assert!(s.forward(st).is_some_and(|b| b.is_empty()));
+        assert!(s.forward(st).is_none(), "a second path brings it again");
         assert!(s.held.is_empty());
     }
 
@@ -198,7 +213,7 @@ mod tests {
         let released = s.settled(now);
         assert_eq!(released.len(), 2);
         // Draining: a late forward of something already taken is dropped.
-        assert_eq!(s.forward(stamp(2, 11, 0b101)), Take::Drop);
+        assert!(s.forward(stamp(2, 11, 0b101)).is_none());
         assert_eq!(
             s.direct(stamp(2, 12, 0b100), &msg(), QoS::AtLeastOnce, None),
             Take::Now
@@ -215,11 +230,35 @@ mod tests {
         let held = stamp(1, 4, 0b011);
         assert_eq!(s.direct(held, &msg(), QoS::AtLeastOnce, None), Take::Held);
         let mut next = s.onward(1, vec![0, 9, 0].into_boxed_slice());
-        assert_eq!(
-            next.forward(held),
-            Take::Now,
+        assert!(
+            next.forward(held).is_some(),
             "its forward must still be taken"
         );
+    }
+
+    #[test]
+    fn a_forward_releases_earlier_direct_only_copies_first() {
+        let mut s = Settle {
+            from: 0,
+            ..Settle::default()
+        };
+        // (2, 5) went only to us; (2, 6) to both: its forward must not overtake (2, 5).
+        assert_eq!(
+            s.direct(stamp(2, 5, 0b110), &msg(), QoS::AtLeastOnce, None),
+            Take::Held
+        );
+        assert_eq!(
+            s.direct(stamp(2, 6, 0b111), &msg(), QoS::AtLeastOnce, None),
+            Take::Held
+        );
+        assert_eq!(
+            s.direct(stamp(3, 1, 0b1010), &msg(), QoS::AtLeastOnce, None),
+            Take::Held
+        );
+        let before = s.forward(stamp(2, 6, 0b111)).unwrap();
+        assert_eq!(before.len(), 1);
+        assert_eq!(before[0].stamp.seq, 5);
+        assert_eq!(s.held.len(), 1, "other publishers' copies stay held");
     }
 
     #[test]
@@ -228,7 +267,7 @@ mod tests {
             from: 0,
             ..Settle::default()
         };
-        assert_eq!(s.forward(stamp(1, 3, 0b011)), Take::Now);
+        assert!(s.forward(stamp(1, 3, 0b011)).is_some());
         let next = s.onward(2, vec![0, 5, 9].into_boxed_slice());
         assert_eq!(next.from, 2);
         assert_eq!(next.departed.len(), 1);

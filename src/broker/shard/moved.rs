@@ -245,9 +245,15 @@ impl Shard {
             let Some(settle) = session.moved_in.as_mut() else {
                 return;
             };
-            if settle.forward(stamp) != Take::Now {
+            let Some(before) = settle.forward(stamp) else {
                 return;
+            };
+            for h in before {
+                self.deliver(now, key, &h.msg, h.granted, false, h.origin);
             }
+            let Some(session) = self.sessions.get(key) else {
+                return;
+            };
             let granted = session
                 .subscriptions
                 .iter()
@@ -265,30 +271,31 @@ impl Shard {
         let Some(stub) = self.stubs.get_mut(stub_key) else {
             return;
         };
+        let to = stub.to;
         if let Some(settle) = stub.settle.as_mut() {
-            if settle.forward(stamp) != Take::Now {
+            let Some(before) = settle.forward(stamp) else {
                 return;
+            };
+            for h in before {
+                self.send_forward(to, client_id.clone(), h.msg, h.origin, h.stamp);
             }
         }
-        let to = stub.to;
         self.send_forward(to, client_id, msg, origin, stamp);
     }
 
     /// The stub on worker `from` is gone: nothing more comes that way, so what is
     /// held here is delivered (by a session) or passed on (by a stub).
     pub(crate) fn on_stub_gone(&mut self, now: Instant, from: WorkerId, client_id: &str) {
+        // Both a session and a stub of the same client may be settling here (the
+        // session left and a new one arrived): each settles against its own upstream.
         let until = now + self.grace();
         if let Some(&key) = self.by_client.get(client_id) {
-            let Some(settle) = self.sessions.get_mut(key).and_then(|s| s.moved_in.as_mut()) else {
-                return;
-            };
-            if settle.from != from || settle.draining_until.is_some() {
-                return;
+            let settle = self.sessions.get_mut(key).and_then(|s| s.moved_in.as_mut());
+            if let Some(settle) = settle.filter(|m| m.from == from && m.draining_until.is_none()) {
+                for h in settle.settled(until) {
+                    self.deliver(now, key, &h.msg, h.granted, false, h.origin);
+                }
             }
-            for h in settle.settled(until) {
-                self.deliver(now, key, &h.msg, h.granted, false, h.origin);
-            }
-            return;
         }
         let Some(&stub_key) = self.stub_by_client.get(client_id) else {
             return;
