@@ -92,7 +92,14 @@ fn session(addr: std::net::SocketAddr, id: &str, clean: bool) -> (Raw, bool) {
     (raw, ack.session_present)
 }
 
-fn with_will(id: &str, clean: bool, topic: &str, payload: &[u8], qos: QoS, retain: bool) -> Connect {
+fn with_will(
+    id: &str,
+    clean: bool,
+    topic: &str,
+    payload: &[u8],
+    qos: QoS,
+    retain: bool,
+) -> Connect {
     let mut c = connect_packet(id, clean);
     c.will = Some(Will {
         topic: TopicName::new(topic).unwrap(),
@@ -205,7 +212,11 @@ fn mqtt_1_5_3_3_bom_is_kept_in_topics() {
     let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 0
     publ.send(&publish("\u{FEFF}bom", QoS::AtMostOnce, 0, b"1", false));
     let p = expect_publish(&mut with_bom);
-    assert_eq!(p.topic.as_str().as_bytes(), b"\xEF\xBB\xBFbom", "[MQTT-1.5.3-3]");
+    assert_eq!(
+        p.topic.as_str().as_bytes(),
+        b"\xEF\xBB\xBFbom",
+        "[MQTT-1.5.3-3]"
+    );
     without.silent_for(QUIET);
 }
 
@@ -288,16 +299,32 @@ fn mqtt_2_3_1_6_and_7_acks_echo_the_packet_id() {
         packet_id: pid(0xCAFE),
         filters: vec![TopicFilter::new("ids").unwrap()],
     }));
-    assert_eq!(c.recv(), Some(Packet::UnsubAck(pid(0xCAFE))), "[MQTT-2.3.1-7]");
+    assert_eq!(
+        c.recv(),
+        Some(Packet::UnsubAck(pid(0xCAFE))),
+        "[MQTT-2.3.1-7]"
+    );
     // [MQTT-2.3.1-6] [MQTT-3.3.4-1]: PUBACK for QoS 1, PUBREC/PUBCOMP for QoS 2, no
     // answer for QoS 0.
     c.send(&publish("ids", QoS::AtMostOnce, 0, b"0", false));
     c.send(&publish("ids", QoS::AtLeastOnce, 0x1234, b"1", false));
-    assert_eq!(c.recv(), Some(Packet::PubAck(pid(0x1234))), "[MQTT-3.3.4-1]");
+    assert_eq!(
+        c.recv(),
+        Some(Packet::PubAck(pid(0x1234))),
+        "[MQTT-3.3.4-1]"
+    );
     c.send(&publish("ids", QoS::ExactlyOnce, 0xFFFF, b"2", false));
-    assert_eq!(c.recv(), Some(Packet::PubRec(pid(0xFFFF))), "[MQTT-3.3.4-1]");
+    assert_eq!(
+        c.recv(),
+        Some(Packet::PubRec(pid(0xFFFF))),
+        "[MQTT-3.3.4-1]"
+    );
     c.send(&Packet::PubRel(pid(0xFFFF)));
-    assert_eq!(c.recv(), Some(Packet::PubComp(pid(0xFFFF))), "[MQTT-2.3.1-6]");
+    assert_eq!(
+        c.recv(),
+        Some(Packet::PubComp(pid(0xFFFF))),
+        "[MQTT-2.3.1-6]"
+    );
 }
 
 #[test]
@@ -392,25 +419,67 @@ fn mqtt_3_1_2_2_unsupported_level_gets_connack_0x01() {
 fn mqtt_3_1_4_1_malformed_connect_closes_without_connack() {
     let b = broker(1);
     let cases: &[(&str, Vec<u8>)] = &[
-        ("[MQTT-3.1.2-3] reserved flag set", connect311(0x03, &[b"x"])),
-        ("[MQTT-3.1.2-11] [MQTT-3.1.2-13] will QoS without will flag", connect311(0x0A, &[b"x"])),
-        ("[MQTT-3.1.2-11] [MQTT-3.1.2-15] will retain without will flag", connect311(0x22, &[b"x"])),
+        (
+            "[MQTT-3.1.2-3] reserved flag set",
+            connect311(0x03, &[b"x"]),
+        ),
+        (
+            "[MQTT-3.1.2-11] [MQTT-3.1.2-13] will QoS without will flag",
+            connect311(0x0A, &[b"x"]),
+        ),
+        (
+            "[MQTT-3.1.2-11] [MQTT-3.1.2-15] will retain without will flag",
+            connect311(0x22, &[b"x"]),
+        ),
         (
             "[MQTT-3.1.2-11] will fields present without will flag",
             connect311(0x02, &[b"x", b"t", b"m"]),
         ),
-        ("[MQTT-3.1.2-14] will QoS 3", connect311(0x1E, &[b"x", b"t", b"m"])),
-        ("[MQTT-3.1.2-9] will flag without will topic", connect311(0x06, &[b"x"])),
-        ("[MQTT-3.1.2-9] will flag without will message", connect311(0x06, &[b"x", b"t"])),
-        ("[MQTT-3.1.2-9] [MQTT-3.3.2-2] will topic with wildcard", connect311(0x06, &[b"x", b"t/#", b"m"])),
-        ("[MQTT-4.7.3-1] empty will topic", connect311(0x06, &[b"x", b"", b"m"])),
-        ("[MQTT-3.1.2-18] user name without its flag", connect311(0x02, &[b"x", b"u"])),
-        ("[MQTT-3.1.2-19] user name flag without user name", connect311(0x82, &[b"x"])),
-        ("[MQTT-3.1.2-20] password without its flag", connect311(0x82, &[b"x", b"u", b"p"])),
-        ("[MQTT-3.1.2-21] password flag without password", connect311(0xC2, &[b"x", b"u"])),
-        ("[MQTT-3.1.2-22] password without user name", connect311(0x42, &[b"x", b"p"])),
+        (
+            "[MQTT-3.1.2-14] will QoS 3",
+            connect311(0x1E, &[b"x", b"t", b"m"]),
+        ),
+        (
+            "[MQTT-3.1.2-9] will flag without will topic",
+            connect311(0x06, &[b"x"]),
+        ),
+        (
+            "[MQTT-3.1.2-9] will flag without will message",
+            connect311(0x06, &[b"x", b"t"]),
+        ),
+        (
+            "[MQTT-3.1.2-9] [MQTT-3.3.2-2] will topic with wildcard",
+            connect311(0x06, &[b"x", b"t/#", b"m"]),
+        ),
+        (
+            "[MQTT-4.7.3-1] empty will topic",
+            connect311(0x06, &[b"x", b"", b"m"]),
+        ),
+        (
+            "[MQTT-3.1.2-18] user name without its flag",
+            connect311(0x02, &[b"x", b"u"]),
+        ),
+        (
+            "[MQTT-3.1.2-19] user name flag without user name",
+            connect311(0x82, &[b"x"]),
+        ),
+        (
+            "[MQTT-3.1.2-20] password without its flag",
+            connect311(0x82, &[b"x", b"u", b"p"]),
+        ),
+        (
+            "[MQTT-3.1.2-21] password flag without password",
+            connect311(0xC2, &[b"x", b"u"]),
+        ),
+        (
+            "[MQTT-3.1.2-22] password without user name",
+            connect311(0x42, &[b"x", b"p"]),
+        ),
         ("[MQTT-3.1.3-3] no client identifier", connect311(0x02, &[])),
-        ("truncated variable header", frame(0x10, &[0, 4, b'M', b'Q', b'T', b'T', 4])),
+        (
+            "truncated variable header",
+            frame(0x10, &[0, 4, b'M', b'Q', b'T', b'T', 4]),
+        ),
     ];
     for (what, bytes) in cases {
         assert_connect_refused_silently(b.addr(), what, bytes);
@@ -431,7 +500,7 @@ fn mqtt_3_1_2_4_5_6_and_3_2_2_1_2_3_session_present_and_clean_session() {
     publ.send(&publish("cs/0", QoS::AtMostOnce, 0, b"qos0", false));
     publish_acked(&mut publ, "cs/1", 1, b"kept", false);
     let _filler = Raw::mqtt(b.addr(), "filler", true); // worker 0
-    // Worker 1: resume; the session moves over from worker 0.
+                                                       // Worker 1: resume; the session moves over from worker 0.
     let (mut s, present) = session(b.addr(), "dev", false);
     assert!(present, "[MQTT-3.2.2-2]");
     // [MQTT-3.2.0-1]: CONNACK was the first packet; then the stored QoS 1 message
@@ -466,14 +535,39 @@ fn mqtt_3_1_2_6_and_3_2_2_3_takeover_of_a_clean_session_on_the_same_worker() {
     let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 1
     let (mut second, present) = session(b.addr(), "dev", false); // worker 0
     assert!(first.closed().0, "[MQTT-3.1.4-2]");
+    // [MQTT-3.1.2-4]: a new session was created and works.
+    subscribe(&mut second, "new", QoS::AtMostOnce);
+    publ.send(&publish("new", QoS::AtMostOnce, 0, b"hello", false));
+    assert_eq!(
+        &expect_publish(&mut second).payload[..],
+        b"hello",
+        "[MQTT-3.1.2-4]"
+    );
     assert!(
         !present,
         "[MQTT-3.1.2-6] [MQTT-3.2.2-3] a clean session is not kept, so none is present"
     );
-    // [MQTT-3.1.2-4]: a new session was created and works.
+}
+
+#[test]
+fn mqtt_3_1_2_6_and_3_2_2_3_takeover_of_a_clean_session_across_workers() {
+    // The passing counterpart of the test above, with the two connections on
+    // different workers.
+    let b = broker(2);
+    let (mut first, _) = session(b.addr(), "dev", true); // worker 0
+    subscribe(&mut first, "old", QoS::AtMostOnce);
+    let (mut second, present) = session(b.addr(), "dev", false); // worker 1
+    assert!(first.closed().0, "[MQTT-3.1.4-2]");
+    assert!(!present, "[MQTT-3.1.2-6] [MQTT-3.2.2-3]");
     subscribe(&mut second, "new", QoS::AtMostOnce);
+    let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 0
+    publ.send(&publish("old", QoS::AtMostOnce, 0, b"stale", false));
     publ.send(&publish("new", QoS::AtMostOnce, 0, b"hello", false));
-    assert_eq!(&expect_publish(&mut second).payload[..], b"hello", "[MQTT-3.1.2-4]");
+    assert_eq!(
+        &expect_publish(&mut second).payload[..],
+        b"hello",
+        "[MQTT-3.1.2-4] [MQTT-3.1.2-6]"
+    );
 }
 
 #[test]
@@ -485,7 +579,10 @@ fn mqtt_3_1_4_2_one_connection_per_client_id_after_same_worker_takeover() {
     let (mut second, _) = session(b.addr(), "dup", true); // worker 0: takes over
     let (mut third, _) = session(b.addr(), "dup", true); // worker 1: takes over again
     let (closed, _) = second.closed();
-    assert!(closed, "[MQTT-3.1.4-2] the previous connection with this id is closed");
+    assert!(
+        closed,
+        "[MQTT-3.1.4-2] the previous connection with this id is closed"
+    );
     third.send(&Packet::PingReq);
     assert_eq!(third.recv(), Some(Packet::PingResp));
 }
@@ -531,7 +628,11 @@ fn mqtt_3_1_2_8_9_12_16_will_published_only_without_disconnect() {
     );
     drop(lost);
     let p = expect_publish(&mut watcher);
-    assert_eq!((p.topic.as_str(), &p.payload[..]), ("w/lost", &b"gone"[..]), "[MQTT-3.1.2-8]");
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("w/lost", &b"gone"[..]),
+        "[MQTT-3.1.2-8]"
+    );
     assert_eq!(p.qos, QoS::AtLeastOnce, "[MQTT-3.1.2-9]");
     assert!(!p.retain, "[MQTT-3.1.2-16]");
     watcher.send(&Packet::PubAck(p.packet_id.unwrap()));
@@ -549,7 +650,11 @@ fn mqtt_3_1_2_8_9_12_16_will_published_only_without_disconnect() {
     std::thread::sleep(QUIET);
     publ.send(&publish("w/marker", QoS::AtMostOnce, 0, b"m", false));
     let p = expect_publish(&mut watcher);
-    assert_eq!(p.topic.as_str(), "w/marker", "[MQTT-3.14.4-3] [MQTT-3.1.2-12]");
+    assert_eq!(
+        p.topic.as_str(),
+        "w/marker",
+        "[MQTT-3.14.4-3] [MQTT-3.1.2-12]"
+    );
     // [MQTT-3.1.2-16]: no retained copy for a later subscriber.
     let mut late = Raw::mqtt(b.addr(), "late", true);
     subscribe(&mut late, "w/#", QoS::AtMostOnce);
@@ -621,7 +726,13 @@ fn mqtt_3_1_2_24_keep_alive_is_one_and_a_half_times() {
 #[test]
 fn mqtt_3_1_3_5_client_ids_of_1_to_23_alphanumerics_are_allowed() {
     let b = broker(2);
-    for id in ["a", "Z", "0", "0123456789abcdefghijklm", "ABCDEFGHIJKLMNOPQRSTUVW"] {
+    for id in [
+        "a",
+        "Z",
+        "0",
+        "0123456789abcdefghijklm",
+        "ABCDEFGHIJKLMNOPQRSTUVW",
+    ] {
         let (_raw, _) = session(b.addr(), id, false); // asserts acceptance [MQTT-3.1.3-5]
     }
 }
@@ -636,7 +747,13 @@ fn mqtt_3_1_3_6_zero_length_ids_get_unique_identities() {
     }
     let mut publ = Raw::mqtt(b.addr(), "pub", true);
     for i in 0..4 {
-        publ.send(&publish(&format!("anon/{i}"), QoS::AtMostOnce, 0, &[i as u8], false));
+        publ.send(&publish(
+            &format!("anon/{i}"),
+            QoS::AtMostOnce,
+            0,
+            &[i as u8],
+            false,
+        ));
     }
     for (i, c) in clients.iter_mut().enumerate() {
         assert_eq!(&expect_publish(c).payload[..], &[i as u8], "[MQTT-3.1.3-6]");
@@ -667,14 +784,23 @@ fn mqtt_3_1_4_5_nothing_after_a_refused_connect_is_processed() {
     // Worker 0: a CONNECT that is refused (empty id, clean session 0: CONNACK 0x02),
     // followed in the same write by a retained PUBLISH and a SUBSCRIBE.
     let mut bytes = connect311(0x00, &[b""]);
-    bytes.extend(frame(0x31, &[0, 5, b'r', b'e', b'f', b'/', b'x', b'b', b'a', b'd']));
+    bytes.extend(frame(
+        0x31,
+        &[0, 5, b'r', b'e', b'f', b'/', b'x', b'b', b'a', b'd'],
+    ));
     bytes.extend(frame(0x82, &[0, 1, 0, 1, b'#', 0]));
     let mut refused = Raw::connect(b.addr());
     refused.send_bytes(&bytes);
     let (closed, got) = refused.closed();
     assert!(closed);
     assert!(
-        matches!(got[..], [Packet::ConnAck(ConnAck { code: ConnectReturnCode::IdentifierRejected, .. })]),
+        matches!(
+            got[..],
+            [Packet::ConnAck(ConnAck {
+                code: ConnectReturnCode::IdentifierRejected,
+                ..
+            })]
+        ),
         "[MQTT-3.1.3-8] [MQTT-3.1.4-5] only the CONNACK: {got:?}"
     );
     // Workers 1 and 0: no retained message was stored.
@@ -695,7 +821,7 @@ fn mqtt_3_3_1_1_2_3_dup_flag_is_the_servers_own() {
     let mut q0 = Raw::mqtt(b.addr(), "q0", true); // worker 1
     subscribe(&mut q0, "dup", QoS::AtMostOnce);
     let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 0
-    // The publisher claims a retransmission; the server's deliveries are first sends.
+                                                     // The publisher claims a retransmission; the server's deliveries are first sends.
     let mut again = publish("dup", QoS::AtLeastOnce, 7, b"d", false);
     if let Packet::Publish(p) = &mut again {
         p.dup = true;
@@ -703,9 +829,15 @@ fn mqtt_3_3_1_1_2_3_dup_flag_is_the_servers_own() {
     publ.send(&again);
     assert_eq!(publ.recv(), Some(Packet::PubAck(pid(7))));
     let first = expect_publish(&mut q1);
-    assert!(!first.dup, "[MQTT-3.3.1-3] DUP of the outgoing PUBLISH is independent");
+    assert!(
+        !first.dup,
+        "[MQTT-3.3.1-3] DUP of the outgoing PUBLISH is independent"
+    );
     let p0 = expect_publish(&mut q0);
-    assert!(!p0.dup && p0.qos == QoS::AtMostOnce, "[MQTT-3.3.1-2] [MQTT-4.3.1-1]");
+    assert!(
+        !p0.dup && p0.qos == QoS::AtMostOnce,
+        "[MQTT-3.3.1-2] [MQTT-4.3.1-1]"
+    );
     assert_eq!(p0.packet_id, None, "[MQTT-2.3.1-5]");
     // q1 never acknowledges and reconnects (on worker 1): the retransmission has DUP 1
     // and the same packet id.
@@ -729,13 +861,20 @@ fn mqtt_3_3_1_5_to_12_retain_rules() {
     // [MQTT-3.3.1-5]: a retained QoS 1 message is stored with its QoS.
     publish_acked(&mut publ, "rt/a", 1, b"one", true);
     let p = expect_publish(&mut live);
-    assert!(!p.retain, "[MQTT-3.3.1-9] established subscription: RETAIN 0");
+    assert!(
+        !p.retain,
+        "[MQTT-3.3.1-9] established subscription: RETAIN 0"
+    );
     live.send(&Packet::PubAck(p.packet_id.unwrap()));
     // [MQTT-3.3.1-6] [MQTT-3.3.1-8]: a new subscription gets it with RETAIN 1.
     let mut s = Raw::mqtt(b.addr(), "s1", true); // worker 0
     subscribe(&mut s, "rt/+", QoS::ExactlyOnce);
     let p = expect_publish(&mut s);
-    assert_eq!((&p.payload[..], p.retain, p.qos), (&b"one"[..], true, QoS::AtLeastOnce), "[MQTT-3.3.1-5] [MQTT-3.3.1-6] [MQTT-3.3.1-8]");
+    assert_eq!(
+        (&p.payload[..], p.retain, p.qos),
+        (&b"one"[..], true, QoS::AtLeastOnce),
+        "[MQTT-3.3.1-5] [MQTT-3.3.1-6] [MQTT-3.3.1-8]"
+    );
     drop(s);
 
     // [MQTT-3.3.1-12]: a non-retained publish neither stores nor replaces.
@@ -747,7 +886,11 @@ fn mqtt_3_3_1_5_to_12_retain_rules() {
     }
     let mut s = Raw::mqtt(b.addr(), "s2", true); // worker 1
     subscribe(&mut s, "rt/#", QoS::AtMostOnce);
-    assert_eq!(&expect_publish(&mut s).payload[..], b"one", "[MQTT-3.3.1-12]");
+    assert_eq!(
+        &expect_publish(&mut s).payload[..],
+        b"one",
+        "[MQTT-3.3.1-12]"
+    );
     s.silent_for(QUIET);
     drop(s);
 
@@ -758,7 +901,11 @@ fn mqtt_3_3_1_5_to_12_retain_rules() {
     let mut s = Raw::mqtt(b.addr(), "s3", true); // worker 0
     subscribe(&mut s, "rt/#", QoS::AtLeastOnce);
     let p = expect_publish(&mut s);
-    assert_eq!((&p.payload[..], p.retain, p.qos), (&b"three"[..], true, QoS::AtMostOnce), "[MQTT-3.3.1-7]");
+    assert_eq!(
+        (&p.payload[..], p.retain, p.qos),
+        (&b"three"[..], true, QoS::AtMostOnce),
+        "[MQTT-3.3.1-7]"
+    );
     s.silent_for(QUIET);
     drop(s);
 
@@ -799,7 +946,11 @@ fn mqtt_3_3_2_3_delivered_topic_is_the_published_name() {
 fn mqtt_3_3_5_1_and_3_8_4_6_delivery_qos() {
     let b = broker(2);
     let mut s = Raw::mqtt(b.addr(), "s", true); // worker 0
-    subscribe_id(&mut s, 1, &[("q/+", QoS::AtMostOnce), ("q/#", QoS::ExactlyOnce)]);
+    subscribe_id(
+        &mut s,
+        1,
+        &[("q/+", QoS::AtMostOnce), ("q/#", QoS::ExactlyOnce)],
+    );
     let mut low = Raw::mqtt(b.addr(), "low", true); // worker 1
     subscribe(&mut low, "q/x", QoS::AtLeastOnce);
     let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 0
@@ -821,7 +972,10 @@ fn mqtt_3_3_5_1_and_3_8_4_6_delivery_qos() {
             got.push(p.qos);
         }
     }
-    assert!(!got.is_empty() && got.iter().all(|q| *q == QoS::AtMostOnce), "[MQTT-3.8.4-6] {got:?}");
+    assert!(
+        !got.is_empty() && got.iter().all(|q| *q == QoS::AtMostOnce),
+        "[MQTT-3.8.4-6] {got:?}"
+    );
 }
 
 #[test]
@@ -871,7 +1025,11 @@ fn mqtt_3_8_4_1_2_4_5_and_3_9_3_1_2_suback() {
     );
     // [MQTT-3.8.4-4]: as if each filter had been subscribed alone.
     let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 1
-    for (t, q) in [("x/1", QoS::ExactlyOnce), ("y/1/2", QoS::AtMostOnce), ("z", QoS::AtLeastOnce)] {
+    for (t, q) in [
+        ("x/1", QoS::ExactlyOnce),
+        ("y/1/2", QoS::AtMostOnce),
+        ("z", QoS::AtLeastOnce),
+    ] {
         publ.send(&publish(t, QoS::ExactlyOnce, 9, b"p", false));
         assert_eq!(publ.recv(), Some(Packet::PubRec(pid(9))));
         publ.send(&Packet::PubRel(pid(9)));
@@ -895,13 +1053,28 @@ fn mqtt_3_8_3_4_and_3_10_3_2_malformed_subscribe_and_unsubscribe_close() {
     let b = broker(1);
     let cases: &[(&str, Vec<u8>)] = &[
         ("[MQTT-3.8.3-4] QoS 3", frame(0x82, &[0, 1, 0, 1, b'a', 3])),
-        ("[MQTT-3.8.3-4] reserved bit 2", frame(0x82, &[0, 1, 0, 1, b'a', 0x04])),
-        ("[MQTT-3.8.3-4] reserved bit 7", frame(0x82, &[0, 1, 0, 1, b'a', 0x81])),
-        ("[MQTT-3.8.3-4] missing options byte", frame(0x82, &[0, 1, 0, 1, b'a'])),
+        (
+            "[MQTT-3.8.3-4] reserved bit 2",
+            frame(0x82, &[0, 1, 0, 1, b'a', 0x04]),
+        ),
+        (
+            "[MQTT-3.8.3-4] reserved bit 7",
+            frame(0x82, &[0, 1, 0, 1, b'a', 0x81]),
+        ),
+        (
+            "[MQTT-3.8.3-4] missing options byte",
+            frame(0x82, &[0, 1, 0, 1, b'a']),
+        ),
         ("[MQTT-3.8.3-3] no filter", frame(0x82, &[0, 1])),
         ("[MQTT-3.10.3-2] no filter", frame(0xA2, &[0, 1])),
-        ("[MQTT-4.7.3-1] empty SUBSCRIBE filter", frame(0x82, &[0, 1, 0, 0, 0])),
-        ("[MQTT-4.7.3-1] empty UNSUBSCRIBE filter", frame(0xA2, &[0, 1, 0, 0])),
+        (
+            "[MQTT-4.7.3-1] empty SUBSCRIBE filter",
+            frame(0x82, &[0, 1, 0, 0, 0]),
+        ),
+        (
+            "[MQTT-4.7.3-1] empty UNSUBSCRIBE filter",
+            frame(0xA2, &[0, 1, 0, 0]),
+        ),
     ];
     for (what, bytes) in cases {
         assert_closes_after(b.addr(), what, bytes);
@@ -921,7 +1094,11 @@ fn mqtt_4_7_1_2_and_3_invalid_wildcards_are_never_subscribed() {
         match s.recv_within(Duration::from_secs(2)) {
             None => {} // closed (or nothing): not subscribed
             Some(Packet::SubAck(a)) => {
-                assert_eq!(a.codes, vec![SubAckCode::Failure], "[MQTT-4.7.1-2] [MQTT-4.7.1-3] {filter}")
+                assert_eq!(
+                    a.codes,
+                    vec![SubAckCode::Failure],
+                    "[MQTT-4.7.1-2] [MQTT-4.7.1-3] {filter}"
+                )
             }
             other => panic!("{filter}: {other:?}"),
         }
@@ -946,7 +1123,11 @@ fn mqtt_3_8_4_3_resubscribe_replaces_and_resends_retained() {
     publ.send(&publish("re", QoS::ExactlyOnce, 2, b"new", false));
     assert_eq!(publ.recv(), Some(Packet::PubRec(pid(2))));
     let p = expect_publish(&mut s);
-    assert_eq!((p.qos, &p.payload[..]), (QoS::AtMostOnce, &b"new"[..]), "[MQTT-3.8.4-3]");
+    assert_eq!(
+        (p.qos, &p.payload[..]),
+        (QoS::AtMostOnce, &b"new"[..]),
+        "[MQTT-3.8.4-3]"
+    );
     s.silent_for(QUIET);
 }
 
@@ -957,17 +1138,29 @@ fn mqtt_3_10_4_1_2_4_5_6_unsubscribe() {
     subscribe_id(
         &mut s,
         1,
-        &[("u/a", QoS::AtMostOnce), ("u/+", QoS::AtMostOnce), ("v/#", QoS::AtMostOnce), ("w", QoS::AtMostOnce)],
+        &[
+            ("u/a", QoS::AtMostOnce),
+            ("u/+", QoS::AtMostOnce),
+            ("v/#", QoS::AtMostOnce),
+            ("w", QoS::AtMostOnce),
+        ],
     );
     let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 1
-    // [MQTT-3.10.4-1]: filters compare character by character, no matching: "u/a" does
-    // not remove "u/+" and "U/a" removes nothing.
-    // [MQTT-3.10.4-6]: several filters, one UNSUBACK.
+                                                     // [MQTT-3.10.4-1]: filters compare character by character, no matching: "u/a" does
+                                                     // not remove "u/+" and "U/a" removes nothing.
+                                                     // [MQTT-3.10.4-6]: several filters, one UNSUBACK.
     s.send(&Packet::Unsubscribe(Unsubscribe {
         packet_id: pid(77),
-        filters: ["u/a", "U/a", "v/#"].iter().map(|f| TopicFilter::new(*f).unwrap()).collect(),
+        filters: ["u/a", "U/a", "v/#"]
+            .iter()
+            .map(|f| TopicFilter::new(*f).unwrap())
+            .collect(),
     }));
-    assert_eq!(s.recv(), Some(Packet::UnsubAck(pid(77))), "[MQTT-3.10.4-4] [MQTT-3.10.4-5]");
+    assert_eq!(
+        s.recv(),
+        Some(Packet::UnsubAck(pid(77))),
+        "[MQTT-3.10.4-4] [MQTT-3.10.4-5]"
+    );
     // [MQTT-3.10.4-5]: UNSUBACK even when nothing matched.
     s.send(&Packet::Unsubscribe(Unsubscribe {
         packet_id: pid(78),
@@ -978,7 +1171,9 @@ fn mqtt_3_10_4_1_2_4_5_6_unsubscribe() {
     publ.send(&publish("v/x", QoS::AtMostOnce, 0, b"v", false));
     publ.send(&publish("u/a", QoS::AtMostOnce, 0, b"u", false));
     publ.send(&publish("w", QoS::AtMostOnce, 0, b"w", false));
-    let got: Vec<String> = (0..2).map(|_| expect_publish(&mut s).topic.to_string()).collect();
+    let got: Vec<String> = (0..2)
+        .map(|_| expect_publish(&mut s).topic.to_string())
+        .collect();
     assert_eq!(got, ["u/a", "w"], "[MQTT-3.10.4-1] [MQTT-3.10.4-2]");
     s.silent_for(QUIET);
 }
@@ -1054,9 +1249,17 @@ fn mqtt_4_3_3_2_qos2_receiver_method_b() {
     assert_eq!(publ.recv(), Some(Packet::PubComp(pid(9))));
     // PUBREL for an id the server does not hold still gets PUBCOMP.
     publ.send(&Packet::PubRel(pid(10)));
-    assert_eq!(publ.recv(), Some(Packet::PubComp(pid(10))), "[MQTT-4.3.3-2]");
+    assert_eq!(
+        publ.recv(),
+        Some(Packet::PubComp(pid(10))),
+        "[MQTT-4.3.3-2]"
+    );
     assert_eq!(&expect_publish(&mut s).payload[..], b"first");
-    assert_eq!(&expect_publish(&mut s).payload[..], b"second", "[MQTT-4.3.3-2]");
+    assert_eq!(
+        &expect_publish(&mut s).payload[..],
+        b"second",
+        "[MQTT-4.3.3-2]"
+    );
     s.silent_for(QUIET);
 }
 
@@ -1078,7 +1281,11 @@ fn mqtt_4_3_3_1_and_4_4_0_1_server_qos2_flow_resends_pubrel_not_publish() {
     let _filler = Raw::mqtt(b.addr(), "filler", true); // worker 0
     let (mut s, present) = session(b.addr(), "s", false); // worker 1
     assert!(present);
-    assert_eq!(s.recv(), Some(Packet::PubRel(id)), "[MQTT-4.4.0-1] [MQTT-4.3.3-1] PUBREL, not PUBLISH");
+    assert_eq!(
+        s.recv(),
+        Some(Packet::PubRel(id)),
+        "[MQTT-4.4.0-1] [MQTT-4.3.3-1] PUBREL, not PUBLISH"
+    );
     s.send(&Packet::PubComp(id));
     s.silent_for(QUIET);
 }
@@ -1089,7 +1296,7 @@ fn mqtt_4_6_0_message_and_acknowledgement_order() {
     let (mut s, _) = session(b.addr(), "s", false); // worker 0
     subscribe(&mut s, "o/#", QoS::ExactlyOnce);
     let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 1
-    // QoS 1 back to back: PUBACKs in order [MQTT-4.6.0-2].
+                                                     // QoS 1 back to back: PUBACKs in order [MQTT-4.6.0-2].
     for i in 1..=10u16 {
         publ.send(&publish("o/1", QoS::AtLeastOnce, i, &[i as u8], false));
     }
@@ -1144,7 +1351,11 @@ fn mqtt_4_6_0_message_and_acknowledgement_order() {
     for (i, orig) in first.iter().enumerate() {
         let p = expect_publish(&mut s);
         assert!(p.dup, "[MQTT-4.4.0-1]");
-        assert_eq!((p.packet_id, p.payload[0]), (orig.packet_id, i as u8 + 1), "[MQTT-4.6.0-1]");
+        assert_eq!(
+            (p.packet_id, p.payload[0]),
+            (orig.packet_id, i as u8 + 1),
+            "[MQTT-4.6.0-1]"
+        );
     }
 }
 
@@ -1152,7 +1363,15 @@ fn mqtt_4_6_0_message_and_acknowledgement_order() {
 fn mqtt_4_7_2_1_wildcards_do_not_match_dollar_topics() {
     let b = broker(2);
     let mut wild = Raw::mqtt(b.addr(), "wild", true); // worker 0
-    subscribe_id(&mut wild, 1, &[("#", QoS::AtMostOnce), ("+/x", QoS::AtMostOnce), ("+/+", QoS::AtMostOnce)]);
+    subscribe_id(
+        &mut wild,
+        1,
+        &[
+            ("#", QoS::AtMostOnce),
+            ("+/x", QoS::AtMostOnce),
+            ("+/+", QoS::AtMostOnce),
+        ],
+    );
     let mut exact = Raw::mqtt(b.addr(), "exact", true); // worker 1
     subscribe(&mut exact, "$dollar/+", QoS::AtMostOnce);
     let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 0
@@ -1160,7 +1379,11 @@ fn mqtt_4_7_2_1_wildcards_do_not_match_dollar_topics() {
     assert_eq!(expect_publish(&mut exact).topic.as_str(), "$dollar/x");
     publ.send(&publish("plain/x", QoS::AtMostOnce, 0, b"p", false));
     // The first (and only) thing "wild" sees is the plain topic.
-    assert_eq!(expect_publish(&mut wild).topic.as_str(), "plain/x", "[MQTT-4.7.2-1]");
+    assert_eq!(
+        expect_publish(&mut wild).topic.as_str(),
+        "plain/x",
+        "[MQTT-4.7.2-1]"
+    );
     wild.silent_for(QUIET);
 }
 
@@ -1168,20 +1391,35 @@ fn mqtt_4_7_2_1_wildcards_do_not_match_dollar_topics() {
 fn mqtt_4_7_3_4_topics_are_compared_without_normalisation() {
     let b = broker(2);
     let mut s = Raw::mqtt(b.addr(), "s", true); // worker 0
-    // "café" precomposed (U+00E9), and other near-misses.
+                                                // "café" precomposed (U+00E9), and other near-misses.
     subscribe_id(
         &mut s,
         1,
-        &[("caf\u{e9}", QoS::AtMostOnce), ("Case", QoS::AtMostOnce), ("slash", QoS::AtMostOnce)],
+        &[
+            ("caf\u{e9}", QoS::AtMostOnce),
+            ("Case", QoS::AtMostOnce),
+            ("slash", QoS::AtMostOnce),
+        ],
     );
     let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 1
-    // Decomposed "café" (e + U+0301), other case, trailing slash, full-width letter.
-    for t in ["cafe\u{301}", "case", "CASE", "slash/", "/slash", "\u{ff53}lash"] {
+                                                     // Decomposed "café" (e + U+0301), other case, trailing slash, full-width letter.
+    for t in [
+        "cafe\u{301}",
+        "case",
+        "CASE",
+        "slash/",
+        "/slash",
+        "\u{ff53}lash",
+    ] {
         publ.send(&publish(t, QoS::AtMostOnce, 0, b"no", false));
     }
     publ.send(&publish("caf\u{e9}", QoS::AtMostOnce, 0, b"yes", false));
     let p = expect_publish(&mut s);
-    assert_eq!((p.topic.as_str(), &p.payload[..]), ("caf\u{e9}", &b"yes"[..]), "[MQTT-4.7.3-4]");
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("caf\u{e9}", &b"yes"[..]),
+        "[MQTT-4.7.3-4]"
+    );
     s.silent_for(QUIET);
 }
 
@@ -1191,7 +1429,11 @@ fn mqtt_4_7_1_1_wildcard_in_topic_name_closes() {
     for t in [&b"a/+"[..], b"+", b"a/#", b"a+b"] {
         let mut body = field(t);
         body.push(b'x');
-        assert_closes_after(b.addr(), "[MQTT-4.7.1-1] [MQTT-3.3.2-2]", &frame(0x30, &body));
+        assert_closes_after(
+            b.addr(),
+            "[MQTT-4.7.1-1] [MQTT-3.3.2-2]",
+            &frame(0x30, &body),
+        );
     }
 }
 
