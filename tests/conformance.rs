@@ -16,8 +16,8 @@ use bytes::Bytes;
 use common::*;
 use std::time::{Duration, Instant};
 use ternmq::protocol::{
-    ConnAck, Connect, ConnectReturnCode, Packet, PacketId, ProtocolVersion, Publish, QoS,
-    SubAckCode, Subscribe, TopicFilter, TopicName, Unsubscribe, Will,
+    ConnAck, Connect, ConnectReturnCode, Packet, PacketId, Publish, QoS, SubAckCode, Subscribe,
+    TopicFilter, TopicName, Unsubscribe, Will,
 };
 
 /// How long a negative check waits for something that must not arrive.
@@ -1476,14 +1476,4 @@ fn mqtt_3_2_0_1_connack_precedes_queued_messages_after_handover() {
     for i in 1..=3u8 {
         assert_eq!(expect_publish(&mut raw).payload[0], i);
     }
-}
-
-/// Keeps the `ProtocolVersion` import honest: 3.1 clients are served too.
-#[test]
-fn mqtt_3_1_clients_are_served() {
-    let b = broker(1);
-    let mut c = connect_packet("old-client", true);
-    c.version = ProtocolVersion::V3_1;
-    let (_raw, ack) = connect_with(b.addr(), c);
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
 }
