@@ -527,7 +527,6 @@ fn mqtt_3_1_2_4_5_6_and_3_2_2_1_2_3_session_present_and_clean_session() {
 /// A client id first used with a clean session is reused, on the same worker, with
 /// clean session 0 while that connection is still open.
 #[test]
-#[ignore = "broker bug: same-worker takeover of a clean session reports a session and breaks it"]
 fn mqtt_3_1_2_6_and_3_2_2_3_takeover_of_a_clean_session_on_the_same_worker() {
     let b = broker(2);
     let (mut first, _) = session(b.addr(), "dev", true); // worker 0
@@ -571,7 +570,6 @@ fn mqtt_3_1_2_6_and_3_2_2_3_takeover_of_a_clean_session_across_workers() {
 }
 
 #[test]
-#[ignore = "broker bug: after a same-worker takeover of a clean session the id is unregistered"]
 fn mqtt_3_1_4_2_one_connection_per_client_id_after_same_worker_takeover() {
     let b = broker(2);
     let (_first, _) = session(b.addr(), "dup", true); // worker 0
