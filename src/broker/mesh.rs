@@ -65,6 +65,8 @@ pub enum MeshMsg {
         client_id: Arc<str>,
         /// The new connection's claim generation (see `Registry::claim`).
         gen: u64,
+        /// The latest clean claim before it: discards a session attached earlier.
+        last_clean: u64,
         /// The new connection on the sending worker.
         to: ConnId,
         /// The new connection asked for a clean session: discard, do not send.

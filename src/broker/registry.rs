@@ -16,10 +16,17 @@ const SHARDS: usize = 32;
 /// Client id to owning worker.
 #[derive(Debug)]
 pub struct Registry {
-    shards: Vec<Mutex<HashMap<Arc<str>, WorkerId>>>,
+    shards: Vec<Mutex<HashMap<Arc<str>, Entry>>>,
     hasher: std::collections::hash_map::RandomState,
     /// Source of claim generations: strictly increasing across all claims.
     next_gen: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    worker: WorkerId,
+    /// Generation of the latest claim that asked for a clean session.
+    last_clean: u64,
 }
 
 /// The result of [`Registry::claim`].
@@ -30,6 +37,10 @@ pub struct Claim {
     pub gen: u64,
     /// The worker that owned the id before this claim.
     pub prev: Option<WorkerId>,
+    /// Generation of the latest earlier claim that asked for a clean session (0 if
+    /// none). A session last attached before it must be discarded even if the claim
+    /// that asked never completed: clean starts take effect in claim order.
+    pub last_clean: u64,
 }
 
 impl Default for Registry {
@@ -47,7 +58,7 @@ impl Registry {
         Registry::default()
     }
 
-    fn shard(&self, client_id: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, WorkerId>> {
+    fn shard(&self, client_id: &str) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Entry>> {
         let i = (self.hasher.hash_one(client_id) as usize) % SHARDS;
         // A poisoned shard only means another worker panicked mid-update of a plain
         // map entry; the map itself is still consistent.
@@ -56,19 +67,32 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes `worker` the owner of `client_id`.
-    pub fn claim(&self, client_id: &Arc<str>, worker: WorkerId) -> Claim {
+    /// Makes `worker` the owner of `client_id` for a connection that asked for a
+    /// clean session or not.
+    pub fn claim(&self, client_id: &Arc<str>, worker: WorkerId, clean: bool) -> Claim {
         let mut shard = self.shard(client_id);
         // Taken under the shard lock, so generations follow the order of claims.
         let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
-        let prev = shard.insert(client_id.clone(), worker);
-        Claim { gen, prev }
+        let old = shard.get(client_id).copied();
+        let last_clean = old.map_or(0, |e| e.last_clean);
+        shard.insert(
+            client_id.clone(),
+            Entry {
+                worker,
+                last_clean: if clean { gen } else { last_clean },
+            },
+        );
+        Claim {
+            gen,
+            prev: old.map(|e| e.worker),
+            last_clean,
+        }
     }
 
     /// Forgets `client_id` if `worker` still owns it (a session that ended there).
     pub fn release(&self, client_id: &str, worker: WorkerId) -> bool {
         let mut shard = self.shard(client_id);
-        if shard.get(client_id) == Some(&worker) {
+        if shard.get(client_id).is_some_and(|e| e.worker == worker) {
             shard.remove(client_id);
             true
         } else {
@@ -77,7 +101,7 @@ impl Registry {
     }
 
     pub fn owner(&self, client_id: &str) -> Option<WorkerId> {
-        self.shard(client_id).get(client_id).copied()
+        self.shard(client_id).get(client_id).map(|e| e.worker)
     }
 
     /// Number of client ids known (sessions, live or persistent).
@@ -101,11 +125,12 @@ mod tests {
     fn claim_and_release() {
         let r = Registry::new();
         let c: Arc<str> = "dev-1".into();
-        let a = r.claim(&c, 0);
+        let a = r.claim(&c, 0, true);
         assert_eq!(a.prev, None);
-        let b = r.claim(&c, 1);
+        let b = r.claim(&c, 1, false);
         assert_eq!(b.prev, Some(0));
         assert!(b.gen > a.gen);
+        assert_eq!(b.last_clean, a.gen, "the clean claim before it");
         assert!(!r.release("dev-1", 0), "a stale owner cannot release");
         assert_eq!(r.owner("dev-1"), Some(1));
         assert!(r.release("dev-1", 1));

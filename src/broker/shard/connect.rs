@@ -53,25 +53,35 @@ impl Shard {
         };
 
         // [MQTT-3.1.4-2]: one connection per client id, wherever it lives.
-        let claim = self.registry.claim(&client_id, self.id);
         let clean = c.clean_session;
+        let claim = self.registry.claim(&client_id, self.id, clean);
         if self.by_client.contains_key(&client_id) {
             // The session is here: take it over locally. A worker that claimed the id
-            // in between is answered "superseded" when its request arrives.
+            // in between is answered "superseded" when its request arrives; if that
+            // claim asked for a clean session, the session is discarded all the same.
             self.detach_local_session(now, &client_id);
+            self.discard_if_cleaned(&client_id, claim.last_clean);
             let existing = self.by_client.get(&client_id).copied();
             self.activate(now, id, client_id, clean, existing, claim.gen);
         } else if self.inbound.contains_key(&client_id) {
             // The session is already on its way here: this connection waits for it
             // instead of the older one.
-            self.await_handover(now, id, client_id, clean, claim.gen);
+            self.await_handover(now, id, client_id, clean, claim.gen, claim.last_clean);
         } else if let Some(owner) = claim.prev.filter(|&w| w != self.id) {
-            self.await_handover(now, id, client_id.clone(), clean, claim.gen);
+            self.await_handover(
+                now,
+                id,
+                client_id.clone(),
+                clean,
+                claim.gen,
+                claim.last_clean,
+            );
             self.send_mesh(
                 owner,
                 MeshMsg::Takeover {
                     client_id,
                     gen: claim.gen,
+                    last_clean: claim.last_clean,
                     to: id,
                     clean,
                 },
@@ -107,6 +117,21 @@ impl Shard {
         if let Some(old) = self.sessions.get(key).and_then(|s| s.conn) {
             tracing::debug!(?old, %client_id, "session taken over");
             self.end_conn_inner(now, old, false);
+        }
+    }
+
+    /// Discards the session of `client_id` here if a clean claim newer than its
+    /// attachment happened (see `Registry::claim`).
+    pub(super) fn discard_if_cleaned(&mut self, client_id: &str, last_clean: u64) {
+        let Some(&key) = self.by_client.get(client_id) else {
+            return;
+        };
+        if self
+            .sessions
+            .get(key)
+            .is_some_and(|s| s.claim_gen < last_clean)
+        {
+            self.remove_session(key);
         }
     }
 

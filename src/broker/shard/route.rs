@@ -383,9 +383,10 @@ impl Shard {
             MeshMsg::Takeover {
                 client_id,
                 gen,
+                last_clean,
                 to,
                 clean,
-            } => self.on_takeover(now, from, client_id, gen, to, clean),
+            } => self.on_takeover(now, from, client_id, gen, last_clean, to, clean),
             MeshMsg::Handover {
                 client_id,
                 session,

@@ -26,6 +26,8 @@ pub(crate) struct Inbound {
     /// That connection, while it is still open.
     pub conn: Option<ConnId>,
     pub clean: bool,
+    /// The latest clean claim before it: an older session that arrives is discarded.
+    pub last_clean: u64,
 }
 
 /// Where to pass a session on when it arrives.
@@ -47,6 +49,7 @@ impl Shard {
         client_id: Arc<str>,
         clean: bool,
         gen: u64,
+        last_clean: u64,
     ) {
         let deadline = now + self.cfg.handover_timeout();
         // A connection we promised to pass the session to is older than this one.
@@ -67,6 +70,7 @@ impl Shard {
                     gen,
                     conn: Some(id),
                     clean,
+                    last_clean,
                 },
             )
             .and_then(|i| i.conn);
@@ -107,6 +111,7 @@ impl Shard {
         from: WorkerId,
         client_id: Arc<str>,
         gen: u64,
+        last_clean: u64,
         to: ConnId,
         clean: bool,
     ) {
@@ -115,7 +120,8 @@ impl Shard {
             if ours > gen {
                 return self.superseded(from, client_id, to, ours);
             }
-            return self.hand_over(now, client_id, from, to, clean);
+            let cleaned = ours < last_clean;
+            return self.hand_over(now, client_id, from, to, clean || cleaned);
         }
         if let Some(inb) = self.inbound.get_mut(&client_id) {
             if inb.gen > gen {
@@ -245,13 +251,14 @@ impl Shard {
                 // A connection newer than the superseding claim took over the wait
                 // here meanwhile: ask again, for it, where the session now is.
                 Some(conn) if inb.gen > by => {
-                    let (gen, clean) = (inb.gen, inb.clean);
+                    let (gen, clean, last_clean) = (inb.gen, inb.clean, inb.last_clean);
                     self.inbound.insert(client_id.clone(), inb);
                     self.send_mesh(
                         from,
                         MeshMsg::Takeover {
                             client_id,
                             gen,
+                            last_clean,
                             to: conn,
                             clean,
                         },
@@ -266,7 +273,7 @@ impl Shard {
             matches!(self.conn(c).map(|c| &c.phase),
                 Some(Phase::AwaitHandover(p)) if p.client_id == client_id)
         });
-        let session = session.filter(|s| !inb.clean && !s.clean);
+        let session = session.filter(|s| !inb.clean && !s.clean && s.claim_gen >= inb.last_clean);
         match waiting {
             Some(conn) => {
                 let existing = session.map(|s| self.install_session(now, from, *s));
