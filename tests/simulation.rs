@@ -257,6 +257,15 @@ fn mesh_summary(b: &Batch) -> String {
             MeshMsg::StubGone { client_id } => {
                 let _ = write!(s, "StubGone({client_id}) ");
             }
+            MeshMsg::Ping { client_id, stub_at } => {
+                let _ = write!(s, "Ping({client_id} stub@w{stub_at}) ");
+            }
+            MeshMsg::Pong { client_id } => {
+                let _ = write!(s, "Pong({client_id}) ");
+            }
+            MeshMsg::Flushed { client_id } => {
+                let _ = write!(s, "Flushed({client_id}) ");
+            }
             MeshMsg::Pause { .. } => s.push_str("Pause "),
             MeshMsg::Stats(_) => s.push_str("Stats "),
         }

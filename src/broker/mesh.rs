@@ -81,6 +81,17 @@ pub enum MeshMsg {
         session: Option<Box<Session>>,
         superseded_by: Option<u64>,
     },
+    /// Sent by a session's new home to every worker after its interest updates:
+    /// reply `Pong` to the old home `stub_at` and `Flushed` to the sender.
+    Ping {
+        client_id: Arc<str>,
+        stub_at: WorkerId,
+    },
+    /// To the old home: the sender now routes the session's messages to its new home.
+    Pong { client_id: Arc<str> },
+    /// To the new home: everything the sender routed before learning the new home
+    /// is ahead of this message.
+    Flushed { client_id: Arc<str> },
     /// The sender's forwarding stub for `client_id` is gone: no more `Forward`s for it
     /// will follow on this channel.
     StubGone { client_id: Arc<str> },

@@ -139,37 +139,31 @@ impl Shard {
     pub(crate) fn remove_session(&mut self, key: usize) -> Option<Session> {
         let session = self.sessions.try_remove(key)?;
         self.by_client.remove(&session.client_id);
+        if self.deferred.contains_key(&session.client_id) {
+            // Takeovers waited for this session to settle; it is gone instead.
+            self.deferred_ready.push(session.client_id.clone());
+        }
         for (filter, _) in &session.subscriptions {
             self.index_remove(filter, key);
         }
         Some(session)
     }
 
-    /// Installs a moved session (its subscriptions join the index) and returns its key.
-    /// `from`: the worker it came from.
-    pub(super) fn install_session(
-        &mut self,
-        now: Instant,
-        from: crate::broker::WorkerId,
-        mut session: Session,
-    ) -> usize {
+    /// Installs a moved session (its subscriptions join the index, then every worker
+    /// is asked to confirm it routes here: see `moved.rs`) and returns its key.
+    pub(super) fn install_session(&mut self, mut session: Session) -> usize {
         session.conn = None;
-        let _ = now;
-        if session.moved_in.as_ref().is_none_or(|m| m.from != from) {
-            // The sender sets this on departure; a session without it gets the
-            // cautious default (nothing known delivered there).
-            session.moved_in = Some(Box::new(crate::broker::settle::Settle {
-                from,
-                ..Default::default()
-            }));
-        }
+        let stub_at = session.moved_in.as_ref().map(|m| m.from);
         self.drop_stub_for(&session.client_id);
         let client_id = session.client_id.clone();
         let subs = session.subscriptions.clone();
         let key = self.sessions.insert(session);
-        self.by_client.insert(client_id, key);
+        self.by_client.insert(client_id.clone(), key);
         for (filter, qos) in &subs {
             self.index_insert(filter, key, *qos);
+        }
+        if let Some(stub_at) = stub_at {
+            self.ping_for(&client_id, stub_at);
         }
         key
     }

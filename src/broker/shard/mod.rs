@@ -123,8 +123,10 @@ pub struct Shard {
     /// Forwarding stubs of sessions that moved away (see `moved.rs`).
     pub(crate) stubs: Slab<moved::Stub>,
     pub(crate) stub_by_client: HashMap<Arc<str>, usize>,
-    /// Stub expiry times in creation order (all share one grace period).
-    pub(crate) stub_expiry: VecDeque<(Instant, usize)>,
+    /// Takeovers of sessions that are still settling after a move, in arrival order.
+    pub(crate) deferred: HashMap<Arc<str>, Vec<takeover::Deferred>>,
+    /// Clients whose deferred takeovers can be answered now (their session went).
+    pub(crate) deferred_ready: Vec<Arc<str>>,
 }
 
 impl Shard {
@@ -175,7 +177,8 @@ impl Shard {
             last_seen: vec![0; workers],
             stubs: Slab::new(),
             stub_by_client: HashMap::new(),
-            stub_expiry: VecDeque::new(),
+            deferred: HashMap::new(),
+            deferred_ready: Vec::new(),
         }
     }
 
@@ -248,6 +251,7 @@ impl Shard {
                 self.on_active_packet(now, id, session, p)
             }
         }
+        self.run_ready_deferred(now);
     }
 
     fn on_active_packet(&mut self, now: Instant, id: ConnId, session: usize, packet: Packet) {
@@ -364,13 +368,9 @@ impl Shard {
     /// The earliest time `tick` has work to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         let t = self.timers.peek().map(|Reverse((at, _, _))| *at);
-        let stub = self.stub_expiry.front().map(|(at, _)| *at);
         let grace = self.cfg.handover_timeout() * 2;
         let tomb = self.tombstones.front().map(|(at, _)| *at + grace);
-        [t, self.next_sys_at, stub, tomb]
-            .into_iter()
-            .flatten()
-            .min()
+        [t, self.next_sys_at, tomb].into_iter().flatten().min()
     }
 
     /// Fires due timers: CONNECT timeouts, keep-alive expiry, handover deadlines and
@@ -400,7 +400,6 @@ impl Shard {
                 None => {}
             }
         }
-        self.expire_stubs(now);
         self.expire_tombstones(now);
         if self.next_sys_at.is_some_and(|t| t <= now) {
             self.next_sys_at = Some(now + Duration::from_secs(self.cfg.sys_interval_secs));
@@ -412,6 +411,13 @@ impl Shard {
     pub fn mesh(&mut self, now: Instant, from: WorkerId, batch: Batch) {
         for msg in batch {
             self.on_mesh(now, from, msg);
+        }
+        self.run_ready_deferred(now);
+    }
+
+    fn run_ready_deferred(&mut self, now: Instant) {
+        while let Some(client_id) = self.deferred_ready.pop() {
+            self.run_deferred(now, &client_id);
         }
     }
 

@@ -1,28 +1,28 @@
-//! Sessions in motion: forwarding stubs that keep a moving session's messages from
-//! falling between workers, without duplicates and in publish order.
+//! Sessions in motion: how a persistent session moves from worker A to worker B on
+//! takeover without losing, duplicating or reordering the messages in flight.
 //!
-//! When a persistent session leaves worker A for worker B (takeover), A keeps the
-//! session's filters in its index for a grace period (twice the handover timeout),
-//! pointing at a *stub*: workers that have not yet learned of B keep routing to A,
-//! and A forwards each match to B ([`MeshMsg::Forward`]) in the order it received
-//! them. When the stub expires, A says so ([`MeshMsg::StubGone`]) after its last
-//! forward.
+//! 1. A hands the session over (`Handover`) and keeps its filters in the local index
+//!    pointing at a *stub*: workers that have not yet learned of B keep routing to A,
+//!    and A forwards each match to B ([`MeshMsg::Forward`]) in the order received.
+//! 2. B installs the session (its interest updates go out first) and sends every
+//!    other worker a `Ping`. Each answers `Pong` to A (from now on it routes to B) and
+//!    `Flushed` to B (everything it routed to B before is ahead of this). A answers
+//!    its own ping too.
+//! 3. With every pong in, A drops the stub and tells B (`StubGone`), after its last
+//!    forward.
+//! 4. Meanwhile B *settles* the session ([`Settle`]): direct copies are held (or
+//!    dropped if A had them before the session left, or already taken), forwards are
+//!    delivered at once; with `StubGone` and every `Flushed` in, the held copies
+//!    follow. Nothing is left in flight then, so the state is dropped.
 //!
-//! On B the session *settles* ([`Settle`]): direct copies wait while forwards are
-//! delivered, each message once whichever path brings it first; when A's stub is gone
-//! the held copies follow. Per publisher this yields the forwarded prefix, then the
-//! rest: no loss, no duplicate, no reordering. If the session moves on (B -> C) while
-//! settling, the settling state stays with B's stub, which applies the same rules
-//! with "forward to C" in place of "deliver" and lives until A's stub is gone; C
-//! settles against B, carrying the history of what was taken. The one timing
-//! assumption: a message is not delayed in the mesh by more than the grace period
-//! (seconds, against microseconds of mesh latency).
+//! Settling takes a few mesh hops. A takeover that would move a settling session
+//! again waits until it has settled, so moves never overlap.
 
 use super::Shard;
 use crate::broker::mesh::{MeshMsg, Origin, Stamp};
 use crate::broker::message::Message;
 use crate::broker::session::Session;
-use crate::broker::settle::{Settle, Take};
+use crate::broker::settle::Settle;
 use crate::broker::WorkerId;
 use crate::protocol::{topic::filter_matches, QoS, TopicFilter};
 use std::sync::Arc;
@@ -31,31 +31,24 @@ use std::time::Instant;
 /// Index subscriber ids with this bit set name a stub, not a session.
 pub(crate) const STUB_BIT: u32 = 1 << 31;
 
-/// What is left of a session that moved to another worker.
+/// What is left of a session that moved to another worker, until every worker
+/// routes to its new home.
 #[derive(Debug)]
 pub(crate) struct Stub {
     pub client_id: Arc<str>,
     pub to: WorkerId,
     pub filters: Vec<(TopicFilter, QoS)>,
-    pub expires_at: Instant,
-    /// The session was still settling (or draining) when it left: the stub goes on
-    /// in its place.
-    pub settle: Option<Box<Settle>>,
-    /// The grace period is over; the stub waits only for its upstream to settle.
-    pub expired: bool,
-}
-
-impl Stub {
-    fn settling(&self) -> bool {
-        self.settle
-            .as_ref()
-            .is_some_and(|s| s.draining_until.is_none())
-    }
+    /// Workers whose `Pong` is still due, bit per worker.
+    pub waiting: u64,
 }
 
 impl Shard {
-    fn grace(&self) -> std::time::Duration {
-        self.cfg.handover_timeout() * 2
+    fn all_workers(&self) -> u64 {
+        if self.workers >= 64 {
+            u64::MAX
+        } else {
+            (1u64 << self.workers) - 1
+        }
     }
 
     /// The last routing stamp this worker has received from each worker, itself
@@ -66,57 +59,53 @@ impl Shard {
         w.into_boxed_slice()
     }
 
-    /// Settles a direct copy for a session that moved here recently; false if the
-    /// session takes deliveries normally.
+    /// Settles a direct copy for a session that moved here and is still settling;
+    /// false if the session takes deliveries normally.
     pub(crate) fn hold_if_moving(
         &mut self,
-        now: Instant,
         key: usize,
         msg: &Message,
         granted: QoS,
         origin: Option<Origin>,
         stamp: Stamp,
     ) -> bool {
-        let Some(session) = self.sessions.get_mut(key) else {
-            return false;
-        };
-        let Some(settle) = session.moved_in.as_mut() else {
-            return false;
-        };
-        if settle.finished(now) {
-            session.moved_in = None;
-            return false;
+        match self.sessions.get_mut(key).and_then(|s| s.moved_in.as_mut()) {
+            Some(settle) => {
+                settle.direct(stamp, msg, granted, origin);
+                true
+            }
+            None => false,
         }
-        if settle.direct(stamp, msg, granted, origin) == Take::Now {
-            self.deliver(now, key, msg, granted, false, origin);
-        }
-        true
+    }
+
+    /// True while the session of `client_id` here is settling after a move.
+    pub(crate) fn settling(&self, client_id: &str) -> bool {
+        self.by_client
+            .get(client_id)
+            .and_then(|&k| self.sessions.get(k))
+            .is_some_and(|s| s.moved_in.is_some())
     }
 
     /// Takes a persistent session off this worker for `to`, leaving a stub behind.
-    pub(crate) fn move_out(&mut self, now: Instant, key: usize, to: WorkerId) -> Option<Session> {
+    /// The session must not be settling (moves do not overlap).
+    pub(crate) fn move_out(&mut self, key: usize, to: WorkerId) -> Option<Session> {
         let watermark = self.watermark();
         let mut session = self.sessions.try_remove(key)?;
-        let settle = session.moved_in.take().filter(|s| !s.finished(now));
-        let onward = match &settle {
-            Some(s) => s.onward(self.id, watermark),
-            None => Settle {
-                from: self.id,
-                departed: vec![(self.id, watermark)],
-                ..Settle::default()
-            },
-        };
-        session.moved_in = Some(Box::new(onward));
+        debug_assert!(session.moved_in.is_none(), "moves must not overlap");
+        let others = self.all_workers() & !(1u64 << to);
+        session.moved_in = Some(Box::new(Settle {
+            from: self.id,
+            departed: watermark,
+            waiting: others,
+            ..Settle::default()
+        }));
         self.by_client.remove(&session.client_id);
         self.drop_stub_for(&session.client_id);
-        let expires_at = now + self.grace();
         let stub_key = self.stubs.insert(Stub {
             client_id: session.client_id.clone(),
             to,
             filters: session.subscriptions.clone(),
-            expires_at,
-            settle,
-            expired: false,
+            waiting: others,
         });
         debug_assert!((stub_key as u32) < STUB_BIT && (key as u32) < STUB_BIT);
         let sid = stub_key as u32 | STUB_BIT;
@@ -127,9 +116,22 @@ impl Shard {
         }
         self.stub_by_client
             .insert(session.client_id.clone(), stub_key);
-        self.stub_expiry.push_back((expires_at, stub_key));
         session.conn = None;
         Some(session)
+    }
+
+    /// After installing a moved session: ask every worker to confirm it routes here.
+    pub(crate) fn ping_for(&mut self, client_id: &Arc<str>, stub_at: WorkerId) {
+        let me = self.id;
+        for w in (0..self.workers).filter(|&w| w != me) {
+            self.send_mesh(
+                w,
+                MeshMsg::Ping {
+                    client_id: client_id.clone(),
+                    stub_at,
+                },
+            );
+        }
     }
 
     /// Removes this worker's stub for `client_id`, if any.
@@ -153,12 +155,6 @@ impl Shard {
                 self.broadcast_interest(filter, false);
             }
         }
-        // Whatever it still held reached us directly and nowhere upstream.
-        if let Some(mut settle) = stub.settle {
-            for h in settle.held.drain(..) {
-                self.send_forward(stub.to, stub.client_id.clone(), h.msg, h.origin, h.stamp);
-            }
-        }
         self.send_mesh(
             stub.to,
             MeshMsg::StubGone {
@@ -167,67 +163,30 @@ impl Shard {
         );
     }
 
-    /// Drops stubs whose grace period is over: by then every worker has long learned
-    /// where the session went. A stub still settling waits for its upstream.
-    pub(crate) fn expire_stubs(&mut self, now: Instant) {
-        while let Some(&(at, key)) = self.stub_expiry.front() {
-            if at > now {
-                break;
-            }
-            self.stub_expiry.pop_front();
-            let Some(stub) = self.stubs.get_mut(key).filter(|s| s.expires_at == at) else {
-                continue;
-            };
-            if stub.settling() {
-                stub.expired = true;
-            } else {
-                self.drop_stub(key);
-            }
-        }
-    }
-
-    fn send_forward(
+    /// A local match hit a stub: send the message after the session.
+    pub(crate) fn forward_via_stub(
         &mut self,
-        to: WorkerId,
-        client_id: Arc<str>,
-        msg: Message,
+        sid: u32,
+        msg: &Message,
         origin: Option<Origin>,
         stamp: Stamp,
     ) {
+        let Some(stub) = self.stubs.get((sid & !STUB_BIT) as usize) else {
+            return;
+        };
+        let (to, client_id) = (stub.to, stub.client_id.clone());
         self.send_mesh(
             to,
             MeshMsg::Forward {
                 client_id,
-                msg,
+                msg: msg.clone(),
                 origin,
                 stamp,
             },
         );
     }
 
-    /// A local match hit a stub: send the message after the session (settling
-    /// first if the stub is).
-    pub(crate) fn forward_via_stub(
-        &mut self,
-        sid: u32,
-        msg: &Message,
-        granted: QoS,
-        origin: Option<Origin>,
-        stamp: Stamp,
-    ) {
-        let Some(stub) = self.stubs.get_mut((sid & !STUB_BIT) as usize) else {
-            return;
-        };
-        if let Some(settle) = stub.settle.as_mut() {
-            if settle.direct(stamp, msg, granted, origin) != Take::Now {
-                return;
-            }
-        }
-        let (to, client_id) = (stub.to, stub.client_id.clone());
-        self.send_forward(to, client_id, msg.clone(), origin, stamp);
-    }
-
-    /// A forwarded message for a session that moved here (or through here).
+    /// A forwarded message for a session that moved here.
     pub(crate) fn on_forward(
         &mut self,
         now: Instant,
@@ -236,86 +195,89 @@ impl Shard {
         origin: Option<Origin>,
         stamp: Stamp,
     ) {
-        if let Some(&key) = self.by_client.get(&client_id) {
-            let Some(session) = self.sessions.get_mut(key) else {
-                return;
-            };
-            // Only a session that moved here is owed forwards; a fresh one (clean
-            // takeover) does not inherit the old one's messages.
-            let Some(settle) = session.moved_in.as_mut() else {
-                return;
-            };
-            let Some(before) = settle.forward(stamp) else {
-                return;
-            };
-            for h in before {
-                self.deliver(now, key, &h.msg, h.granted, false, h.origin);
-            }
-            let Some(session) = self.sessions.get(key) else {
-                return;
-            };
-            let granted = session
-                .subscriptions
+        let Some(&key) = self.by_client.get(&client_id) else {
+            return;
+        };
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        // Only a settling session is owed forwards; a fresh one (clean takeover)
+        // does not inherit the old one's messages.
+        let Some(settle) = session.moved_in.as_mut() else {
+            return;
+        };
+        let Some(before) = settle.forward(stamp) else {
+            return;
+        };
+        for h in before {
+            self.deliver(now, key, &h.msg, h.granted, false, h.origin);
+        }
+        let granted = self.sessions.get(key).and_then(|s| {
+            s.subscriptions
                 .iter()
                 .filter(|(f, _)| filter_matches(f.as_str(), msg.topic.as_str()))
                 .map(|(_, q)| *q)
-                .max();
-            if let Some(granted) = granted {
-                self.deliver(now, key, &msg, granted, false, origin);
-            }
-            return;
+                .max()
+        });
+        if let Some(granted) = granted {
+            self.deliver(now, key, &msg, granted, false, origin);
         }
-        let Some(&stub_key) = self.stub_by_client.get(&client_id) else {
-            return;
-        };
-        let Some(stub) = self.stubs.get_mut(stub_key) else {
-            return;
-        };
-        let to = stub.to;
-        if let Some(settle) = stub.settle.as_mut() {
-            let Some(before) = settle.forward(stamp) else {
-                return;
-            };
-            for h in before {
-                self.send_forward(to, client_id.clone(), h.msg, h.origin, h.stamp);
-            }
-        }
-        self.send_forward(to, client_id, msg, origin, stamp);
     }
 
-    /// The stub on worker `from` is gone: nothing more comes that way, so what is
-    /// held here is delivered (by a session) or passed on (by a stub).
-    pub(crate) fn on_stub_gone(&mut self, now: Instant, from: WorkerId, client_id: &str) {
-        // Both a session and a stub of the same client may be settling here (the
-        // session left and a new one arrived): each settles against its own upstream.
-        let until = now + self.grace();
-        if let Some(&key) = self.by_client.get(client_id) {
-            let settle = self.sessions.get_mut(key).and_then(|s| s.moved_in.as_mut());
-            if let Some(settle) = settle.filter(|m| m.from == from && m.draining_until.is_none()) {
-                for h in settle.settled(until) {
-                    self.deliver(now, key, &h.msg, h.granted, false, h.origin);
-                }
-            }
+    /// `Ping` from the new home `from` of a session whose stub is at `stub_at`.
+    pub(crate) fn on_ping(
+        &mut self,
+        now: Instant,
+        from: WorkerId,
+        client_id: Arc<str>,
+        stub_at: WorkerId,
+    ) {
+        let _ = now;
+        if stub_at == self.id {
+            // The old home confirms with `StubGone`, after its last forward.
+            return self.on_pong(self.id, &client_id);
         }
+        self.send_mesh(
+            stub_at,
+            MeshMsg::Pong {
+                client_id: client_id.clone(),
+            },
+        );
+        self.send_mesh(from, MeshMsg::Flushed { client_id });
+    }
+
+    /// `Pong` from worker `from`: it routes the session to its new home now.
+    pub(crate) fn on_pong(&mut self, from: WorkerId, client_id: &str) {
         let Some(&stub_key) = self.stub_by_client.get(client_id) else {
             return;
         };
         let Some(stub) = self.stubs.get_mut(stub_key) else {
             return;
         };
-        let Some(settle) = stub.settle.as_mut() else {
-            return;
-        };
-        if settle.from != from || settle.draining_until.is_some() {
-            return;
-        }
-        let held = settle.settled(until);
-        let (to, client, expired) = (stub.to, stub.client_id.clone(), stub.expired);
-        for h in held {
-            self.send_forward(to, client.clone(), h.msg, h.origin, h.stamp);
-        }
-        if expired {
+        stub.waiting &= !(1u64 << from);
+        if stub.waiting == 0 {
+            self.stub_by_client.remove(client_id);
             self.drop_stub(stub_key);
         }
+    }
+
+    /// `Flushed` or `StubGone` from worker `from` for a settling session here.
+    pub(crate) fn on_confirmed(&mut self, now: Instant, from: WorkerId, client_id: &str) {
+        let Some(&key) = self.by_client.get(client_id) else {
+            return;
+        };
+        let Some(settle) = self.sessions.get_mut(key).and_then(|s| s.moved_in.as_mut()) else {
+            return;
+        };
+        let Some(held) = settle.confirmed(from) else {
+            return;
+        };
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.moved_in = None;
+        }
+        for h in held {
+            self.deliver(now, key, &h.msg, h.granted, false, h.origin);
+        }
+        self.run_deferred(now, client_id);
     }
 }

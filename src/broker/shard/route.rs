@@ -123,8 +123,8 @@ impl Shard {
         }
         for &(key, granted) in &matches {
             if key & STUB_BIT != 0 {
-                self.forward_via_stub(key, msg, granted, origin, stamp);
-            } else if !self.hold_if_moving(now, key as usize, msg, granted, origin, stamp) {
+                self.forward_via_stub(key, msg, origin, stamp);
+            } else if !self.hold_if_moving(key as usize, msg, granted, origin, stamp) {
                 // [MQTT-3.3.1-9]: RETAIN is cleared on normal forwarding.
                 self.deliver(now, key as usize, msg, granted, false, origin);
             }
@@ -393,7 +393,11 @@ impl Shard {
                 superseded_by,
                 ..
             } => self.on_handover(now, from, client_id, session, superseded_by),
-            MeshMsg::StubGone { client_id } => self.on_stub_gone(now, from, &client_id),
+            MeshMsg::Ping { client_id, stub_at } => self.on_ping(now, from, client_id, stub_at),
+            MeshMsg::Pong { client_id } => self.on_pong(from, &client_id),
+            MeshMsg::Flushed { client_id } | MeshMsg::StubGone { client_id } => {
+                self.on_confirmed(now, from, &client_id)
+            }
             MeshMsg::Pause { conn, until } => {
                 if self.is_open(conn) {
                     self.effects.pause.push((conn, until));

@@ -30,6 +30,16 @@ pub(crate) struct Inbound {
     pub last_clean: u64,
 }
 
+/// A takeover request for a session that is still settling after a move.
+#[derive(Debug)]
+pub(crate) struct Deferred {
+    pub from: WorkerId,
+    pub gen: u64,
+    pub last_clean: u64,
+    pub to: ConnId,
+    pub clean: bool,
+}
+
 /// Where to pass a session on when it arrives.
 #[derive(Debug)]
 pub(crate) struct Forwarding {
@@ -115,6 +125,17 @@ impl Shard {
         to: ConnId,
         clean: bool,
     ) {
+        if self.settling(&client_id) {
+            // Moves do not overlap: answer once the session has settled here.
+            self.deferred.entry(client_id).or_default().push(Deferred {
+                from,
+                gen,
+                last_clean,
+                to,
+                clean,
+            });
+            return;
+        }
         if let Some(&key) = self.by_client.get(&client_id) {
             let ours = self.sessions.get(key).map_or(0, |s| s.claim_gen);
             if ours > gen {
@@ -174,7 +195,7 @@ impl Shard {
         // A clean session is discarded when its connection closes here.
         self.detach_local_session(now, &client_id);
         let session = match self.by_client.get(&client_id).copied() {
-            Some(key) if !clean => self.move_out(now, key, to_worker).map(Box::new),
+            Some(key) if !clean => self.move_out(key, to_worker).map(Box::new),
             Some(key) => {
                 self.remove_session(key);
                 None
@@ -190,6 +211,34 @@ impl Shard {
                 superseded_by: None,
             },
         );
+    }
+
+    /// A moved session that is not installed here after all (discarded): the workers
+    /// are still asked to confirm, so that the old home's stub goes.
+    fn drop_moved(&mut self, session: Option<Box<Session>>) {
+        if let Some(s) = session {
+            if let Some(stub_at) = s.moved_in.as_ref().map(|m| m.from) {
+                self.ping_for(&s.client_id, stub_at);
+            }
+        }
+    }
+
+    /// Answers the takeovers that waited for `client_id` to settle (or to go).
+    pub(crate) fn run_deferred(&mut self, now: Instant, client_id: &str) {
+        let Some((client_id, waiting)) = self.deferred.remove_entry(client_id) else {
+            return;
+        };
+        for d in waiting {
+            self.on_takeover(
+                now,
+                d.from,
+                client_id.clone(),
+                d.gen,
+                d.last_clean,
+                d.to,
+                d.clean,
+            );
+        }
     }
 
     /// `Handover` from the previous owner: finish the waiting CONNECT.
@@ -221,14 +270,11 @@ impl Shard {
                 }
                 None => {}
             }
-            // Installed for an instant so that a stub is left here too.
+            // Installed here, then passed on once it has settled.
             if let Some(s) = session {
-                let key = self.install_session(now, from, *s);
-                if let Some(s) = self.sessions.get_mut(key) {
-                    s.claim_gen = f.gen;
-                }
+                self.install_session(*s);
             }
-            return self.hand_over(now, client_id, f.worker, f.conn, f.clean);
+            return self.on_takeover(now, f.worker, client_id, f.gen, 0, f.conn, f.clean);
         }
         let Some(inb) = self.inbound.remove(&client_id) else {
             // After a handover timeout: keep a persistent session only if nothing
@@ -240,9 +286,12 @@ impl Shard {
                         && !self.by_client.contains_key(&client_id)
                         && self.registry.owner(&client_id) == Some(self.id) =>
                 {
-                    self.install_session(now, from, *s);
+                    self.install_session(*s);
                 }
-                _ => tracing::debug!(%client_id, "late session handover dropped"),
+                other => {
+                    tracing::debug!(%client_id, "late session handover dropped");
+                    self.drop_moved(other);
+                }
             }
             return;
         };
@@ -273,17 +322,21 @@ impl Shard {
             matches!(self.conn(c).map(|c| &c.phase),
                 Some(Phase::AwaitHandover(p)) if p.client_id == client_id)
         });
-        let session = session.filter(|s| !inb.clean && !s.clean && s.claim_gen >= inb.last_clean);
+        let (session, dropped) = match session {
+            Some(s) if !inb.clean && !s.clean && s.claim_gen >= inb.last_clean => (Some(s), None),
+            other => (None, other),
+        };
+        self.drop_moved(dropped);
         match waiting {
             Some(conn) => {
-                let existing = session.map(|s| self.install_session(now, from, *s));
+                let existing = session.map(|s| self.install_session(*s));
                 self.activate(now, conn, client_id, inb.clean, existing, inb.gen);
             }
             None => {
                 // The connection left while its session travelled: keep the
                 // persistent session here, offline.
                 if let Some(s) = session {
-                    let key = self.install_session(now, from, *s);
+                    let key = self.install_session(*s);
                     if let Some(s) = self.sessions.get_mut(key) {
                         s.claim_gen = inb.gen;
                     }

@@ -603,29 +603,38 @@ fn publishes_racing_a_session_move_are_delivered_exactly_once() {
 }
 
 #[test]
-fn stubs_expire_and_release_interest() {
-    let mut h = H::new(2);
+fn stubs_go_once_every_worker_routes_to_the_new_home() {
+    let mut h = H::new(3);
     let old = h.connect(0, "s", false);
     h.subscribe(old, "t", QoS::AtLeastOnce);
-    let _new = h.connect(1, "s", false);
-    assert_eq!(
-        h.shards[0].stats().subscriptions,
-        0,
-        "stubs are not subscriptions"
-    );
+    let new = h.open(1);
+    h.send_only(new, Packet::Connect(connect("s", false)));
+    h.pump(1, 0); // Takeover: the session leaves w0, a stub stays
     assert_eq!(
         h.shards[0].index.filter_count(),
         1,
         "the stub holds the filter"
     );
-    h.advance(Duration::from_secs(11));
-    assert_eq!(h.shards[0].index.filter_count(), 0, "the stub is gone");
     assert_eq!(
-        h.shards[1].interest.filter_count(),
+        h.shards[0].stats().subscriptions,
         0,
-        "w0's interest withdrawn"
+        "stubs are not subscriptions"
     );
-    assert_eq!(h.shards[1].stats().subscriptions, 1);
+    h.settle(); // handover, pings, pongs, stub gone
+    assert_eq!(h.shards[0].index.filter_count(), 0, "the stub is gone");
+    assert!(h.shards.iter().all(|s| s.stubs.is_empty()));
+    assert!(
+        h.shards[1]
+            .sessions
+            .iter()
+            .all(|(_, s)| s.moved_in.is_none()),
+        "settled"
+    );
+    assert_eq!(
+        h.shards[2].interest.filter_count(),
+        1,
+        "w2 knows only w1 wants t"
+    );
 }
 
 #[test]
