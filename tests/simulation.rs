@@ -254,8 +254,8 @@ fn mesh_summary(b: &Batch) -> String {
                 let id = parse_payload(&msg.payload).map_or(u64::MAX, |p| p.0);
                 let _ = write!(s, "Forward({client_id} m{id}) ");
             }
-            MeshMsg::StubGone { client_id } => {
-                let _ = write!(s, "StubGone({client_id}) ");
+            MeshMsg::Done { client_id, origin } => {
+                let _ = write!(s, "Done({client_id} w{origin}) ");
             }
             MeshMsg::Ping { client_id, stub_at } => {
                 let _ = write!(s, "Ping({client_id} stub@w{stub_at}) ");
@@ -263,9 +263,7 @@ fn mesh_summary(b: &Batch) -> String {
             MeshMsg::Pong { client_id } => {
                 let _ = write!(s, "Pong({client_id}) ");
             }
-            MeshMsg::Flushed { client_id } => {
-                let _ = write!(s, "Flushed({client_id}) ");
-            }
+
             MeshMsg::Pause { .. } => s.push_str("Pause "),
             MeshMsg::Stats(_) => s.push_str("Stats "),
         }

@@ -82,19 +82,17 @@ pub enum MeshMsg {
         superseded_by: Option<u64>,
     },
     /// Sent by a session's new home to every worker after its interest updates:
-    /// reply `Pong` to the old home `stub_at` and `Flushed` to the sender.
+    /// the receiver replies `Pong` to the old home `stub_at`.
     Ping {
         client_id: Arc<str>,
         stub_at: WorkerId,
     },
-    /// To the old home: the sender now routes the session's messages to its new home.
+    /// To the old home: everything the sender routed before it knew the new home is
+    /// ahead of this message; from now on it routes there.
     Pong { client_id: Arc<str> },
-    /// To the new home: everything the sender routed before learning the new home
-    /// is ahead of this message.
-    Flushed { client_id: Arc<str> },
-    /// The sender's forwarding stub for `client_id` is gone: no more `Forward`s for it
-    /// will follow on this channel.
-    StubGone { client_id: Arc<str> },
+    /// From the old home to the new: every forward of messages from `origin` has
+    /// been sent.
+    Done { client_id: Arc<str>, origin: WorkerId },
     /// Stop reading from `conn` until `until`: a subscriber it feeds is congested.
     Pause { conn: ConnId, until: Instant },
     /// Periodic counters and histograms for the `$SYS` publisher (worker 0).

@@ -1,25 +1,30 @@
 //! Settling after a move: how a session that has just arrived from another worker
-//! takes each copy of a message, so that a message reaching it on two paths (a
-//! direct copy, and a forward from its old home's stub) is taken once and in
-//! publish order.
+//! takes each copy of a message, so that every message reaches it exactly once and
+//! in publish order, although some come straight from their publisher's worker and
+//! some are forwarded by the old home's stub (`shard/moved.rs` has the protocol).
 //!
-//! Owns: the decision per copy (take now, hold, drop) and the bookkeeping behind it.
-//! Must not: deliver or send anything; the shard acts on the decisions
-//! (`shard/moved.rs` describes the protocol around it).
+//! Owns: the decision per copy and the bookkeeping behind it.
+//! Must not: deliver or send anything; the shard acts on the decisions.
 //!
-//! While settling, direct copies are held and forwards are taken at once; a forward
-//! releases its held twin and, first, any held copy from the same origin worker with
-//! a smaller sequence number (the old home forwards in order, so nothing earlier from
-//! that origin is still coming that way). When settling ends every copy still held is
-//! taken, in arrival order.
+//! The rules, for the session's old home A and new home B, and a copy of message
+//! (W, s) (origin worker, its routing sequence number):
+//! - A *forward* is taken, unless B received a direct copy after the install (B in
+//!   the copy's targets and s above B's install watermark for W): that one counts.
+//! - A *direct* copy is dropped if A had it before the session left (A in its
+//!   targets and s at or below A's departure watermark for W): delivered there.
+//!   Otherwise it is taken, but held until A says that W's forwards are all through
+//!   (`done`), so that W's forwarded prefix is delivered before its direct suffix.
+//!
+//! A message is taken by both paths only if B both did and did not get it after the
+//! install, so never; by neither only if A delivered it before the move.
 
 use super::mesh::{Origin, Stamp};
 use super::message::Message;
 use super::WorkerId;
 use crate::protocol::QoS;
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 
-/// A copy waiting for the forwarding path.
+/// A direct copy waiting for its origin's forwards.
 #[derive(Debug, Clone)]
 pub struct Held {
     pub stamp: Stamp,
@@ -28,50 +33,32 @@ pub struct Held {
     pub origin: Option<Origin>,
 }
 
-/// What to do with a direct copy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Take {
-    /// Kept in `held` for later.
-    Held,
-    /// Already taken, or delivered before the move.
-    Drop,
-}
-
 /// The settling state of a session that moved here from `from`.
 #[derive(Debug, Clone, Default)]
 pub struct Settle {
     pub from: WorkerId,
-    /// `from`'s routing watermark when the session left it (the last stamp it had
-    /// from each worker): a copy `from` also got, at or below it, was delivered there.
+    /// `from`'s routing watermark when the session left (last stamp seen per worker).
     pub departed: Box<[u64]>,
+    /// This worker's routing watermark when the session was installed here.
+    pub installed: Box<[u64]>,
     pub held: VecDeque<Held>,
-    /// Stamps taken while settling.
-    pub seen: HashSet<(WorkerId, u64)>,
-    /// Workers still to confirm, bit per worker: `from` says its stub is gone, every
-    /// other worker that everything it routed before learning the new home has
-    /// arrived.
+    /// Origin workers whose forwards may still be coming, bit per worker.
     pub waiting: u64,
 }
 
-impl Settle {
-    fn had_before_move(&self, stamp: &Stamp) -> bool {
-        stamp.targets & (1u64 << self.from) != 0
-            && self
-                .departed
-                .get(stamp.worker)
-                .is_some_and(|&d| stamp.seq <= d)
-    }
+fn at_or_below(watermark: &[u64], stamp: &Stamp) -> bool {
+    watermark.get(stamp.worker).is_some_and(|&w| stamp.seq <= w)
+}
 
-    /// A direct copy (routed to this worker by its own index).
-    pub fn direct(
-        &mut self,
-        stamp: Stamp,
-        msg: &Message,
-        granted: QoS,
-        origin: Option<Origin>,
-    ) -> Take {
-        if self.had_before_move(&stamp) || !self.seen.insert((stamp.worker, stamp.seq)) {
-            return Take::Drop;
+impl Settle {
+    /// A direct copy routed here. True if it is to be delivered now; otherwise it was
+    /// dropped or held.
+    pub fn direct(&mut self, stamp: Stamp, msg: &Message, granted: QoS, origin: Option<Origin>) -> bool {
+        if stamp.targets & (1u64 << self.from) != 0 && at_or_below(&self.departed, &stamp) {
+            return false; // delivered at the old home before the move
+        }
+        if self.waiting & (1u64 << stamp.worker) == 0 {
+            return true; // that origin's forwards are all through
         }
         self.held.push_back(Held {
             stamp,
@@ -79,36 +66,28 @@ impl Settle {
             granted,
             origin,
         });
-        Take::Held
+        false
     }
 
-    /// A forwarded copy. None to drop it (already taken); otherwise the held copies
-    /// to take before it.
-    pub fn forward(&mut self, stamp: Stamp) -> Option<Vec<Held>> {
-        match self.held.iter().position(|h| h.stamp == stamp) {
-            Some(i) => {
-                self.held.remove(i);
-            }
-            None if !self.seen.insert((stamp.worker, stamp.seq)) => return None,
-            None => {}
-        }
-        let mut before = Vec::new();
-        let mut i = 0;
-        while i < self.held.len() {
-            let h = &self.held[i];
-            if h.stamp.worker == stamp.worker && h.stamp.seq < stamp.seq {
-                before.extend(self.held.remove(i));
-            } else {
-                i += 1;
-            }
-        }
-        Some(before)
+    /// A forward from the old home arriving at worker `here`: true to deliver it.
+    pub fn forward(&self, here: WorkerId, stamp: &Stamp) -> bool {
+        let direct_after_install =
+            stamp.targets & (1u64 << here) != 0 && !at_or_below(&self.installed, stamp);
+        !direct_after_install
     }
 
-    /// Worker `w` has confirmed. Returns the held copies to take if that was the last.
-    pub fn confirmed(&mut self, w: WorkerId) -> Option<VecDeque<Held>> {
+    /// The old home says origin `w`'s forwards are all through: its held copies, in
+    /// arrival order, to deliver now.
+    pub fn done(&mut self, w: WorkerId) -> Vec<Held> {
         self.waiting &= !(1u64 << w);
-        (self.waiting == 0).then(|| std::mem::take(&mut self.held))
+        let (now, keep): (Vec<Held>, Vec<Held>) =
+            self.held.drain(..).partition(|h| h.stamp.worker == w);
+        self.held = keep.into();
+        now
+    }
+
+    pub fn settled(&self) -> bool {
+        self.waiting == 0
     }
 }
 
@@ -128,75 +107,48 @@ mod tests {
     }
 
     fn stamp(worker: WorkerId, seq: u64, targets: u64) -> Stamp {
-        Stamp {
-            worker,
-            seq,
-            targets,
-        }
+        Stamp { worker, seq, targets }
     }
 
+    /// Moved from worker 0 to worker 1; worker 2 is a publisher's worker.
     fn settle() -> Settle {
         Settle {
             from: 0,
             departed: vec![0, 0, 10].into_boxed_slice(),
-            waiting: 0b101,
+            installed: vec![0, 0, 20].into_boxed_slice(),
+            waiting: 0b111,
             ..Settle::default()
         }
     }
 
     #[test]
-    fn forward_releases_its_held_twin_once() {
+    fn each_message_is_taken_once() {
         let mut s = settle();
-        let st = stamp(2, 17, 0b111);
-        assert_eq!(s.direct(st, &msg(), QoS::AtLeastOnce, None), Take::Held);
-        assert!(s.forward(st).is_some_and(|b| b.is_empty()));
-        assert!(s.forward(st).is_none(), "a second copy is dropped");
+        // Had by the old home before the move: dropped.
+        assert!(!s.direct(stamp(2, 9, 0b101), &msg(), QoS::AtLeastOnce, None));
         assert!(s.held.is_empty());
+        // Reached us before the install (<= 20): its forward counts.
+        assert!(s.forward(1, &stamp(2, 15, 0b111)));
+        // Reached us after the install: the direct copy counts, the forward not.
+        assert!(!s.forward(1, &stamp(2, 25, 0b111)));
+        assert!(!s.direct(stamp(2, 25, 0b111), &msg(), QoS::AtLeastOnce, None));
+        assert_eq!(s.held.len(), 1, "held until worker 2's forwards are through");
+        // Never reached us: only the forward.
+        assert!(s.forward(1, &stamp(2, 26, 0b101)));
     }
 
     #[test]
-    fn copies_the_old_home_had_before_the_move_are_dropped() {
+    fn done_releases_one_origin_in_order() {
         let mut s = settle();
-        assert_eq!(
-            s.direct(stamp(2, 9, 0b101), &msg(), QoS::AtLeastOnce, None),
-            Take::Drop
-        );
-        assert_eq!(
-            s.direct(stamp(2, 8, 0b110), &msg(), QoS::AtLeastOnce, None),
-            Take::Held
-        );
-    }
-
-    #[test]
-    fn a_forward_releases_earlier_direct_only_copies_first() {
-        let mut s = settle();
-        assert_eq!(
-            s.direct(stamp(2, 15, 0b110), &msg(), QoS::AtLeastOnce, None),
-            Take::Held
-        );
-        assert_eq!(
-            s.direct(stamp(2, 16, 0b111), &msg(), QoS::AtLeastOnce, None),
-            Take::Held
-        );
-        assert_eq!(
-            s.direct(stamp(1, 1, 0b011), &msg(), QoS::AtLeastOnce, None),
-            Take::Held
-        );
-        let before = s.forward(stamp(2, 16, 0b111)).unwrap();
-        assert_eq!(before.len(), 1);
-        assert_eq!(before[0].stamp.seq, 15);
-        assert_eq!(s.held.len(), 1, "other origins stay held");
-    }
-
-    #[test]
-    fn settles_when_every_worker_confirmed() {
-        let mut s = settle();
-        assert_eq!(
-            s.direct(stamp(1, 1, 0b010), &msg(), QoS::AtLeastOnce, None),
-            Take::Held
-        );
-        assert!(s.confirmed(2).is_none());
-        let held = s.confirmed(0).unwrap();
-        assert_eq!(held.len(), 1);
+        for (w, seq) in [(2, 30), (0, 5), (2, 31)] {
+            assert!(!s.direct(stamp(w, seq, 0b110 | 1 << w), &msg(), QoS::AtLeastOnce, None));
+        }
+        let released: Vec<u64> = s.done(2).iter().map(|h| h.stamp.seq).collect();
+        assert_eq!(released, vec![30, 31]);
+        assert_eq!(s.held.len(), 1);
+        assert!(s.direct(stamp(2, 32, 0b110), &msg(), QoS::AtLeastOnce, None), "2 is through");
+        s.done(0);
+        s.done(1);
+        assert!(s.settled());
     }
 }

@@ -153,7 +153,11 @@ impl Shard {
     /// is asked to confirm it routes here: see `moved.rs`) and returns its key.
     pub(super) fn install_session(&mut self, mut session: Session) -> usize {
         session.conn = None;
-        let stub_at = session.moved_in.as_ref().map(|m| m.from);
+        let watermark = self.watermark();
+        let stub_at = session.moved_in.as_mut().map(|m| {
+            m.installed = watermark;
+            m.from
+        });
         self.drop_stub_for(&session.client_id);
         let client_id = session.client_id.clone();
         let subs = session.subscriptions.clone();

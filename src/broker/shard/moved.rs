@@ -1,19 +1,18 @@
 //! Sessions in motion: how a persistent session moves from worker A to worker B on
 //! takeover without losing, duplicating or reordering the messages in flight.
 //!
-//! 1. A hands the session over (`Handover`) and keeps its filters in the local index
-//!    pointing at a *stub*: workers that have not yet learned of B keep routing to A,
-//!    and A forwards each match to B ([`MeshMsg::Forward`]) in the order received.
-//! 2. B installs the session (its interest updates go out first) and sends every
-//!    other worker a `Ping`. Each answers `Pong` to A (from now on it routes to B) and
-//!    `Flushed` to B (everything it routed to B before is ahead of this). A answers
-//!    its own ping too.
-//! 3. With every pong in, A drops the stub and tells B (`StubGone`), after its last
-//!    forward.
-//! 4. Meanwhile B *settles* the session ([`Settle`]): direct copies are held (or
-//!    dropped if A had them before the session left, or already taken), forwards are
-//!    delivered at once; with `StubGone` and every `Flushed` in, the held copies
-//!    follow. Nothing is left in flight then, so the state is dropped.
+//! 1. A hands the session over (`Handover`, carrying A's routing watermark) and keeps
+//!    its filters in the local index pointing at a *stub*: workers that have not yet
+//!    learned of B keep routing to A, and A forwards every match to B
+//!    ([`MeshMsg::Forward`]) in the order received.
+//! 2. B installs the session, noting its own watermark; its interest updates go out
+//!    first, then a `Ping` to every other worker, who answers `Pong` to A: everything
+//!    it routed before knowing B is ahead of that, and it routes to B from then on.
+//! 3. A tells B `Done` for each origin worker as its pong arrives (for A and B
+//!    themselves when B's ping arrives), after that origin's last forward, and drops
+//!    the stub when all are in.
+//! 4. B settles the session meanwhile ([`Settle`]): each message is taken from
+//!    exactly one path, and direct copies wait for their origin's `Done`.
 //!
 //! Settling takes a few mesh hops. A takeover that would move a settling session
 //! again waits until it has settled, so moves never overlap.
@@ -38,7 +37,7 @@ pub(crate) struct Stub {
     pub client_id: Arc<str>,
     pub to: WorkerId,
     pub filters: Vec<(TopicFilter, QoS)>,
-    /// Workers whose `Pong` is still due, bit per worker.
+    /// Workers whose `Pong` (or, for this worker, the new home's `Ping`) is due.
     pub waiting: u64,
 }
 
@@ -60,7 +59,7 @@ impl Shard {
     }
 
     /// Settles a direct copy for a session that moved here and is still settling;
-    /// false if the session takes deliveries normally.
+    /// false if it is to be delivered now.
     pub(crate) fn hold_if_moving(
         &mut self,
         key: usize,
@@ -70,10 +69,7 @@ impl Shard {
         stamp: Stamp,
     ) -> bool {
         match self.sessions.get_mut(key).and_then(|s| s.moved_in.as_mut()) {
-            Some(settle) => {
-                settle.direct(stamp, msg, granted, origin);
-                true
-            }
+            Some(settle) => !settle.direct(stamp, msg, granted, origin),
             None => false,
         }
     }
@@ -96,7 +92,7 @@ impl Shard {
         session.moved_in = Some(Box::new(Settle {
             from: self.id,
             departed: watermark,
-            waiting: others,
+            waiting: self.all_workers(),
             ..Settle::default()
         }));
         self.by_client.remove(&session.client_id);
@@ -155,12 +151,6 @@ impl Shard {
                 self.broadcast_interest(filter, false);
             }
         }
-        self.send_mesh(
-            stub.to,
-            MeshMsg::StubGone {
-                client_id: stub.client_id,
-            },
-        );
     }
 
     /// A local match hit a stub: send the message after the session.
@@ -203,81 +193,85 @@ impl Shard {
         };
         // Only a settling session is owed forwards; a fresh one (clean takeover)
         // does not inherit the old one's messages.
-        let Some(settle) = session.moved_in.as_mut() else {
+        let Some(settle) = session.moved_in.as_ref() else {
             return;
         };
-        let Some(before) = settle.forward(stamp) else {
+        if !settle.forward(self.id, &stamp) {
             return;
-        };
-        for h in before {
-            self.deliver(now, key, &h.msg, h.granted, false, h.origin);
         }
-        let granted = self.sessions.get(key).and_then(|s| {
-            s.subscriptions
-                .iter()
-                .filter(|(f, _)| filter_matches(f.as_str(), msg.topic.as_str()))
-                .map(|(_, q)| *q)
-                .max()
-        });
+        let granted = session
+            .subscriptions
+            .iter()
+            .filter(|(f, _)| filter_matches(f.as_str(), msg.topic.as_str()))
+            .map(|(_, q)| *q)
+            .max();
         if let Some(granted) = granted {
             self.deliver(now, key, &msg, granted, false, origin);
         }
     }
 
     /// `Ping` from the new home `from` of a session whose stub is at `stub_at`.
-    pub(crate) fn on_ping(
-        &mut self,
-        now: Instant,
-        from: WorkerId,
-        client_id: Arc<str>,
-        stub_at: WorkerId,
-    ) {
-        let _ = now;
-        if stub_at == self.id {
-            // The old home confirms with `StubGone`, after its last forward.
-            return self.on_pong(self.id, &client_id);
+    pub(crate) fn on_ping(&mut self, from: WorkerId, client_id: Arc<str>, stub_at: WorkerId) {
+        if stub_at != self.id {
+            return self.send_mesh(stub_at, MeshMsg::Pong { client_id });
         }
-        self.send_mesh(
-            stub_at,
-            MeshMsg::Pong {
-                client_id: client_id.clone(),
-            },
-        );
-        self.send_mesh(from, MeshMsg::Flushed { client_id });
+        // We are the old home. Everything routed here before this ping, by us or by
+        // the new home, has been forwarded: both origins are done.
+        let me = self.id;
+        self.stub_done(&client_id, from);
+        self.stub_done(&client_id, me);
     }
 
-    /// `Pong` from worker `from`: it routes the session to its new home now.
+    /// `Pong` from worker `from`: its messages for the session are all forwarded.
     pub(crate) fn on_pong(&mut self, from: WorkerId, client_id: &str) {
+        self.stub_done(client_id, from);
+    }
+
+    /// Tells the new home that origin `w` is done; drops the stub when all are.
+    fn stub_done(&mut self, client_id: &str, w: WorkerId) {
         let Some(&stub_key) = self.stub_by_client.get(client_id) else {
             return;
         };
         let Some(stub) = self.stubs.get_mut(stub_key) else {
             return;
         };
-        stub.waiting &= !(1u64 << from);
-        if stub.waiting == 0 {
-            self.stub_by_client.remove(client_id);
+        stub.waiting &= !(1u64 << w);
+        let (to, client, finished) = (stub.to, stub.client_id.clone(), stub.waiting == 0);
+        self.send_mesh(
+            to,
+            MeshMsg::Done {
+                client_id: client,
+                origin: w,
+            },
+        );
+        if finished {
             self.drop_stub(stub_key);
         }
     }
 
-    /// `Flushed` or `StubGone` from worker `from` for a settling session here.
-    pub(crate) fn on_confirmed(&mut self, now: Instant, from: WorkerId, client_id: &str) {
+    /// `Done` from the old home `from`: origin `w`'s forwards are all here.
+    pub(crate) fn on_done(&mut self, now: Instant, from: WorkerId, client_id: &str, w: WorkerId) {
         let Some(&key) = self.by_client.get(client_id) else {
             return;
         };
         let Some(settle) = self.sessions.get_mut(key).and_then(|s| s.moved_in.as_mut()) else {
             return;
         };
-        let Some(held) = settle.confirmed(from) else {
+        if settle.from != from {
             return;
-        };
-        if let Some(s) = self.sessions.get_mut(key) {
-            s.moved_in = None;
         }
-        for h in held {
+        let ready = settle.done(w);
+        let settled = settle.settled();
+        if settled {
+            if let Some(s) = self.sessions.get_mut(key) {
+                s.moved_in = None;
+            }
+        }
+        for h in ready {
             self.deliver(now, key, &h.msg, h.granted, false, h.origin);
         }
-        self.run_deferred(now, client_id);
+        if settled {
+            self.run_deferred(now, client_id);
+        }
     }
 }

@@ -393,11 +393,9 @@ impl Shard {
                 superseded_by,
                 ..
             } => self.on_handover(now, from, client_id, session, superseded_by),
-            MeshMsg::Ping { client_id, stub_at } => self.on_ping(now, from, client_id, stub_at),
+            MeshMsg::Ping { client_id, stub_at } => self.on_ping(from, client_id, stub_at),
             MeshMsg::Pong { client_id } => self.on_pong(from, &client_id),
-            MeshMsg::Flushed { client_id } | MeshMsg::StubGone { client_id } => {
-                self.on_confirmed(now, from, &client_id)
-            }
+            MeshMsg::Done { client_id, origin } => self.on_done(now, from, &client_id, origin),
             MeshMsg::Pause { conn, until } => {
                 if self.is_open(conn) {
                     self.effects.pause.push((conn, until));
