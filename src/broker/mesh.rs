@@ -92,7 +92,10 @@ pub enum MeshMsg {
     Pong { client_id: Arc<str> },
     /// From the old home to the new: every forward of messages from `origin` has
     /// been sent.
-    Done { client_id: Arc<str>, origin: WorkerId },
+    Done {
+        client_id: Arc<str>,
+        origin: WorkerId,
+    },
     /// Stop reading from `conn` until `until`: a subscriber it feeds is congested.
     Pause { conn: ConnId, until: Instant },
     /// Periodic counters and histograms for the `$SYS` publisher (worker 0).

@@ -53,7 +53,13 @@ fn at_or_below(watermark: &[u64], stamp: &Stamp) -> bool {
 impl Settle {
     /// A direct copy routed here. True if it is to be delivered now; otherwise it was
     /// dropped or held.
-    pub fn direct(&mut self, stamp: Stamp, msg: &Message, granted: QoS, origin: Option<Origin>) -> bool {
+    pub fn direct(
+        &mut self,
+        stamp: Stamp,
+        msg: &Message,
+        granted: QoS,
+        origin: Option<Origin>,
+    ) -> bool {
         if stamp.targets & (1u64 << self.from) != 0 && at_or_below(&self.departed, &stamp) {
             return false; // delivered at the old home before the move
         }
@@ -69,11 +75,19 @@ impl Settle {
         false
     }
 
-    /// A forward from the old home arriving at worker `here`: true to deliver it.
-    pub fn forward(&self, here: WorkerId, stamp: &Stamp) -> bool {
+    /// A forward from the old home arriving at worker `here`. Returns the held
+    /// copies from the same origin up to its sequence number, which go first (the
+    /// forward path is in order, so nothing earlier from that origin is still
+    /// coming), and whether to deliver the forward itself after them.
+    pub fn forward(&mut self, here: WorkerId, stamp: &Stamp) -> (Vec<Held>, bool) {
         let direct_after_install =
             stamp.targets & (1u64 << here) != 0 && !at_or_below(&self.installed, stamp);
-        !direct_after_install
+        let (before, keep): (Vec<Held>, Vec<Held>) = self
+            .held
+            .drain(..)
+            .partition(|h| h.stamp.worker == stamp.worker && h.stamp.seq <= stamp.seq);
+        self.held = keep.into();
+        (before, !direct_after_install)
     }
 
     /// The old home says origin `w`'s forwards are all through: its held copies, in
@@ -107,7 +121,11 @@ mod tests {
     }
 
     fn stamp(worker: WorkerId, seq: u64, targets: u64) -> Stamp {
-        Stamp { worker, seq, targets }
+        Stamp {
+            worker,
+            seq,
+            targets,
+        }
     }
 
     /// Moved from worker 0 to worker 1; worker 2 is a publisher's worker.
@@ -128,25 +146,54 @@ mod tests {
         assert!(!s.direct(stamp(2, 9, 0b101), &msg(), QoS::AtLeastOnce, None));
         assert!(s.held.is_empty());
         // Reached us before the install (<= 20): its forward counts.
-        assert!(s.forward(1, &stamp(2, 15, 0b111)));
+        assert!(s.forward(1, &stamp(2, 15, 0b111)).1);
         // Reached us after the install: the direct copy counts, the forward not.
-        assert!(!s.forward(1, &stamp(2, 25, 0b111)));
         assert!(!s.direct(stamp(2, 25, 0b111), &msg(), QoS::AtLeastOnce, None));
-        assert_eq!(s.held.len(), 1, "held until worker 2's forwards are through");
+        assert_eq!(
+            s.held.len(),
+            1,
+            "held until worker 2's forwards are through"
+        );
+        let (before, take) = s.forward(1, &stamp(2, 25, 0b111));
+        assert!(!take);
+        assert_eq!(before.len(), 1, "the forward path caught up with it");
         // Never reached us: only the forward.
-        assert!(s.forward(1, &stamp(2, 26, 0b101)));
+        assert!(s.forward(1, &stamp(2, 26, 0b101)).1);
+    }
+
+    #[test]
+    fn a_forward_lets_earlier_held_copies_go_first() {
+        let mut s = settle();
+        assert!(!s.direct(stamp(2, 30, 0b110), &msg(), QoS::AtLeastOnce, None));
+        assert!(!s.direct(stamp(0, 3, 0b011), &msg(), QoS::AtLeastOnce, None));
+        // (2, 31) did not reach us directly (interest changed in between).
+        let (before, take) = s.forward(1, &stamp(2, 31, 0b101));
+        assert!(take);
+        assert_eq!(
+            before.iter().map(|h| h.stamp.seq).collect::<Vec<_>>(),
+            vec![30]
+        );
+        assert_eq!(s.held.len(), 1, "other origins stay held");
     }
 
     #[test]
     fn done_releases_one_origin_in_order() {
         let mut s = settle();
         for (w, seq) in [(2, 30), (0, 5), (2, 31)] {
-            assert!(!s.direct(stamp(w, seq, 0b110 | 1 << w), &msg(), QoS::AtLeastOnce, None));
+            assert!(!s.direct(
+                stamp(w, seq, 0b110 | 1 << w),
+                &msg(),
+                QoS::AtLeastOnce,
+                None
+            ));
         }
         let released: Vec<u64> = s.done(2).iter().map(|h| h.stamp.seq).collect();
         assert_eq!(released, vec![30, 31]);
         assert_eq!(s.held.len(), 1);
-        assert!(s.direct(stamp(2, 32, 0b110), &msg(), QoS::AtLeastOnce, None), "2 is through");
+        assert!(
+            s.direct(stamp(2, 32, 0b110), &msg(), QoS::AtLeastOnce, None),
+            "2 is through"
+        );
         s.done(0);
         s.done(1);
         assert!(s.settled());

@@ -193,12 +193,19 @@ impl Shard {
         };
         // Only a settling session is owed forwards; a fresh one (clean takeover)
         // does not inherit the old one's messages.
-        let Some(settle) = session.moved_in.as_ref() else {
+        let Some(settle) = session.moved_in.as_mut() else {
             return;
         };
-        if !settle.forward(self.id, &stamp) {
+        let (before, take) = settle.forward(self.id, &stamp);
+        for h in before {
+            self.deliver(now, key, &h.msg, h.granted, false, h.origin);
+        }
+        if !take {
             return;
         }
+        let Some(session) = self.sessions.get(key) else {
+            return;
+        };
         let granted = session
             .subscriptions
             .iter()
