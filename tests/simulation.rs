@@ -130,6 +130,9 @@ struct Client {
     connected: bool,
     /// `link` was opened with clean session.
     clean: bool,
+    /// That clean CONNECT was acknowledged: the broker started a clean session, so
+    /// the client's state from it ends with the connection.
+    clean_acked: bool,
     /// A persistent CONNACK was received and no clean CONNECT sent since: the broker
     /// must still hold our session.
     session_known: bool,
@@ -311,6 +314,7 @@ impl Sim {
                 link: None,
                 connected: false,
                 clean: true,
+                clean_acked: false,
                 session_known: false,
                 session_maybe: false,
                 out: Vec::new(),
@@ -515,14 +519,19 @@ impl Sim {
             cl.link
         );
         let cl = &mut self.clients[c];
-        let previous_was_clean = cl.clean;
+        let previous_clean_session = cl.clean_acked;
         cl.link = Some(l);
         cl.connected = false;
         cl.clean = clean;
-        if clean || previous_was_clean {
+        cl.clean_acked = false;
+        if clean {
+            // The broker may discard the session as soon as it reads this CONNECT.
+            cl.session_known = false;
+        }
+        if previous_clean_session {
             // [MQTT-3.1.2-6]: a clean session lasts as long as its network
-            // connection, on the client side too; a clean session starts from
-            // nothing. Unfinished flows are abandoned.
+            // connection, on the client side too. (A clean CONNECT the broker may
+            // never have read discards nothing yet: see the CONNACK handling.)
             cl.session_known = false;
             cl.out.clear();
             cl.ctl.clear();
@@ -749,6 +758,12 @@ impl Sim {
                 if cl.clean {
                     let present = a.session_present;
                     cl.session_maybe = false;
+                    // The clean session starts now: earlier state is discarded.
+                    cl.clean_acked = true;
+                    cl.session_known = false;
+                    cl.out.clear();
+                    cl.ctl.clear();
+                    cl.held.clear();
                     check!(
                         self,
                         !present,
