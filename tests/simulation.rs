@@ -130,9 +130,8 @@ struct Client {
     connected: bool,
     /// `link` was opened with clean session.
     clean: bool,
-    /// That clean CONNECT was acknowledged: the broker started a clean session, so
-    /// the client's state from it ends with the connection.
-    clean_acked: bool,
+    /// Incremented whenever the client discards its session state.
+    epoch: u64,
     /// A persistent CONNACK was received and no clean CONNECT sent since: the broker
     /// must still hold our session.
     session_known: bool,
@@ -178,6 +177,8 @@ struct Sim {
     msgs: Vec<MsgRec>,
     /// Application-level deliveries per (client, message).
     got: HashMap<(usize, u64), u32>,
+    /// Deliveries per (client, client epoch, message), for the exactly-once check.
+    got_in_epoch: HashMap<(usize, u64, u64), u32>,
     /// Last first-delivered message per (subscriber, publisher link, topic,
     /// 3 * published QoS + delivered QoS).
     order: HashMap<(usize, u32, usize, u8), u64>,
@@ -314,7 +315,7 @@ impl Sim {
                 link: None,
                 connected: false,
                 clean: true,
-                clean_acked: false,
+                epoch: 0,
                 session_known: false,
                 session_maybe: false,
                 out: Vec::new(),
@@ -343,6 +344,7 @@ impl Sim {
             clients,
             msgs: Vec::new(),
             got: HashMap::new(),
+            got_in_epoch: HashMap::new(),
             order: HashMap::new(),
             trace: traced.then(Vec::new),
             cross_worker_connects: 0,
@@ -519,19 +521,17 @@ impl Sim {
             cl.link
         );
         let cl = &mut self.clients[c];
-        let previous_clean_session = cl.clean_acked;
+        let previous_was_clean = cl.clean;
         cl.link = Some(l);
         cl.connected = false;
         cl.clean = clean;
-        cl.clean_acked = false;
-        if clean {
-            // The broker may discard the session as soon as it reads this CONNECT.
-            cl.session_known = false;
-        }
-        if previous_clean_session {
-            // [MQTT-3.1.2-6]: a clean session lasts as long as its network
-            // connection, on the client side too. (A clean CONNECT the broker may
-            // never have read discards nothing yet: see the CONNACK handling.)
+        if clean || previous_was_clean {
+            // [MQTT-3.1.2-6]: the client discards its session when it asks for a clean
+            // one, and a clean session lasts as long as its network connection.
+            // Deliveries from here on are a new exactly-once context (the broker may
+            // never read this CONNECT and resume the old session; the client has
+            // forgotten what it received in it).
+            cl.epoch += 1;
             cl.session_known = false;
             cl.out.clear();
             cl.ctl.clear();
@@ -758,12 +758,6 @@ impl Sim {
                 if cl.clean {
                     let present = a.session_present;
                     cl.session_maybe = false;
-                    // The clean session starts now: earlier state is discarded.
-                    cl.clean_acked = true;
-                    cl.session_known = false;
-                    cl.out.clear();
-                    cl.ctl.clear();
-                    cl.held.clear();
                     check!(
                         self,
                         !present,
@@ -941,7 +935,10 @@ impl Sim {
         let n = self.got.entry((c, msg)).or_insert(0);
         *n += 1;
         let n = *n;
-        if p.qos == QoS::ExactlyOnce && n > 1 {
+        let epoch = self.clients[c].epoch;
+        let in_epoch = self.got_in_epoch.entry((c, epoch, msg)).or_insert(0);
+        *in_epoch += 1;
+        if p.qos == QoS::ExactlyOnce && *in_epoch > 1 {
             self.fail(format!(
                 "{name}: QoS 2 message m{msg} delivered {n} times to the application"
             ));
