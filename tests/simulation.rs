@@ -258,6 +258,9 @@ fn mesh_summary(b: &Batch) -> String {
                 let id = parse_payload(&msg.payload).map_or(u64::MAX, |p| p.0);
                 let _ = write!(s, "Forward({client_id} m{id}) ");
             }
+            MeshMsg::Flushed { client_id } => {
+                let _ = write!(s, "Flushed({client_id}) ");
+            }
             MeshMsg::Done { client_id, origin } => {
                 let _ = write!(s, "Done({client_id} w{origin}) ");
             }

@@ -82,7 +82,8 @@ pub enum MeshMsg {
         superseded_by: Option<u64>,
     },
     /// Sent by a session's new home to every worker after its interest updates:
-    /// the receiver replies `Pong` to the old home `stub_at`.
+    /// the receiver replies `Pong` to the old home `stub_at` and `Flushed` to the
+    /// sender.
     Ping {
         client_id: Arc<str>,
         stub_at: WorkerId,
@@ -90,6 +91,9 @@ pub enum MeshMsg {
     /// To the old home: everything the sender routed before it knew the new home is
     /// ahead of this message; from now on it routes there.
     Pong { client_id: Arc<str> },
+    /// To the new home: every direct copy the sender routed there before it knew of
+    /// the move is ahead of this message.
+    Flushed { client_id: Arc<str> },
     /// From the old home to the new: every forward of messages from `origin` has
     /// been sent.
     Done {

@@ -44,6 +44,9 @@ pub struct Settle {
     pub held: VecDeque<Held>,
     /// Origin workers whose forwards may still be coming, bit per worker.
     pub waiting: u64,
+    /// Origin workers whose earlier direct copies may still be coming (they say
+    /// `Flushed` once they route here), bit per worker.
+    pub unflushed: u64,
 }
 
 fn at_or_below(watermark: &[u64], stamp: &Stamp) -> bool {
@@ -100,8 +103,15 @@ impl Settle {
         now
     }
 
+    /// Worker `w` says every direct copy it routed here before it knew of the move
+    /// has arrived.
+    pub fn flushed(&mut self, w: WorkerId) {
+        self.unflushed &= !(1u64 << w);
+    }
+
+    /// Nothing more can arrive on a path this state guards: it can go.
     pub fn settled(&self) -> bool {
-        self.waiting == 0
+        self.waiting == 0 && self.unflushed == 0
     }
 }
 
@@ -135,6 +145,7 @@ mod tests {
             departed: vec![0, 0, 10].into_boxed_slice(),
             installed: vec![0, 0, 20].into_boxed_slice(),
             waiting: 0b111,
+            unflushed: 0b100,
             ..Settle::default()
         }
     }
@@ -196,6 +207,8 @@ mod tests {
         );
         s.done(0);
         s.done(1);
+        assert!(!s.settled(), "worker 2 has not flushed yet");
+        s.flushed(2);
         assert!(s.settled());
     }
 }

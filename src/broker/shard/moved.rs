@@ -93,6 +93,9 @@ impl Shard {
             from: self.id,
             departed: watermark,
             waiting: self.all_workers(),
+            // The old home's `Done` follows its direct copies on the same channel,
+            // and the new home routes to itself: neither sends `Flushed`.
+            unflushed: others & !(1u64 << self.id),
             ..Settle::default()
         }));
         self.by_client.remove(&session.client_id);
@@ -220,7 +223,13 @@ impl Shard {
     /// `Ping` from the new home `from` of a session whose stub is at `stub_at`.
     pub(crate) fn on_ping(&mut self, from: WorkerId, client_id: Arc<str>, stub_at: WorkerId) {
         if stub_at != self.id {
-            return self.send_mesh(stub_at, MeshMsg::Pong { client_id });
+            self.send_mesh(
+                stub_at,
+                MeshMsg::Pong {
+                    client_id: client_id.clone(),
+                },
+            );
+            return self.send_mesh(from, MeshMsg::Flushed { client_id });
         }
         // We are the old home. Everything routed here before this ping, by us or by
         // the new home, has been forwarded: both origins are done.
@@ -256,18 +265,39 @@ impl Shard {
         }
     }
 
+    /// `Flushed` from worker `from`: its direct copies for the session are all here.
+    pub(crate) fn on_flushed(&mut self, now: Instant, from: WorkerId, client_id: &str) {
+        self.settle_step(now, client_id, None, |s| {
+            s.flushed(from);
+            Vec::new()
+        });
+    }
+
     /// `Done` from the old home `from`: origin `w`'s forwards are all here.
     pub(crate) fn on_done(&mut self, now: Instant, from: WorkerId, client_id: &str, w: WorkerId) {
+        self.settle_step(now, client_id, Some(from), |s| s.done(w));
+    }
+
+    /// Applies `step` to the settling state of `client_id`'s session (if it moved
+    /// from `from`, when given), delivers what it releases, and ends the state when
+    /// settled.
+    fn settle_step(
+        &mut self,
+        now: Instant,
+        client_id: &str,
+        from: Option<WorkerId>,
+        step: impl FnOnce(&mut Settle) -> Vec<crate::broker::settle::Held>,
+    ) {
         let Some(&key) = self.by_client.get(client_id) else {
             return;
         };
         let Some(settle) = self.sessions.get_mut(key).and_then(|s| s.moved_in.as_mut()) else {
             return;
         };
-        if settle.from != from {
+        if from.is_some_and(|f| f != settle.from) {
             return;
         }
-        let ready = settle.done(w);
+        let ready = step(settle);
         let settled = settle.settled();
         if settled {
             if let Some(s) = self.sessions.get_mut(key) {

@@ -396,6 +396,7 @@ impl Shard {
             MeshMsg::Ping { client_id, stub_at } => self.on_ping(from, client_id, stub_at),
             MeshMsg::Pong { client_id } => self.on_pong(from, &client_id),
             MeshMsg::Done { client_id, origin } => self.on_done(now, from, &client_id, origin),
+            MeshMsg::Flushed { client_id } => self.on_flushed(now, from, &client_id),
             MeshMsg::Pause { conn, until } => {
                 if self.is_open(conn) {
                     self.effects.pause.push((conn, until));
