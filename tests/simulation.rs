@@ -1297,8 +1297,9 @@ impl Sim {
         check!(
             self,
             self.registry.len() == STABLE,
-            "registry knows {} client ids, expected {STABLE}",
-            self.registry.len()
+            "registry knows {} client ids, expected {STABLE}: {:?}",
+            self.registry.len(),
+            self.registry.entries()
         );
         for c in 0..self.clients.len() {
             let owner = self.registry.owner(&self.clients[c].name);

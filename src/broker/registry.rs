@@ -112,6 +112,19 @@ impl Registry {
             .sum()
     }
 
+    /// Every client id known, with its owner (for diagnostics and tests).
+    pub fn entries(&self) -> Vec<(Arc<str>, WorkerId)> {
+        self.shards
+            .iter()
+            .flat_map(|s| {
+                let s = s.lock().unwrap_or_else(PoisonError::into_inner);
+                s.iter()
+                    .map(|(k, e)| (k.clone(), e.worker))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -334,11 +334,16 @@ impl Shard {
             }
             None => {
                 // The connection left while its session travelled: keep the
-                // persistent session here, offline.
-                if let Some(s) = session {
-                    let key = self.install_session(*s);
-                    if let Some(s) = self.sessions.get_mut(key) {
-                        s.claim_gen = inb.gen;
+                // persistent session here, offline; with none, the id is free.
+                match session {
+                    Some(s) => {
+                        let key = self.install_session(*s);
+                        if let Some(s) = self.sessions.get_mut(key) {
+                            s.claim_gen = inb.gen;
+                        }
+                    }
+                    None => {
+                        self.registry.release(&client_id, self.id);
                     }
                 }
             }
