@@ -73,13 +73,14 @@ pub enum MeshMsg {
         clean: bool,
     },
     /// Answer to `Takeover`: the session (None when there was none or it was
-    /// discarded). `superseded_by`: the generation of a newer claim the responder
-    /// knows; a requester whose own connection is older closes it.
+    /// discarded). `superseded_by`: the generation of a newer claim and the worker
+    /// that holds or awaits the session for it; a requester whose own connection is
+    /// older closes it, a newer one asks that worker.
     Handover {
         client_id: Arc<str>,
         to: ConnId,
         session: Option<Box<Session>>,
-        superseded_by: Option<u64>,
+        superseded_by: Option<(u64, WorkerId)>,
     },
     /// Sent by a session's new home to every worker after its interest updates:
     /// the receiver replies `Pong` to the old home `stub_at` and `Flushed` to the

@@ -392,7 +392,7 @@ impl Shard {
                 session,
                 superseded_by,
                 ..
-            } => self.on_handover(now, from, client_id, session, superseded_by),
+            } => self.on_handover(now, client_id, session, superseded_by),
             MeshMsg::Ping { client_id, stub_at } => self.on_ping(from, client_id, stub_at),
             MeshMsg::Pong { client_id } => self.on_pong(from, &client_id),
             MeshMsg::Done { client_id, origin } => self.on_done(now, from, &client_id, origin),

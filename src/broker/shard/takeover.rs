@@ -69,7 +69,7 @@ impl Shard {
             .is_some_and(|f| f.gen < gen)
         {
             if let Some(f) = self.forward_handover.remove(&client_id) {
-                self.superseded(f.worker, client_id.clone(), f.conn, gen);
+                self.superseded(f.worker, client_id.clone(), f.conn, (gen, self.id));
             }
         }
         let older = self
@@ -102,7 +102,14 @@ impl Shard {
         self.schedule(id, deadline);
     }
 
-    fn superseded(&mut self, to_worker: WorkerId, client_id: Arc<str>, to: ConnId, by: u64) {
+    /// Tells a requester its claim lost to claim `by`, held (or awaited) at `holder`.
+    fn superseded(
+        &mut self,
+        to_worker: WorkerId,
+        client_id: Arc<str>,
+        to: ConnId,
+        by: (u64, WorkerId),
+    ) {
         self.send_mesh(
             to_worker,
             MeshMsg::Handover {
@@ -139,7 +146,7 @@ impl Shard {
         if let Some(&key) = self.by_client.get(&client_id) {
             let ours = self.sessions.get(key).map_or(0, |s| s.claim_gen);
             if ours > gen {
-                return self.superseded(from, client_id, to, ours);
+                return self.superseded(from, client_id, to, (ours, self.id));
             }
             let cleaned = ours < last_clean;
             return self.hand_over(now, client_id, from, to, clean || cleaned);
@@ -147,7 +154,7 @@ impl Shard {
         if let Some(inb) = self.inbound.get_mut(&client_id) {
             if inb.gen > gen {
                 let ours = inb.gen;
-                return self.superseded(from, client_id, to, ours);
+                return self.superseded(from, client_id, to, (ours, self.id));
             }
             // Our waiting connection loses to the newer one; the session will pass
             // through here.
@@ -165,7 +172,7 @@ impl Shard {
                 },
             );
             if let Some(f) = older {
-                self.superseded(f.worker, client_id, f.conn, gen);
+                self.superseded(f.worker, client_id, f.conn, (gen, from));
             }
             return;
         }
@@ -245,16 +252,17 @@ impl Shard {
     pub(super) fn on_handover(
         &mut self,
         now: Instant,
-        from: WorkerId,
         client_id: Arc<str>,
         session: Option<Box<Session>>,
-        superseded_by: Option<u64>,
+        superseded_by: Option<(u64, WorkerId)>,
     ) {
         if let Some(f) = self.forward_handover.remove(&client_id) {
             self.inbound.remove(&client_id);
             match superseded_by {
                 // A claim newer than the requester's exists: it loses too.
-                Some(by) if by > f.gen => return self.superseded(f.worker, client_id, f.conn, by),
+                Some(by) if by.0 > f.gen => {
+                    return self.superseded(f.worker, client_id, f.conn, by)
+                }
                 // The requester itself is what superseded us: nobody holds a
                 // session (we were each waiting for the other), so it starts afresh.
                 Some(_) => {
@@ -295,15 +303,15 @@ impl Shard {
             }
             return;
         };
-        if let Some(by) = superseded_by {
+        if let Some((by, holder)) = superseded_by {
             match inb.conn {
                 // A connection newer than the superseding claim took over the wait
-                // here meanwhile: ask again, for it, where the session now is.
+                // here meanwhile: ask the holder of that claim again, for it.
                 Some(conn) if inb.gen > by => {
                     let (gen, clean, last_clean) = (inb.gen, inb.clean, inb.last_clean);
                     self.inbound.insert(client_id.clone(), inb);
                     self.send_mesh(
-                        from,
+                        holder,
                         MeshMsg::Takeover {
                             client_id,
                             gen,
