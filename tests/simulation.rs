@@ -1286,7 +1286,11 @@ impl Sim {
         check!(
             self,
             sessions == STABLE,
-            "{sessions} sessions left, expected the {STABLE} stable subscribers'"
+            "{sessions} sessions left, expected the {STABLE} stable subscribers': {:?}",
+            self.shards
+                .iter()
+                .map(|s| s.session_ids())
+                .collect::<Vec<_>>()
         );
         check!(
             self,

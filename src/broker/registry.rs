@@ -25,6 +25,8 @@ pub struct Registry {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     worker: WorkerId,
+    /// Generation of the latest claim.
+    gen: u64,
     /// Generation of the latest claim that asked for a clean session.
     last_clean: u64,
 }
@@ -79,6 +81,7 @@ impl Registry {
             client_id.clone(),
             Entry {
                 worker,
+                gen,
                 last_clean: if clean { gen } else { last_clean },
             },
         );
@@ -98,6 +101,13 @@ impl Registry {
         } else {
             false
         }
+    }
+
+    /// The latest claim of `client_id`: its generation and worker.
+    pub fn latest(&self, client_id: &str) -> Option<(u64, WorkerId)> {
+        self.shard(client_id)
+            .get(client_id)
+            .map(|e| (e.gen, e.worker))
     }
 
     pub fn owner(&self, client_id: &str) -> Option<WorkerId> {

@@ -450,6 +450,14 @@ impl Shard {
         self.sessions.len()
     }
 
+    /// Client ids of the sessions held here (for diagnostics and tests).
+    pub fn session_ids(&self) -> Vec<Arc<str>> {
+        self.sessions
+            .iter()
+            .map(|(_, s)| s.client_id.clone())
+            .collect()
+    }
+
     /// Number of connections this shard knows.
     pub fn conn_count(&self) -> usize {
         self.conns.iter().filter(|c| c.is_some()).count()

@@ -176,7 +176,12 @@ impl Shard {
             }
             return;
         }
-        // Nothing here: the requester starts afresh.
+        // Nothing here. If a newer connection has claimed the id meanwhile, the
+        // session (if any) went its way and the requester has lost; otherwise there
+        // is no session and the requester starts afresh.
+        if let Some(latest) = self.registry.latest(&client_id).filter(|l| l.0 > gen) {
+            return self.superseded(from, client_id, to, latest);
+        }
         self.send_mesh(
             from,
             MeshMsg::Handover {
@@ -307,10 +312,10 @@ impl Shard {
             match inb.conn {
                 // A connection newer than the superseding claim took over the wait
                 // here meanwhile: ask the holder of that claim again, for it.
-                Some(conn) if inb.gen > by => {
+                Some(conn) if inb.gen > by && holder != self.id => {
                     let (gen, clean, last_clean) = (inb.gen, inb.clean, inb.last_clean);
                     self.inbound.insert(client_id.clone(), inb);
-                    self.send_mesh(
+                    return self.send_mesh(
                         holder,
                         MeshMsg::Takeover {
                             client_id,
@@ -321,10 +326,12 @@ impl Shard {
                         },
                     );
                 }
-                Some(conn) => self.drop_conn(conn),
-                None => {}
+                // The superseding claim is our own waiting connection: nobody else
+                // holds the session, so it starts afresh below.
+                Some(_) if inb.gen >= by => {}
+                Some(conn) => return self.drop_conn(conn),
+                None => return,
             }
-            return;
         }
         let waiting = inb.conn.filter(|&c| {
             matches!(self.conn(c).map(|c| &c.phase),
