@@ -1127,7 +1127,21 @@ impl Sim {
                 }
             }
             if !moved {
-                return;
+                // A CONNECT waiting for a busy client id is retried a millisecond
+                // later: let such near timers fire.
+                let soon = self
+                    .shards
+                    .iter()
+                    .filter_map(|s| s.next_deadline())
+                    .min()
+                    .filter(|&t| t <= self.now + Duration::from_millis(5));
+                match soon {
+                    Some(t) => {
+                        let d = t.saturating_duration_since(self.now);
+                        self.advance(d);
+                    }
+                    None => return,
+                }
             }
         }
     }

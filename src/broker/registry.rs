@@ -29,6 +29,20 @@ struct Entry {
     gen: u64,
     /// Generation of the latest claim that asked for a clean session.
     last_clean: u64,
+    /// A takeover from another worker is in flight: new claims wait until the
+    /// claimer finishes it, so takeovers of one client never overlap.
+    busy: bool,
+    /// The newest ticket that tried to claim: older waiting CONNECTs are obsolete.
+    max_ticket: u64,
+}
+
+/// Why a claim did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Another takeover of the client id is in flight: try again shortly.
+    Busy,
+    /// A CONNECT that arrived later has tried to claim the id: this one is obsolete.
+    Stale,
 }
 
 /// The result of [`Registry::claim`].
@@ -69,26 +83,60 @@ impl Registry {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Makes `worker` the owner of `client_id` for a connection that asked for a
-    /// clean session or not.
-    pub fn claim(&self, client_id: &Arc<str>, worker: WorkerId, clean: bool) -> Claim {
+    /// A ticket for a CONNECT, taken when it arrives: it orders the claims of one
+    /// client id by arrival, even when some have to wait.
+    pub fn ticket(&self) -> u64 {
+        self.next_gen.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Makes `worker` the owner of `client_id` for the CONNECT holding `ticket`
+    /// (which becomes the claim's generation). Refused while another takeover of the
+    /// id is in flight, or for good if a later CONNECT has tried to claim it since.
+    /// Claiming from another owner starts a takeover, which the claimer ends with
+    /// [`finish`](Self::finish).
+    pub fn claim(
+        &self,
+        client_id: &Arc<str>,
+        worker: WorkerId,
+        clean: bool,
+        ticket: u64,
+    ) -> Result<Claim, Refused> {
         let mut shard = self.shard(client_id);
-        // Taken under the shard lock, so generations follow the order of claims.
-        let gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
+        if let Some(e) = shard.get_mut(client_id) {
+            if ticket < e.max_ticket {
+                return Err(Refused::Stale);
+            }
+            e.max_ticket = ticket;
+            if e.busy {
+                return Err(Refused::Busy);
+            }
+        }
         let old = shard.get(client_id).copied();
         let last_clean = old.map_or(0, |e| e.last_clean);
+        let prev = old.map(|e| e.worker);
         shard.insert(
             client_id.clone(),
             Entry {
                 worker,
-                gen,
-                last_clean: if clean { gen } else { last_clean },
+                gen: ticket,
+                last_clean: if clean { ticket } else { last_clean },
+                busy: prev.is_some_and(|p| p != worker),
+                max_ticket: ticket,
             },
         );
-        Claim {
-            gen,
-            prev: old.map(|e| e.worker),
+        Ok(Claim {
+            gen: ticket,
+            prev,
             last_clean,
+        })
+    }
+
+    /// The takeover started by `worker`'s claim is over.
+    pub fn finish(&self, client_id: &str, worker: WorkerId) {
+        if let Some(e) = self.shard(client_id).get_mut(client_id) {
+            if e.worker == worker {
+                e.busy = false;
+            }
         }
     }
 
@@ -148,15 +196,30 @@ mod tests {
     fn claim_and_release() {
         let r = Registry::new();
         let c: Arc<str> = "dev-1".into();
-        let a = r.claim(&c, 0, true);
+        let a = r.claim(&c, 0, true, r.ticket()).unwrap();
         assert_eq!(a.prev, None);
-        let b = r.claim(&c, 1, false);
+        let b = r.claim(&c, 1, false, r.ticket()).unwrap();
         assert_eq!(b.prev, Some(0));
         assert!(b.gen > a.gen);
         assert_eq!(b.last_clean, a.gen, "the clean claim before it");
-        assert!(!r.release("dev-1", 0), "a stale owner cannot release");
-        assert_eq!(r.owner("dev-1"), Some(1));
-        assert!(r.release("dev-1", 1));
+        let (t1, t2) = (r.ticket(), r.ticket());
+        assert_eq!(
+            r.claim(&c, 0, false, t1),
+            Err(Refused::Busy),
+            "worker 1's takeover is in flight"
+        );
+        assert_eq!(r.claim(&c, 2, false, t2), Err(Refused::Busy));
+        r.finish("dev-1", 0);
+        assert_eq!(
+            r.claim(&c, 0, false, t1),
+            Err(Refused::Stale),
+            "a later CONNECT tried since"
+        );
+        r.finish("dev-1", 1);
+        assert!(r.claim(&c, 2, false, t2).is_ok(), "the latest arrival wins");
+        assert!(!r.release("dev-1", 1), "a stale owner cannot release");
+        assert_eq!(r.owner("dev-1"), Some(2));
+        assert!(r.release("dev-1", 2));
         assert!(r.is_empty());
     }
 }

@@ -4,6 +4,7 @@
 use super::{Conn, Phase, Shard};
 use crate::broker::mesh::MeshMsg;
 use crate::broker::message::Message;
+use crate::broker::registry::Refused;
 use crate::broker::session::{OutState, Session};
 use crate::broker::ConnId;
 use crate::protocol::{
@@ -20,18 +21,36 @@ pub struct PendingConnect {
     pub deadline: Instant,
 }
 
+/// How soon a CONNECT for a busy client id is retried.
+const CLAIM_RETRY: Duration = Duration::from_millis(1);
+
 /// MQTT 3.1 limits client ids to 23 bytes (3.1.1 lets servers accept more).
 const V31_CLIENT_ID_LEN_MAX: usize = 23;
 
 impl Shard {
     pub(super) fn on_connect(&mut self, now: Instant, id: ConnId, c: Connect) {
+        let deadline = now + self.cfg.handover_timeout();
+        let ticket = self.registry.ticket();
+        self.on_connect_until(now, id, c, deadline, ticket);
+    }
+
+    /// CONNECT holding `ticket` (its arrival order), refused with 0x03 if its
+    /// client id stays busy until `deadline`.
+    fn on_connect_until(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        c: Connect,
+        deadline: Instant,
+        ticket: u64,
+    ) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         conn.version = c.version;
         conn.keep_alive_limit = (c.keep_alive_secs > 0)
             .then(|| Duration::from_millis(u64::from(c.keep_alive_secs) * 1500)); // [MQTT-3.1.2-24]
-        conn.will = c.will.map(|mut w| {
+        conn.will = c.will.clone().map(|mut w| {
             w.payload = bytes::Bytes::copy_from_slice(&w.payload);
             w.topic = w.topic.compacted();
             w
@@ -54,7 +73,16 @@ impl Shard {
 
         // [MQTT-3.1.4-2]: one connection per client id, wherever it lives.
         let clean = c.clean_session;
-        let claim = self.registry.claim(&client_id, self.id, clean);
+        let claim = match self.registry.claim(&client_id, self.id, clean, ticket) {
+            Ok(claim) => claim,
+            // Another takeover of this id is in flight: try again shortly.
+            Err(Refused::Busy) => return self.park_connect(now, id, c, deadline, ticket),
+            // A later CONNECT for this id has arrived meanwhile: it wins.
+            Err(Refused::Stale) => {
+                tracing::debug!(?id, %client_id, "CONNECT overtaken by a later one");
+                return self.drop_conn(id);
+            }
+        };
         if self.by_client.contains_key(&client_id) {
             // The session is here: take it over locally. A worker that claimed the id
             // in between is answered "superseded" when its request arrives; if that
@@ -89,6 +117,49 @@ impl Shard {
         } else {
             self.activate(now, id, client_id, clean, None, claim.gen);
         }
+    }
+
+    /// Parks a CONNECT whose client id is busy; `tick` retries it.
+    fn park_connect(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        c: Connect,
+        deadline: Instant,
+        ticket: u64,
+    ) {
+        let retry_at = now + CLAIM_RETRY;
+        if let Some(conn) = self.conn_mut(id) {
+            conn.phase = Phase::AwaitClaim {
+                connect: Box::new(c),
+                retry_at,
+                deadline,
+                ticket,
+            };
+        }
+        self.schedule(id, retry_at);
+    }
+
+    /// A parked CONNECT's retry time came.
+    pub(super) fn retry_connect(&mut self, now: Instant, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let Phase::AwaitClaim {
+            connect,
+            deadline,
+            ticket,
+            ..
+        } = std::mem::replace(&mut conn.phase, Phase::AwaitConnect)
+        else {
+            return;
+        };
+        if now >= deadline {
+            tracing::warn!(?id, "client id stayed busy, refusing");
+            return self.refuse(id, ConnectReturnCode::ServerUnavailable);
+        }
+        // Replays the CONNECT: it claims again, or parks again if still busy.
+        self.on_connect_until(now, id, *connect, deadline, ticket);
     }
 
     /// Answers CONNACK with a refusal and closes ([MQTT-3.2.2-5]).
@@ -313,11 +384,13 @@ impl Shard {
                 tracing::debug!(?id, "no CONNECT in time, closing");
                 self.end_conn(now, id);
             }
+            Phase::AwaitClaim { .. } => self.retry_connect(now, id),
             Phase::AwaitHandover(p) => {
                 // The owner did not answer in time: go on with a fresh session.
                 tracing::warn!(?id, client_id = %p.client_id, "session handover timed out");
                 let client_id = p.client_id.clone();
                 let inbound = self.inbound.remove(&client_id);
+                self.registry.finish(&client_id, self.id);
                 let (clean, gen) = inbound.map_or((true, 0), |i| (i.clean, i.gen));
                 self.activate(now, id, client_id, clean, None, gen);
             }

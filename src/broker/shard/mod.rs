@@ -54,6 +54,15 @@ pub struct Effects {
 pub(crate) enum Phase {
     /// Accepted; CONNECT not yet received.
     AwaitConnect,
+    /// CONNECT received while another takeover of the client id was in flight;
+    /// retried at `retry_at`, refused after `deadline`.
+    AwaitClaim {
+        connect: Box<crate::protocol::Connect>,
+        retry_at: Instant,
+        deadline: Instant,
+        /// Its place in the order of CONNECTs for the client id.
+        ticket: u64,
+    },
     /// CONNECT received; waiting for the session to arrive from another worker.
     AwaitHandover(Box<PendingConnect>),
     /// CONNACK sent; `session` is the key into the shard's session slab.
@@ -241,7 +250,7 @@ impl Shard {
                 // [MQTT-3.1.0-1]: the first packet must be CONNECT.
                 self.protocol_error(now, id, p.name(), "first packet is not CONNECT")
             }
-            (Phase::AwaitHandover(_), p) => {
+            (Phase::AwaitHandover(_) | Phase::AwaitClaim { .. }, p) => {
                 // The client may not send before CONNACK in practice; we cannot act on
                 // it without a session, so treat it as a violation of the flow.
                 self.protocol_error(now, id, p.name(), "packet before CONNACK")
@@ -391,6 +400,7 @@ impl Shard {
             conn.timer_at = None;
             let due = match &conn.phase {
                 Phase::AwaitConnect => Some(conn.opened_at + self.cfg.connect_timeout()),
+                Phase::AwaitClaim { retry_at, .. } => Some(*retry_at),
                 Phase::AwaitHandover(p) => Some(p.deadline),
                 Phase::Active { .. } => conn.keep_alive_limit.map(|k| conn.last_rx + k),
             };

@@ -253,8 +253,22 @@ impl Shard {
         }
     }
 
-    /// `Handover` from the previous owner: finish the waiting CONNECT.
+    /// `Handover` from the previous owner: finish the waiting CONNECT, and the
+    /// takeover with it (new claims of the id may proceed).
     pub(super) fn on_handover(
+        &mut self,
+        now: Instant,
+        client_id: Arc<str>,
+        session: Option<Box<Session>>,
+        superseded_by: Option<(u64, WorkerId)>,
+    ) {
+        self.handover_inner(now, client_id.clone(), session, superseded_by);
+        if !self.inbound.contains_key(&client_id) {
+            self.registry.finish(&client_id, self.id);
+        }
+    }
+
+    fn handover_inner(
         &mut self,
         now: Instant,
         client_id: Arc<str>,
