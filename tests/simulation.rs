@@ -20,6 +20,9 @@
 //! * the broker never closes a well-behaved client's connection on its own and counts
 //!   no protocol error.
 //!
+//! A CONNECT for a client id whose takeover is in flight waits a millisecond and
+//! retries; the quiesce phase lets such near timers fire.
+//!
 //! Environment: `SIM_SEED=<n>` replays one seed (with a trace, `SIM_TRACE=0` to mute),
 //! `SIM_RUNS=<n>` runs n seeds (default 200), `SIM_STEPS=<n>` steps per run,
 //! `SIM_FIRST_SEED=<n>` shifts the seed range, `SIM_CLEAN_PCT=<n>` sets the percentage
@@ -1521,14 +1524,9 @@ fn simulation_stable_sessions_stay_on_their_worker() {
     );
 }
 
-/// Everything moves: stable subscribers' sessions are taken over across workers too.
-///
-/// Known failing: a batch routed to the worker a subscriber's session is leaving
-/// (Takeover -> Handover in flight) is delivered after the session left and the message
-/// is lost, e.g. `SIM_SEED=1 SIM_CLEAN_PCT=0`. Un-ignore once the broker forwards
-/// publishes for sessions in transit.
+/// Everything moves: stable subscribers' sessions are taken over across workers too,
+/// with messages in flight to them (forwarding stubs and settling, `shard/moved.rs`).
 #[test]
-#[ignore = "known: publishes to a session in transit between workers are lost (forwarding stubs pending)"]
 fn simulation_sessions_move_between_workers() {
     simulate(
         "simulation_sessions_move_between_workers",

@@ -63,24 +63,17 @@ pub enum MeshMsg {
     /// the old connection and send the session back with [`MeshMsg::Handover`].
     Takeover {
         client_id: Arc<str>,
-        /// The new connection's claim generation (see `Registry::claim`).
-        gen: u64,
-        /// The latest clean claim before it: discards a session attached earlier.
-        last_clean: u64,
         /// The new connection on the sending worker.
         to: ConnId,
         /// The new connection asked for a clean session: discard, do not send.
         clean: bool,
     },
     /// Answer to `Takeover`: the session (None when there was none or it was
-    /// discarded). `superseded_by`: the generation of a newer claim and the worker
-    /// that holds or awaits the session for it; a requester whose own connection is
-    /// older closes it, a newer one asks that worker.
+    /// discarded).
     Handover {
         client_id: Arc<str>,
         to: ConnId,
         session: Option<Box<Session>>,
-        superseded_by: Option<(u64, WorkerId)>,
     },
     /// Sent by a session's new home to every worker after its interest updates:
     /// the receiver replies `Pong` to the old home `stub_at` and `Flushed` to the

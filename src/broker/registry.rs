@@ -25,10 +25,6 @@ pub struct Registry {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     worker: WorkerId,
-    /// Generation of the latest claim.
-    gen: u64,
-    /// Generation of the latest claim that asked for a clean session.
-    last_clean: u64,
     /// A takeover from another worker is in flight: new claims wait until the
     /// claimer finishes it, so takeovers of one client never overlap.
     busy: bool,
@@ -48,15 +44,10 @@ pub enum Refused {
 /// The result of [`Registry::claim`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
-    /// Orders claims of one client id: a later claim has a larger generation, so a
-    /// worker can tell a stale takeover request from a current one.
+    /// The CONNECT's ticket: later claims of one client id have larger ones.
     pub gen: u64,
     /// The worker that owned the id before this claim.
     pub prev: Option<WorkerId>,
-    /// Generation of the latest earlier claim that asked for a clean session (0 if
-    /// none). A session last attached before it must be discarded even if the claim
-    /// that asked never completed: clean starts take effect in claim order.
-    pub last_clean: u64,
 }
 
 impl Default for Registry {
@@ -89,8 +80,7 @@ impl Registry {
         self.next_gen.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Makes `worker` the owner of `client_id` for the CONNECT holding `ticket`
-    /// (which becomes the claim's generation). Refused while another takeover of the
+    /// Makes `worker` the owner of `client_id` for the CONNECT holding `ticket`. Refused while another takeover of the
     /// id is in flight, or for good if a later CONNECT has tried to claim it since.
     /// Claiming from another owner starts a takeover, which the claimer ends with
     /// [`finish`](Self::finish).
@@ -98,7 +88,6 @@ impl Registry {
         &self,
         client_id: &Arc<str>,
         worker: WorkerId,
-        clean: bool,
         ticket: u64,
     ) -> Result<Claim, Refused> {
         let mut shard = self.shard(client_id);
@@ -111,24 +100,16 @@ impl Registry {
                 return Err(Refused::Busy);
             }
         }
-        let old = shard.get(client_id).copied();
-        let last_clean = old.map_or(0, |e| e.last_clean);
-        let prev = old.map(|e| e.worker);
+        let prev = shard.get(client_id).map(|e| e.worker);
         shard.insert(
             client_id.clone(),
             Entry {
                 worker,
-                gen: ticket,
-                last_clean: if clean { ticket } else { last_clean },
                 busy: prev.is_some_and(|p| p != worker),
                 max_ticket: ticket,
             },
         );
-        Ok(Claim {
-            gen: ticket,
-            prev,
-            last_clean,
-        })
+        Ok(Claim { gen: ticket, prev })
     }
 
     /// The takeover started by `worker`'s claim is over.
@@ -149,13 +130,6 @@ impl Registry {
         } else {
             false
         }
-    }
-
-    /// The latest claim of `client_id`: its generation and worker.
-    pub fn latest(&self, client_id: &str) -> Option<(u64, WorkerId)> {
-        self.shard(client_id)
-            .get(client_id)
-            .map(|e| (e.gen, e.worker))
     }
 
     pub fn owner(&self, client_id: &str) -> Option<WorkerId> {
@@ -196,27 +170,26 @@ mod tests {
     fn claim_and_release() {
         let r = Registry::new();
         let c: Arc<str> = "dev-1".into();
-        let a = r.claim(&c, 0, true, r.ticket()).unwrap();
+        let a = r.claim(&c, 0, r.ticket()).unwrap();
         assert_eq!(a.prev, None);
-        let b = r.claim(&c, 1, false, r.ticket()).unwrap();
+        let b = r.claim(&c, 1, r.ticket()).unwrap();
         assert_eq!(b.prev, Some(0));
         assert!(b.gen > a.gen);
-        assert_eq!(b.last_clean, a.gen, "the clean claim before it");
         let (t1, t2) = (r.ticket(), r.ticket());
         assert_eq!(
-            r.claim(&c, 0, false, t1),
+            r.claim(&c, 0, t1),
             Err(Refused::Busy),
             "worker 1's takeover is in flight"
         );
-        assert_eq!(r.claim(&c, 2, false, t2), Err(Refused::Busy));
+        assert_eq!(r.claim(&c, 2, t2), Err(Refused::Busy));
         r.finish("dev-1", 0);
         assert_eq!(
-            r.claim(&c, 0, false, t1),
+            r.claim(&c, 0, t1),
             Err(Refused::Stale),
             "a later CONNECT tried since"
         );
         r.finish("dev-1", 1);
-        assert!(r.claim(&c, 2, false, t2).is_ok(), "the latest arrival wins");
+        assert!(r.claim(&c, 2, t2).is_ok(), "the latest arrival wins");
         assert!(!r.release("dev-1", 1), "a stale owner cannot release");
         assert_eq!(r.owner("dev-1"), Some(2));
         assert!(r.release("dev-1", 2));

@@ -73,8 +73,6 @@ pub struct Session {
     /// Set for a while after the session arrived from another worker: see
     /// [`Settle`](crate::broker::settle::Settle).
     pub moved_in: Option<Box<crate::broker::settle::Settle>>,
-    /// The registry claim generation of the connection that last attached it.
-    pub claim_gen: u64,
     next_packet_id: u16,
 }
 
@@ -89,7 +87,6 @@ impl Session {
             inbound_qos2: HashSet::new(),
             conn: None,
             moved_in: None,
-            claim_gen: 0,
             next_packet_id: 1,
         }
     }

@@ -73,7 +73,7 @@ impl Shard {
 
         // [MQTT-3.1.4-2]: one connection per client id, wherever it lives.
         let clean = c.clean_session;
-        let claim = match self.registry.claim(&client_id, self.id, clean, ticket) {
+        let claim = match self.registry.claim(&client_id, self.id, ticket) {
             Ok(claim) => claim,
             // Another takeover of this id is in flight: try again shortly.
             Err(Refused::Busy) => return self.park_connect(now, id, c, deadline, ticket),
@@ -84,38 +84,22 @@ impl Shard {
             }
         };
         if self.by_client.contains_key(&client_id) {
-            // The session is here: take it over locally. A worker that claimed the id
-            // in between is answered "superseded" when its request arrives; if that
-            // claim asked for a clean session, the session is discarded all the same.
+            // The session is here: take it over locally.
             self.detach_local_session(now, &client_id);
-            self.discard_if_cleaned(&client_id, claim.last_clean);
             let existing = self.by_client.get(&client_id).copied();
-            self.activate(now, id, client_id, clean, existing, claim.gen);
-        } else if self.inbound.contains_key(&client_id) {
-            // The session is already on its way here: this connection waits for it
-            // instead of the older one.
-            self.await_handover(now, id, client_id, clean, claim.gen, claim.last_clean);
+            self.activate(now, id, client_id, clean, existing);
         } else if let Some(owner) = claim.prev.filter(|&w| w != self.id) {
-            self.await_handover(
-                now,
-                id,
-                client_id.clone(),
-                clean,
-                claim.gen,
-                claim.last_clean,
-            );
+            self.await_handover(now, id, client_id.clone(), clean);
             self.send_mesh(
                 owner,
                 MeshMsg::Takeover {
                     client_id,
-                    gen: claim.gen,
-                    last_clean: claim.last_clean,
                     to: id,
                     clean,
                 },
             );
         } else {
-            self.activate(now, id, client_id, clean, None, claim.gen);
+            self.activate(now, id, client_id, clean, None);
         }
     }
 
@@ -191,21 +175,6 @@ impl Shard {
         }
     }
 
-    /// Discards the session of `client_id` here if a clean claim newer than its
-    /// attachment happened (see `Registry::claim`).
-    pub(super) fn discard_if_cleaned(&mut self, client_id: &str, last_clean: u64) {
-        let Some(&key) = self.by_client.get(client_id) else {
-            return;
-        };
-        if self
-            .sessions
-            .get(key)
-            .is_some_and(|s| s.claim_gen < last_clean)
-        {
-            self.remove_session(key);
-        }
-    }
-
     /// Removes a session from this worker entirely: its subscriptions leave the index.
     pub(crate) fn remove_session(&mut self, key: usize) -> Option<Session> {
         let session = self.sessions.try_remove(key)?;
@@ -243,8 +212,7 @@ impl Shard {
         key
     }
 
-    /// CONNACK and attach: `existing` is a session key already on this worker;
-    /// `gen` the connection's claim generation.
+    /// CONNACK and attach: `existing` is a session key already on this worker.
     pub(super) fn activate(
         &mut self,
         now: Instant,
@@ -252,7 +220,6 @@ impl Shard {
         client_id: Arc<str>,
         clean: bool,
         existing: Option<usize>,
-        gen: u64,
     ) {
         let key = match existing {
             Some(key) if !clean => {
@@ -268,9 +235,6 @@ impl Shard {
             None => self.sessions.insert(Session::new(client_id.clone(), clean)),
         };
         self.by_client.insert(client_id, key);
-        if let Some(s) = self.sessions.get_mut(key) {
-            s.claim_gen = gen;
-        }
         let session_present = existing.is_some() && !clean; // [MQTT-3.2.2-1..3]
         self.attach(now, id, key, session_present);
     }
@@ -391,8 +355,8 @@ impl Shard {
                 let client_id = p.client_id.clone();
                 let inbound = self.inbound.remove(&client_id);
                 self.registry.finish(&client_id, self.id);
-                let (clean, gen) = inbound.map_or((true, 0), |i| (i.clean, i.gen));
-                self.activate(now, id, client_id, clean, None, gen);
+                let clean = inbound.is_none_or(|i| i.clean);
+                self.activate(now, id, client_id, clean, None);
             }
             Phase::Active { .. } => {
                 // [MQTT-3.1.2-24]: 1.5 x keep-alive without a packet.
@@ -458,7 +422,7 @@ impl Shard {
         };
         let Conn { tx, phase, .. } = conn;
         if let Phase::AwaitHandover(p) = &phase {
-            // The session is still expected; it will wait here offline.
+            // The session is still expected: it will be kept here offline.
             if let Some(inb) = self.inbound.get_mut(&p.client_id) {
                 if inb.conn == Some(id) {
                     inb.conn = None;

@@ -107,9 +107,6 @@ pub struct Shard {
     /// Deleted retained topics, oldest first, kept for a grace period.
     pub(crate) tombstones: VecDeque<(Instant, crate::protocol::TopicName)>,
     pub(crate) timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
-    /// Takeover requests that reached us while we were still waiting for that
-    /// client's session: pass the session on when it comes.
-    pub(crate) forward_handover: HashMap<Arc<str>, takeover::Forwarding>,
     /// Sessions on their way here from another worker, by client id.
     pub(crate) inbound: HashMap<Arc<str>, takeover::Inbound>,
     pub(crate) effects: Effects,
@@ -164,7 +161,6 @@ impl Shard {
             retained_versions: HashMap::new(),
             tombstones: VecDeque::new(),
             timers: BinaryHeap::new(),
-            forward_handover: HashMap::new(),
             inbound: HashMap::new(),
             effects: Effects {
                 mesh: (0..workers).map(|_| Vec::new()).collect(),

@@ -382,17 +382,12 @@ impl Shard {
             }
             MeshMsg::Takeover {
                 client_id,
-                gen,
-                last_clean,
                 to,
                 clean,
-            } => self.on_takeover(now, from, client_id, gen, last_clean, to, clean),
+            } => self.on_takeover(now, from, client_id, to, clean),
             MeshMsg::Handover {
-                client_id,
-                session,
-                superseded_by,
-                ..
-            } => self.on_handover(now, client_id, session, superseded_by),
+                client_id, session, ..
+            } => self.on_handover(now, client_id, session),
             MeshMsg::Ping { client_id, stub_at } => self.on_ping(from, client_id, stub_at),
             MeshMsg::Pong { client_id } => self.on_pong(from, &client_id),
             MeshMsg::Done { client_id, origin } => self.on_done(now, from, &client_id, origin),
