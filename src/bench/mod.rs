@@ -18,11 +18,13 @@ pub mod accounting;
 pub mod cli;
 pub mod client;
 pub mod payload;
+pub mod plot;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
 mod shared;
 pub mod stats;
+pub mod sys_stats;
 mod worker;
 
 pub use report::Report;
