@@ -66,7 +66,7 @@ EOF
 declare -A CMD PORT PID
 CMD[mosquitto]="taskset -c 0 /usr/sbin/mosquitto -c $WORK/mosquitto.conf"
 CMD[ternmq]="taskset -c 0 $BIN --listen 127.0.0.1:$TPORT --workers 1 --no-pin --sys-interval 0 --log-level warn"
-CMD[rumqttd]="taskset -c 0 $RUMQTTD -c $WORK/rumqttd.toml"
+CMD[rumqttd]="taskset -c 0 $RUMQTTD -q -c $WORK/rumqttd.toml"
 # Two workers pinned to cores 0 and 1: core 1 is shared with the generator.
 CMD[ternmq-w2]="$BIN --listen 127.0.0.1:$T2PORT --workers 2 --sys-interval 0 --log-level warn"
 PORT=([mosquitto]=$MPORT [ternmq]=$TPORT [rumqttd]=$RPORT [ternmq-w2]=$T2PORT)
@@ -127,7 +127,8 @@ for name in $SCENARIOS; do
       fi
       extra=""
       if [ "$name" = rate50k ]; then extra="--hgrm $OUT_DIR/$TAG-rate50k-$broker-$rep.hgrm"; fi
-      cmd="taskset -c 1 $BIN bench ${SCEN[$name]} --port ${PORT[$broker]} --broker-pid ${PID[$broker]} --quiet --json $extra"
+      # --keep-alive for every broker alike: rumqttd refuses keep-alive 0.
+      cmd="taskset -c 1 $BIN bench ${SCEN[$name]} --keep-alive 600 --port ${PORT[$broker]} --broker-pid ${PID[$broker]} --quiet --json $extra"
       echo "# run $name rep $rep $broker: $cmd"
       if line=$($cmd 2>"$WORK/err"); then :; else
         echo "# run failed: $(tail -n 2 "$WORK/err" | tr '\n' ' ')"

@@ -81,6 +81,10 @@ pub struct BenchArgs {
     /// fleet: fraction of devices dropped and reconnected per second.
     #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
     pub churn: f64,
+    /// Keep-alive in CONNECT, seconds (0 = none). No PINGREQ is sent, so it must
+    /// outlast the run; for brokers that refuse 0 (rumqttd).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub keep_alive: u16,
     /// Broker process id: report its CPU per message and RSS from /proc.
     #[arg(long, value_name = "PID")]
     pub broker_pid: Option<u32>,
@@ -211,6 +215,7 @@ impl BenchArgs {
             backends: self.backends,
             interval_secs: self.interval,
             churn: self.churn,
+            keep_alive_secs: self.keep_alive,
             broker_pid: self.broker_pid,
             progress: !self.quiet,
         };
