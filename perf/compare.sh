@@ -121,6 +121,12 @@ for name in $SCENARIOS; do
   if [ "$name" = pairs100w2 ]; then brokers=ternmq-w2; else brokers=$BROKERS; fi
   for rep in $(seq 1 "$REPS"); do
     for broker in $brokers; do
+      # RSS per connection: a fresh broker each time, or the allocator hands back
+      # memory freed by earlier runs and the growth shrinks rep after rep.
+      if [ "$name" = conns19500 ]; then
+        kill "${PID[$broker]}" 2>/dev/null; wait "${PID[$broker]}" 2>/dev/null || true
+        start "$broker"; sleep 1
+      fi
       if ! kill -0 "${PID[$broker]}" 2>/dev/null; then
         echo "# $broker is not running (exit: $(tail -n 2 "$WORK/$broker.log" | tr '\n' ' ')); restarting"
         start "$broker"; sleep 1
