@@ -1,24 +1,56 @@
 #!/usr/bin/env python3
-"""Summarizes a perf/compare.sh output: medians per (scenario, broker) and ratios."""
+"""Summarizes a perf/compare.sh output: medians per (scenario, broker) and ratios of
+ternmq to every other broker. Failed runs (result null) are counted, not averaged."""
 import json, statistics, sys
+
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.startswith('{')]
-by = {}
+by, failed = {}, {}
 for r in runs:
-    by.setdefault((r['run'], r['broker']), []).append(r['result'])
-out = ["# summary (medians over reps)",
-       "# scenario   broker      msg/s        us CPU/msg  p50 us    p99 us    lost  gen cpu  rss MiB"]
+    key = (r['run'], r['broker'])
+    if r['result'] is None:
+        failed[key] = failed.get(key, 0) + 1
+    else:
+        by.setdefault(key, []).append(r['result'])
+
+out = ["# summary (medians over reps; CPU = broker CPU per delivered message)",
+       "# scenario    broker         msg/s  us CPU/msg    p50 us    p99 us  p99.9 us   lost  gen cpu  rss MiB  B/conn"]
 med = {}
-for (run, broker), rs in sorted(by.items()):
+for key in sorted(set(by) | set(failed)):
+    run, broker = key
+    rs = by.get(key, [])
+    if not rs:
+        out.append("# %-12s %-10s  all %d runs failed" % (run, broker, failed[key]))
+        continue
     m = lambda f: statistics.median(f(x) for x in rs)
+    b = lambda x: x['broker'] or {}
     rate = m(lambda x: x['msgs_per_sec'])
-    cpu = m(lambda x: x['broker']['us_per_msg'] or 0)
-    med[(run, broker)] = (rate, cpu)
-    out.append("# %-10s %-10s %12.0f %10.3f %9.1f %9.1f %5d %8.2f %8.1f" % (
-        run, broker, rate, cpu, m(lambda x: x['latency_us']['p50']),
-        m(lambda x: x['latency_us']['p99']), sum(x['lost'] for x in rs),
-        m(lambda x: max(x['generator_cpu'] or [0])), m(lambda x: x['broker']['rss_end']) / 1048576))
+    cpu = m(lambda x: b(x).get('us_per_msg') or 0)
+    per_conn = m(lambda x: b(x).get('rss_per_conn') or 0)
+    lat = lambda q: m(lambda x: x['latency_us'][q])
+    med[key] = dict(rate=rate, cpu=cpu, per_conn=per_conn, p50=lat('p50'), p99=lat('p99'),
+                    p999=lat('p99_9'))
+    note = " (%d failed)" % failed[key] if key in failed else ""
+    out.append("# %-12s %-10s %11.0f %10.3f %9.1f %9.1f %9.1f %6d %8.2f %8.1f %7.0f%s" % (
+        run, broker, rate, cpu, lat('p50'), lat('p99'), lat('p99_9'),
+        sum(x['lost'] for x in rs), m(lambda x: max(x['generator_cpu'] or [0])),
+        m(lambda x: b(x).get('rss_end', 0)) / 1048576, per_conn, note))
+
+out.append("# ternmq relative to the others (x > 1: ternmq higher)")
 for run in sorted({k[0] for k in med}):
-    (tr, tc), (mr, mc) = med[(run, 'ternmq')], med[(run, 'mosquitto')]
-    out.append("# %s: ternmq/mosquitto throughput x%.2f, CPU per message x%.3f (ternmq %.3f us, mosquitto %.3f us)" % (
-        run, tr / mr, tc / mc, tc, mc))
+    t = med.get((run, 'ternmq'))
+    if not t:
+        continue
+    for other in sorted({k[1] for k in med if k[0] == run} - {'ternmq'}):
+        o = med[(run, other)]
+        if run.startswith('conns'):
+            out.append("# %-12s vs %-10s RSS per connection: ternmq %.0f B, %s %.0f B (x%.2f)" % (
+                run, other, t['per_conn'], other, o['per_conn'],
+                t['per_conn'] / o['per_conn'] if o['per_conn'] else float('nan')))
+        elif run.startswith('rate'):
+            out.append("# %-12s vs %-10s latency p50/p99/p99.9 us: ternmq %.0f/%.0f/%.0f, %s %.0f/%.0f/%.0f" % (
+                run, other, t['p50'], t['p99'], t['p999'], other, o['p50'], o['p99'], o['p999']))
+        else:
+            out.append("# %-12s vs %-10s throughput x%.2f, CPU per message x%.3f (ternmq %.3f us, %s %.3f us)" % (
+                run, other, t['rate'] / o['rate'] if o['rate'] else float('nan'),
+                t['cpu'] / o['cpu'] if o['cpu'] else float('nan'), t['cpu'], other, o['cpu']))
 print("\n".join(out))

@@ -1,6 +1,7 @@
 //! The `ternmq` binary: parses the command line, sets up logging, starts the broker
 //! and stops it on SIGINT/SIGTERM; or, as `ternmq bench <scenario> ...`, runs the
-//! bundled load generator. All logic lives in the library.
+//! bundled load generator (`ternmq bench plot` plots `.hgrm` files), and as
+//! `ternmq stats` prints a broker's `$SYS` values. All logic lives in the library.
 
 use clap::Parser;
 use std::net::SocketAddr;
@@ -49,8 +50,10 @@ struct Cli {
 /// Subcommands; without one, `ternmq` runs the broker.
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Run the load generator against a broker on loopback.
-    Bench(ternmq::bench::cli::BenchArgs),
+    /// Run the load generator against a broker on loopback, or plot .hgrm files.
+    Bench(Box<ternmq::bench::cli::BenchCommand>),
+    /// Print a broker's $SYS/broker statistics (clients, messages, drops, latency).
+    Stats(ternmq::bench::sys_stats::StatsArgs),
 }
 
 impl Cli {
@@ -91,7 +94,7 @@ impl Cli {
     }
 }
 
-fn bench(args: &ternmq::bench::cli::BenchArgs) -> ExitCode {
+fn bench(args: &ternmq::bench::cli::BenchCommand) -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -107,10 +110,22 @@ fn bench(args: &ternmq::bench::cli::BenchArgs) -> ExitCode {
     }
 }
 
+fn stats(args: &ternmq::bench::sys_stats::StatsArgs) -> ExitCode {
+    match args.execute() {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ternmq stats: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
-    if let Some(Command::Bench(args)) = cli.command.take() {
-        return bench(&args);
+    match cli.command.take() {
+        Some(Command::Bench(args)) => return bench(&args),
+        Some(Command::Stats(args)) => return stats(&args),
+        None => {}
     }
     let cfg = match cli.into_config() {
         Ok(cfg) => cfg,

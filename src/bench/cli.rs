@@ -1,6 +1,7 @@
 //! The `ternmq bench` command line: parsing into a [`BenchConfig`], running, and
 //! printing the report (table or JSON on stdout, progress on stderr, `.hgrm` file).
 
+use super::plot::{parse_hgrm, plot_files, svg, PlotOptions};
 use super::scenario::{BenchConfig, Load, Scenario};
 use super::BenchError;
 use crate::protocol::QoS;
@@ -12,8 +13,8 @@ use std::time::Duration;
 #[derive(Debug, Clone, clap::Args)]
 pub struct BenchArgs {
     /// What to run.
-    #[arg(value_enum)]
-    pub scenario: Scenario,
+    #[arg(value_enum, required = true)]
+    pub scenario: Option<Scenario>,
     /// Broker host (loopback only).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: IpAddr,
@@ -80,6 +81,10 @@ pub struct BenchArgs {
     /// fleet: fraction of devices dropped and reconnected per second.
     #[arg(long, default_value_t = 0.0, value_name = "FRACTION")]
     pub churn: f64,
+    /// Keep-alive in CONNECT, seconds (0 = none). No PINGREQ is sent, so it must
+    /// outlast the run; for brokers that refuse 0 (rumqttd).
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    pub keep_alive: u16,
     /// Broker process id: report its CPU per message and RSS from /proc.
     #[arg(long, value_name = "PID")]
     pub broker_pid: Option<u32>,
@@ -89,9 +94,66 @@ pub struct BenchArgs {
     /// Write the latency distribution (µs) in .hgrm format to FILE.
     #[arg(long, value_name = "FILE")]
     pub hgrm: Option<PathBuf>,
+    /// Write a latency-by-percentile plot of this run (SVG) to FILE.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// `ternmq bench`: a run (`ternmq bench <scenario> ...`) or a helper subcommand.
+#[derive(Debug, Clone, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct BenchCommand {
+    #[command(subcommand)]
+    pub sub: Option<BenchSub>,
+    #[command(flatten)]
+    pub run: BenchArgs,
+}
+
+/// Subcommands of `ternmq bench`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum BenchSub {
+    /// Plot the latency distributions of `.hgrm` files (labels = file stems) as SVG.
+    Plot(PlotArgs),
+}
+
+/// Options of `ternmq bench plot`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PlotArgs {
+    /// Output SVG file.
+    #[arg(long, short = 'o', value_name = "FILE.svg")]
+    pub out: PathBuf,
+    /// Title of the plot.
+    #[arg(long, default_value = "Latency by percentile")]
+    pub title: String,
+    /// Logarithmic latency axis (for curves orders of magnitude apart).
+    #[arg(long)]
+    pub log_y: bool,
+    /// `.hgrm` files written by `ternmq bench --hgrm` (or HdrHistogram).
+    #[arg(required = true, value_name = "FILE.hgrm")]
+    pub inputs: Vec<PathBuf>,
+}
+
+impl PlotArgs {
+    pub fn execute(&self) -> Result<(), BenchError> {
+        let opts = PlotOptions {
+            title: self.title.clone(),
+            log_y: self.log_y,
+        };
+        plot_files(&self.out, &self.inputs, &opts)
+    }
+}
+
+impl BenchCommand {
+    /// Runs the subcommand, or the benchmark.
+    pub fn execute(&self) -> Result<(), BenchError> {
+        match &self.sub {
+            Some(BenchSub::Plot(p)) => p.execute(),
+            None => self.run.execute().map(|_| ()),
+        }
+    }
 }
 
 fn secs(v: f64, what: &str) -> Result<Duration, BenchError> {
@@ -118,7 +180,10 @@ pub fn parse_sources(s: &str) -> Result<Vec<IpAddr>, BenchError> {
 impl BenchArgs {
     /// The library configuration these options describe.
     pub fn to_config(&self) -> Result<BenchConfig, BenchError> {
-        let default_count = match self.scenario {
+        let scenario = self
+            .scenario
+            .ok_or_else(|| BenchError::Config("no scenario".into()))?;
+        let default_count = match scenario {
             Scenario::Conns | Scenario::Fleet => 1000,
             _ => 10,
         };
@@ -127,7 +192,7 @@ impl BenchArgs {
             None => Load::Max,
         };
         let cfg = BenchConfig {
-            scenario: self.scenario,
+            scenario,
             broker: SocketAddr::new(self.host, self.port),
             qos: QoS::from_u8(self.qos).ok_or_else(|| BenchError::Config("bad --qos".into()))?,
             payload_bytes: self.payload,
@@ -150,6 +215,7 @@ impl BenchArgs {
             backends: self.backends,
             interval_secs: self.interval,
             churn: self.churn,
+            keep_alive_secs: self.keep_alive,
             broker_pid: self.broker_pid,
             progress: !self.quiet,
         };
@@ -174,6 +240,26 @@ impl BenchArgs {
         }
         if let Some(path) = &self.hgrm {
             std::fs::write(path, report.hgrm())?;
+        }
+        if let Some(path) = &self.plot {
+            let label = match &self.hgrm {
+                Some(h) => h
+                    .file_stem()
+                    .map_or_else(String::new, |s| s.to_string_lossy().into_owned()),
+                None => format!("{} {}", report.scenario.name(), report.mode),
+            };
+            let series = parse_hgrm(&label, &report.hgrm())?;
+            let opts = PlotOptions {
+                title: format!(
+                    "{}: {} connections, QoS {}, {}",
+                    report.scenario.name(),
+                    report.connections,
+                    report.qos,
+                    report.mode
+                ),
+                log_y: false,
+            };
+            std::fs::write(path, svg(&[series], &opts))?;
         }
         Ok(report)
     }

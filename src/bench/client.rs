@@ -195,6 +195,7 @@ impl Conn {
         &mut self,
         client_id: &str,
         clean_session: bool,
+        keep_alive_secs: u16,
     ) -> Result<bool, ClientError> {
         let Some(s) = &self.stream else {
             return Ok(false);
@@ -210,7 +211,7 @@ impl Conn {
         let connect = Connect {
             version: ProtocolVersion::V3_1_1,
             clean_session,
-            keep_alive_secs: 0,
+            keep_alive_secs,
             client_id: ByteString::from(client_id),
             will: None,
             username: None,

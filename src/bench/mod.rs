@@ -18,11 +18,13 @@ pub mod accounting;
 pub mod cli;
 pub mod client;
 pub mod payload;
+pub mod plot;
 pub mod report;
 pub mod scenario;
 pub mod schedule;
 mod shared;
 pub mod stats;
+pub mod sys_stats;
 mod worker;
 
 pub use report::Report;
@@ -62,6 +64,17 @@ pub enum BenchError {
 pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
     cfg.validate()?;
     let plan = Plan::new(cfg);
+    let fds = stats::raise_fd_limit();
+    // Each client is one socket; a few more for epoll, wakers, /proc and stdio.
+    if let Some(limit) = fds {
+        let need = plan.clients.len() as u64 + 64;
+        if need > limit {
+            return Err(BenchError::Config(format!(
+                "{} connections need about {need} file descriptors; the limit is {limit} (ulimit -n)",
+                plan.clients.len()
+            )));
+        }
+    }
     let threads = cfg.threads;
     let sample = || cfg.broker_pid.map(sample_process).transpose();
     let broker_idle = sample()?;

@@ -84,6 +84,9 @@ pub struct BenchConfig {
     pub interval_secs: f64,
     /// `fleet`: fraction of devices dropped and reconnected per second.
     pub churn: f64,
+    /// Keep-alive announced in CONNECT (0 = none). The generator sends no PINGREQ,
+    /// so a non-zero value must outlast the run (some brokers, e.g. rumqttd, refuse 0).
+    pub keep_alive_secs: u16,
     /// Broker process to sample for CPU and RSS.
     pub broker_pid: Option<u32>,
     /// Print a progress line on stderr every second.
@@ -113,6 +116,7 @@ impl Default for BenchConfig {
             backends: 1,
             interval_secs: 1.0,
             churn: 0.0,
+            keep_alive_secs: 0,
             broker_pid: None,
             progress: false,
         }
@@ -160,6 +164,14 @@ impl BenchConfig {
         }
         if self.duration > Duration::from_secs(24 * 3600) || self.drain > Duration::from_secs(600) {
             return bad("--duration is limited to 24 h and --drain to 600 s".into());
+        }
+        let run = self.warmup + self.duration + self.drain + Duration::from_secs(60);
+        if self.keep_alive_secs != 0 && Duration::from_secs(self.keep_alive_secs.into()) < run {
+            return bad(format!(
+                "--keep-alive {} s is shorter than the run (about {} s with setup): the generator sends no PINGREQ",
+                self.keep_alive_secs,
+                run.as_secs()
+            ));
         }
         if self.scenario == Scenario::Fleet && self.backends == 0 {
             return bad("fleet needs at least one backend subscriber".into());

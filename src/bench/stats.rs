@@ -21,6 +21,32 @@ pub fn thread_cpu_ns() -> u64 {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// Raises the soft open-file limit to the hard limit (as the broker does) and
+/// returns the soft limit now in force, or `None` if it cannot be read.
+pub fn raise_fd_limit() -> Option<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let old = lim.rlim_cur;
+            let mut new = lim;
+            new.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &new) == 0 {
+                tracing::debug!(from = old, to = new.rlim_cur, "raised open-file limit");
+                lim = new;
+            }
+        }
+    }
+    #[allow(clippy::unnecessary_cast)] // rlim_t is not u64 on every platform
+    Some(lim.rlim_cur as u64)
+}
+
 /// One sample of a process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ProcSample {

@@ -316,8 +316,12 @@ impl<'a> Worker<'a> {
         let c = &mut self.conns[i];
         if c.state == State::Connecting {
             let spec = &self.plan.clients[c.spec];
-            c.check_connected(&spec.client_id, self.cfg.clean_session)
-                .map_err(|e| client_err(&spec.client_id, e))?;
+            c.check_connected(
+                &spec.client_id,
+                self.cfg.clean_session,
+                self.cfg.keep_alive_secs,
+            )
+            .map_err(|e| client_err(&spec.client_id, e))?;
         } else if !c.wbuf.is_empty() {
             c.dirty = true;
         }
