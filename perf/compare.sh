@@ -107,6 +107,7 @@ fi
 
 D="--warmup 1 --duration $DURATION"
 declare -A SCEN=(
+  [pairs1]="pairs -n 1 --qos 0 --max --payload 64 $D"
   [pairs100]="pairs -n 100 --qos 0 --max --payload 64 $D"
   [fanin100]="fanin -n 100 --qos 0 --max --payload 64 $D"
   [fanout1000]="fanout -n 1000 --qos 0 --max --payload 64 $D"
@@ -115,7 +116,7 @@ declare -A SCEN=(
   [conns19500]="conns -n 19500 --source 127.0.0.2-127.0.0.20 --warmup 0 --duration 3"
   [pairs100w2]="pairs -n 100 --qos 0 --max --payload 64 $D"
 )
-SCENARIOS=${SCENARIOS:-pairs100 fanin100 fanout1000 pairs100q1 rate50k conns19500 pairs100w2}
+SCENARIOS=${SCENARIOS:-pairs1 pairs100 fanin100 fanout1000 pairs100q1 rate50k conns19500 pairs100w2}
 mkdir -p "$OUT_DIR"
 for name in $SCENARIOS; do
   if [ "$name" = pairs100w2 ]; then brokers=ternmq-w2; else brokers=$BROKERS; fi
