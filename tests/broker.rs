@@ -8,24 +8,9 @@ use bytes::Bytes;
 use common::*;
 use rumqttc::{Event, Packet as RPacket, QoS as RQoS};
 use std::time::Duration;
-use ternmq::protocol::{
-    ConnectReturnCode, Packet, PacketId, Publish, QoS, Subscribe, TopicFilter, TopicName, Will,
-};
+use ternmq::protocol::{ConnectReturnCode, Packet, QoS, Subscribe, TopicFilter, TopicName, Will};
 
-fn pid(n: u16) -> PacketId {
-    PacketId::new(n).unwrap()
-}
-
-fn raw_publish(topic: &str, qos: QoS, id: u16, payload: &[u8], retain: bool) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain,
-        topic: TopicName::new(topic).unwrap(),
-        packet_id: (qos != QoS::AtMostOnce).then(|| pid(id)),
-        payload: Bytes::copy_from_slice(payload),
-    })
-}
+use common::publish_packet as raw_publish;
 
 fn raw_subscribe(raw: &mut Raw, filter: &str, qos: QoS) {
     raw.send(&Packet::Subscribe(Subscribe {

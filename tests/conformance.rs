@@ -16,27 +16,14 @@ use bytes::Bytes;
 use common::*;
 use std::time::{Duration, Instant};
 use ternmq::protocol::{
-    ConnAck, Connect, ConnectReturnCode, Packet, PacketId, Publish, QoS, SubAckCode, Subscribe,
-    TopicFilter, TopicName, Unsubscribe, Will,
+    ConnAck, Connect, ConnectReturnCode, Packet, Publish, QoS, SubAckCode, Subscribe, TopicFilter,
+    TopicName, Unsubscribe, Will,
 };
 
 /// How long a negative check waits for something that must not arrive.
 const QUIET: Duration = Duration::from_millis(300);
 
-fn pid(n: u16) -> PacketId {
-    PacketId::new(n).unwrap()
-}
-
-fn publish(topic: &str, qos: QoS, id: u16, payload: &[u8], retain: bool) -> Packet {
-    Packet::Publish(Publish {
-        dup: false,
-        qos,
-        retain,
-        topic: TopicName::new(topic).unwrap(),
-        packet_id: (qos != QoS::AtMostOnce).then(|| pid(id)),
-        payload: Bytes::copy_from_slice(payload),
-    })
-}
+use common::publish_packet as publish;
 
 /// SUBSCRIBE with packet id `id`; returns the SUBACK codes after checking the id.
 fn subscribe_id(raw: &mut Raw, id: u16, filters: &[(&str, QoS)]) -> Vec<SubAckCode> {

@@ -2,12 +2,15 @@
 //! port, a raw-bytes client for malformed input, and an independent client (rumqttc).
 #![allow(dead_code)]
 
+use bytes::Bytes;
 use bytes::BytesMut;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use ternmq::config::Config;
-use ternmq::protocol::{decode_one, encode_packet, Connect, Packet, ProtocolVersion};
+use ternmq::protocol::{
+    decode_one, encode_packet, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, TopicName,
+};
 use ternmq::runtime::{start, BrokerHandle};
 
 /// How long a test waits for something that should happen promptly.
@@ -202,4 +205,21 @@ pub fn wait_connack(conn: &mut rumqttc::Connection) -> bool {
         rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(a)) => a.session_present,
         _ => unreachable!("filtered above"),
     }
+}
+
+/// A packet identifier from a literal.
+pub fn pid(n: u16) -> PacketId {
+    PacketId::new(n).expect("non-zero packet id")
+}
+
+/// A PUBLISH packet (packet id `id` for QoS > 0).
+pub fn publish_packet(topic: &str, qos: QoS, id: u16, payload: &[u8], retain: bool) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: TopicName::new(topic).expect("valid topic"),
+        packet_id: (qos != QoS::AtMostOnce).then(|| pid(id)),
+        payload: Bytes::copy_from_slice(payload),
+    })
 }
