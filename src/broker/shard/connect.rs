@@ -50,11 +50,16 @@ impl Shard {
         conn.version = c.version;
         conn.keep_alive_limit = (c.keep_alive_secs > 0)
             .then(|| Duration::from_millis(u64::from(c.keep_alive_secs) * 1500)); // [MQTT-3.1.2-24]
-        conn.will = c.will.clone().map(|mut w| {
-            w.payload = bytes::Bytes::copy_from_slice(&w.payload);
-            w.topic = w.topic.compacted();
-            w
-        });
+                                                                                  // Clients may not write the broker's own `$SYS` tree, not even by will.
+        conn.will = c
+            .will
+            .clone()
+            .filter(|w| !w.topic.as_str().starts_with("$SYS"))
+            .map(|mut w| {
+                w.payload = bytes::Bytes::copy_from_slice(&w.payload);
+                w.topic = w.topic.compacted();
+                w
+            });
 
         let client_id: Arc<str> = if c.client_id.is_empty() {
             if !c.clean_session || c.version == ProtocolVersion::V3_1 {
@@ -239,7 +244,7 @@ impl Shard {
         self.attach(now, id, key, session_present);
     }
 
-    fn attach(&mut self, _now: Instant, id: ConnId, key: usize, session_present: bool) {
+    fn attach(&mut self, now: Instant, id: ConnId, key: usize, session_present: bool) {
         let Some(conn) = self.conn_mut(id) else {
             // The connection vanished while its session moved here: keep the session
             // if it is persistent, as if the client had disconnected.
@@ -265,6 +270,17 @@ impl Shard {
         }
         self.resend_inflight(id, key);
         self.pump(id, key);
+        // Packets the client sent before CONNACK, in order.
+        let early = self
+            .conn_mut(id)
+            .map(|c| std::mem::take(&mut c.early))
+            .unwrap_or_default();
+        for p in early {
+            if !self.is_open(id) {
+                break;
+            }
+            self.on_active_packet(now, id, key, p);
+        }
     }
 
     /// [MQTT-4.4.0-1]: on a resumed session, unacknowledged PUBLISH (DUP set) and
@@ -380,6 +396,8 @@ impl Shard {
         };
         let will = conn.will.take();
         let phase = std::mem::replace(&mut conn.phase, Phase::AwaitConnect);
+        // Only an accepted connection (CONNACK sent) has a will to publish.
+        let will = will.filter(|_| matches!(phase, Phase::Active { .. }));
         if let Phase::Active { session } = phase {
             self.stats.clients_connected = self.stats.clients_connected.saturating_sub(1);
             if let Some(s) = self.sessions.get_mut(session) {

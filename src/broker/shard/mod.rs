@@ -86,7 +86,12 @@ pub(crate) struct Conn {
     pub will: Option<Will>,
     /// The deadline of this connection's one live timer entry.
     pub timer_at: Option<Instant>,
+    /// Packets received after CONNECT while the session was not attached yet.
+    pub early: Vec<Packet>,
 }
+
+/// Packets a client may send after CONNECT before its session is attached.
+const EARLY_PACKETS_MAX: usize = 64;
 
 /// One worker's broker.
 pub struct Shard {
@@ -209,6 +214,7 @@ impl Shard {
             version: ProtocolVersion::V3_1_1,
             will: None,
             timer_at: None,
+            early: Vec::new(),
         });
         self.stats.connections_total += 1;
         self.schedule(id, now + self.cfg.connect_timeout());
@@ -247,9 +253,13 @@ impl Shard {
                 self.protocol_error(now, id, p.name(), "first packet is not CONNECT")
             }
             (Phase::AwaitHandover(_) | Phase::AwaitClaim { .. }, p) => {
-                // The client may not send before CONNACK in practice; we cannot act on
-                // it without a session, so treat it as a violation of the flow.
-                self.protocol_error(now, id, p.name(), "packet before CONNACK")
+                // A client may send packets right after CONNECT without waiting for
+                // CONNACK (3.1.4); they wait here until the session is attached.
+                if conn.early.len() >= EARLY_PACKETS_MAX {
+                    self.protocol_error(now, id, p.name(), "too many packets before CONNACK")
+                } else {
+                    conn.early.push(p);
+                }
             }
             (Phase::Active { session }, p) => {
                 let session = *session;
@@ -259,7 +269,13 @@ impl Shard {
         self.run_ready_deferred(now);
     }
 
-    fn on_active_packet(&mut self, now: Instant, id: ConnId, session: usize, packet: Packet) {
+    pub(crate) fn on_active_packet(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        session: usize,
+        packet: Packet,
+    ) {
         match packet {
             Packet::Publish(p) => self.on_publish(now, id, session, p),
             Packet::PubAck(pid) => {

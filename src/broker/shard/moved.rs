@@ -42,7 +42,7 @@ pub(crate) struct Stub {
 }
 
 impl Shard {
-    fn all_workers(&self) -> u64 {
+    pub(crate) fn all_workers(&self) -> u64 {
         if self.workers >= 64 {
             u64::MAX
         } else {

@@ -73,7 +73,7 @@ impl Shard {
         let mut mask: u64 = 0;
         if msg.retain {
             // Every worker keeps a replica of the retained store.
-            mask = (1u64 << self.workers) - 1;
+            mask = self.all_workers();
         } else if self.workers > 1 {
             self.interest
                 .for_each_match(&msg.topic, |w, ()| mask |= 1u64 << w);

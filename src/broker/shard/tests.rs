@@ -755,3 +755,64 @@ fn retained_replicas_converge_on_the_newest_update() {
         .retained_versions
         .contains_key(&TopicName::new("gone").unwrap())));
 }
+
+#[test]
+fn packets_sent_before_connack_wait_for_the_session() {
+    // 3.1.4: a client may send packets right after CONNECT.
+    let mut h = H::new(2);
+    let old = h.connect(0, "s", false);
+    h.subscribe(old, "a", QoS::AtLeastOnce);
+    let new = h.open(1);
+    h.send_only(new, Packet::Connect(connect("s", false)));
+    h.send_only(
+        new,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(4),
+            filters: vec![(TopicFilter::new("b").unwrap(), QoS::AtMostOnce)],
+        }),
+    );
+    h.send_only(new, Packet::PingReq);
+    h.settle();
+    assert!(!h.is_closed(new));
+    let got = h.recv(new);
+    assert!(
+        matches!(got[0], Packet::ConnAck(a) if a.session_present),
+        "{got:?}"
+    );
+    assert!(
+        matches!(&got[1], Packet::SubAck(s) if s.packet_id == pid(4)),
+        "{got:?}"
+    );
+    assert_eq!(got[2], Packet::PingResp);
+}
+
+#[test]
+fn wills_are_not_published_for_unaccepted_connections_or_into_sys() {
+    let mut h = H::new(2);
+    let watcher = h.connect(0, "w", true);
+    h.subscribe(watcher, "#", QoS::AtMostOnce);
+    let sys = h.connect(0, "sysw", true);
+    h.subscribe(sys, "$SYS/#", QoS::AtMostOnce);
+    let will = |topic: &str| Will {
+        topic: TopicName::new(topic).unwrap(),
+        payload: Bytes::from_static(b"x"),
+        qos: QoS::AtMostOnce,
+        retain: true,
+    };
+    // A will into $SYS is discarded at CONNECT.
+    let mut c = connect("spoof", true);
+    c.will = Some(will("$SYS/broker/version"));
+    let (spoof, _) = h.connect_with(1, c);
+    h.shards[1].closed(h.now, spoof.1);
+    h.settle();
+    assert!(h.recv(sys).is_empty());
+    // A connection that never got its CONNACK (waiting for a takeover) has no will.
+    let _holder = h.connect(0, "p", false);
+    let mut c = connect("p", false);
+    c.will = Some(will("wills/p"));
+    let waiting = h.open(1);
+    h.send_only(waiting, Packet::Connect(c));
+    h.shards[1].closed(h.now, waiting.1);
+    h.settle();
+    assert!(h.recv(watcher).is_empty());
+}
