@@ -44,6 +44,8 @@ pub struct Config {
     pub max_inflight: usize,
     /// QoS 1/2 messages queued per session beyond the in-flight window.
     pub max_queued_messages: usize,
+    /// Subscriptions one session may hold; SUBSCRIBE beyond gets return code 0x80.
+    pub max_subscriptions_per_session: usize,
     /// Bytes of encoded packets waiting in one connection's write buffer before QoS 0
     /// deliveries to it are dropped.
     pub max_outbound_bytes: usize,
@@ -70,6 +72,7 @@ impl Default for Config {
             connect_timeout_secs: 10,
             max_inflight: 20,
             max_queued_messages: 1000,
+            max_subscriptions_per_session: 10_000,
             max_outbound_bytes: 1024 * 1024,
             backpressure_pause_ms: 100,
             handover_timeout_ms: 5000,

@@ -11,10 +11,27 @@ use crate::broker::{ConnId, WorkerId};
 use crate::protocol::{
     Packet, Publish, QoS, SubAck, SubAckCode, Subscribe, TopicFilter, Unsubscribe,
 };
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// Orders retained-store updates across replicas: decode time, worker, sequence.
 pub(crate) type RetainVersion = (Instant, WorkerId, u64);
+
+/// Records `filter` once in `distinct` (in first-seen order), keeping the last QoS.
+fn remember<'a>(
+    distinct: &mut Vec<(&'a TopicFilter, QoS)>,
+    seen: &mut HashMap<&'a TopicFilter, usize>,
+    filter: &'a TopicFilter,
+    qos: QoS,
+) {
+    match seen.get(filter) {
+        Some(&i) => distinct[i].1 = qos,
+        None => {
+            seen.insert(filter, distinct.len());
+            distinct.push((filter, qos));
+        }
+    }
+}
 
 impl Shard {
     pub(super) fn on_publish(&mut self, now: Instant, id: ConnId, key: usize, p: Publish) {
@@ -237,14 +254,39 @@ impl Shard {
     }
 
     pub(super) fn on_subscribe(&mut self, now: Instant, id: ConnId, key: usize, sub: Subscribe) {
+        let limit = self.cfg.max_subscriptions_per_session;
         let mut codes = Vec::with_capacity(sub.filters.len());
+        // Each distinct filter once, in order (the last QoS wins), for retained delivery.
+        let mut distinct: Vec<(&TopicFilter, QoS)> = Vec::new();
+        let mut seen: HashMap<&TopicFilter, usize> = HashMap::new();
         for (filter, qos) in &sub.filters {
             let granted = *qos; // the broker supports every QoS
-            if let Some(s) = self.sessions.get_mut(key) {
-                s.add_subscription(filter, granted); // [MQTT-3.8.4-3]: replaces
+            let Some(count) = self.sessions.get(key).map(|s| s.subscriptions.len()) else {
+                return;
+            };
+            if count >= limit {
+                // At the limit only replacements are accepted: probe the index.
+                let r = self.index.insert(filter, key as u32, granted);
+                if r.previous.is_none() {
+                    self.index.remove(filter, key as u32);
+                    tracing::debug!(?id, "subscription limit reached");
+                    codes.push(SubAckCode::Failure);
+                    continue;
+                }
+            } else if self.index_insert(filter, key, granted).is_none() {
+                if let Some(s) = self.sessions.get_mut(key) {
+                    s.subscriptions.push((filter.clone(), granted));
+                }
+                codes.push(SubAckCode::Granted(granted));
+                remember(&mut distinct, &mut seen, filter, granted);
+                continue;
             }
-            self.index_insert(filter, key, granted);
+            // [MQTT-3.8.4-3]: a subscription with the same filter is replaced.
+            if let Some(s) = self.sessions.get_mut(key) {
+                s.add_subscription(filter, granted);
+            }
             codes.push(SubAckCode::Granted(granted));
+            remember(&mut distinct, &mut seen, filter, granted);
         }
         // [MQTT-3.8.4-1], [MQTT-3.8.4-2], [MQTT-3.8.4-5]: one code per filter, in order.
         self.write_packet(
@@ -254,44 +296,72 @@ impl Shard {
                 codes,
             }),
         );
-        // [MQTT-3.3.1-6], [MQTT-3.8.4-3]: retained messages go out with RETAIN set.
+        // [MQTT-3.3.1-6], [MQTT-3.8.4-3]: retained messages go out with RETAIN set, as
+        // long as the session can take them (beyond, they would only be dropped).
         let mut retained = Vec::new();
-        for (filter, granted) in &sub.filters {
+        for (filter, granted) in distinct {
+            retained.clear();
             self.retained
-                .for_each_match(filter, |m| retained.push((m.clone(), *granted)));
+                .for_each_match(filter, |m| retained.push(m.clone()));
+            for msg in &retained {
+                if !self.has_room(key) {
+                    return;
+                }
+                self.deliver(now, key, msg, granted, true, None);
+            }
         }
-        for (msg, granted) in retained {
-            self.deliver(now, key, &msg, granted, true, None);
-        }
+    }
+
+    /// False when a session can take no more deliveries without dropping: its
+    /// connection's write buffer is full and its queue is at the hard limit.
+    fn has_room(&self, key: usize) -> bool {
+        let Some(s) = self.sessions.get(key) else {
+            return false;
+        };
+        let tx_full = s
+            .conn
+            .and_then(|c| self.conn(c))
+            .is_none_or(|c| c.tx.len() >= self.cfg.max_outbound_bytes);
+        !tx_full || s.queue.len() < self.cfg.max_queued_messages.saturating_mul(2)
     }
 
     pub(super) fn on_unsubscribe(&mut self, id: ConnId, key: usize, unsub: Unsubscribe) {
         for filter in &unsub.filters {
-            let existed = self
-                .sessions
-                .get_mut(key)
-                .is_some_and(|s| s.remove_subscription(filter));
-            if existed {
-                self.index_remove(filter, key);
+            // The index answers in O(levels) whether the session has this filter; only
+            // then is the session's own list searched.
+            if self.index_remove(filter, key) {
+                if let Some(s) = self.sessions.get_mut(key) {
+                    s.remove_subscription(filter);
+                }
             }
         }
         // [MQTT-3.10.4-4], [MQTT-3.10.4-5]: UNSUBACK even when nothing matched.
         self.write_packet(id, &Packet::UnsubAck(unsub.packet_id));
     }
 
-    /// Adds to the local index and tells the other workers about a new filter.
-    pub(crate) fn index_insert(&mut self, filter: &TopicFilter, key: usize, qos: QoS) {
+    /// Adds to the local index and tells the other workers about a new filter;
+    /// returns the QoS it replaced, if the session had this filter already.
+    pub(crate) fn index_insert(
+        &mut self,
+        filter: &TopicFilter,
+        key: usize,
+        qos: QoS,
+    ) -> Option<QoS> {
         let r = self.index.insert(filter, key as u32, qos);
         if r.filter_was_empty {
             self.broadcast_interest(filter, true);
         }
+        r.previous
     }
 
-    pub(crate) fn index_remove(&mut self, filter: &TopicFilter, key: usize) {
+    /// Removes from the local index (telling the other workers when the filter goes);
+    /// true if the session had it.
+    pub(crate) fn index_remove(&mut self, filter: &TopicFilter, key: usize) -> bool {
         let r = self.index.remove(filter, key as u32);
         if r.previous.is_some() && r.filter_now_empty {
             self.broadcast_interest(filter, false);
         }
+        r.previous.is_some()
     }
 
     pub(crate) fn broadcast_interest(&mut self, filter: &TopicFilter, add: bool) {

@@ -816,3 +816,57 @@ fn wills_are_not_published_for_unaccepted_connections_or_into_sys() {
     h.settle();
     assert!(h.recv(watcher).is_empty());
 }
+
+#[test]
+fn subscription_limit_and_repeated_filters() {
+    let cfg = Config {
+        max_subscriptions_per_session: 3,
+        ..Config::default()
+    };
+    let mut h = H::with(1, cfg);
+    let pubc = h.connect(0, "p", true);
+    for i in 0..5 {
+        h.send(pubc, retained_packet(&format!("r/{i}")));
+    }
+    let s = h.connect(0, "s", true);
+    let f = |t: &str| (TopicFilter::new(t).unwrap(), QoS::AtMostOnce);
+    // The same filter many times counts once and brings the retained messages once.
+    let mut filters = vec![f("r/#"); 1000];
+    filters.extend([f("a"), f("b"), f("c"), f("r/#")]);
+    h.send(
+        s,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters,
+        }),
+    );
+    let got = h.recv(s);
+    let Packet::SubAck(ack) = &got[0] else {
+        panic!("{got:?}")
+    };
+    assert_eq!(ack.codes.len(), 1004);
+    assert_eq!(
+        ack.codes[1001],
+        SubAckCode::Granted(QoS::AtMostOnce),
+        "b is the 3rd"
+    );
+    assert_eq!(ack.codes[1002], SubAckCode::Failure, "c is over the limit");
+    assert_eq!(
+        ack.codes[1003],
+        SubAckCode::Granted(QoS::AtMostOnce),
+        "a replacement is fine"
+    );
+    assert_eq!(got.len() - 1, 5, "each retained message once");
+    assert_eq!(h.shards[0].stats().subscriptions, 3);
+}
+
+fn retained_packet(topic: &str) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: true,
+        topic: TopicName::new(topic).unwrap(),
+        packet_id: None,
+        payload: Bytes::from_static(b"v"),
+    })
+}
