@@ -109,14 +109,38 @@ impl Config {
         if !(16..=crate::protocol::MAX_REMAINING_LENGTH + 5).contains(&self.max_packet_bytes) {
             return bad("max_packet_bytes must be between 16 and 268435460");
         }
-        if self.max_inflight == 0 || self.max_inflight > 65_535 {
-            return bad("max_inflight must be between 1 and 65535");
+        if self.max_inflight == 0 {
+            return bad("max_inflight must be at least 1");
         }
         if self.max_queued_messages == 0 {
             return bad("max_queued_messages must be at least 1");
         }
         if self.read_budget_bytes < 4096 {
             return bad("read_budget_bytes must be at least 4096");
+        }
+        // Durations are added to `Instant`s and doubled: keep them far from overflow.
+        const DAY_SECS: u64 = 86_400;
+        if self.connect_timeout_secs == 0 || self.connect_timeout_secs > DAY_SECS {
+            return bad("connect_timeout_secs must be between 1 and 86400");
+        }
+        if self.handover_timeout_ms == 0 || self.handover_timeout_ms > DAY_SECS * 1000 {
+            return bad("handover_timeout_ms must be between 1 and 86400000");
+        }
+        if self.backpressure_pause_ms > DAY_SECS * 1000 {
+            return bad("backpressure_pause_ms must be at most 86400000");
+        }
+        if self.sys_interval_secs > DAY_SECS {
+            return bad("sys_interval_secs must be at most 86400");
+        }
+        if self.max_outbound_bytes < 4096 {
+            return bad("max_outbound_bytes must be at least 4096");
+        }
+        if self.max_inflight > 1024 {
+            // Packet ids are found by scanning the window: keep it small.
+            return bad("max_inflight must be at most 1024");
+        }
+        if self.max_subscriptions_per_session == 0 {
+            return bad("max_subscriptions_per_session must be at least 1");
         }
         Ok(())
     }
@@ -163,6 +187,35 @@ mod tests {
         assert_eq!(cfg.max_inflight, 5);
         assert_eq!(cfg.listen[0].port(), 1999);
         assert_eq!(cfg.max_queued_messages, 1000);
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused() {
+        let bad = [
+            Config {
+                connect_timeout_secs: u64::MAX,
+                ..Config::default()
+            },
+            Config {
+                handover_timeout_ms: 0,
+                ..Config::default()
+            },
+            Config {
+                max_outbound_bytes: 0,
+                ..Config::default()
+            },
+            Config {
+                max_inflight: 65_535,
+                ..Config::default()
+            },
+            Config {
+                workers: 65,
+                ..Config::default()
+            },
+        ];
+        for cfg in bad {
+            assert!(cfg.validate().is_err(), "{cfg:?}");
+        }
     }
 
     #[test]

@@ -193,7 +193,7 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
     } else {
         Vec::new()
     };
-    let mut threads = Vec::new();
+    let mut threads: Vec<JoinHandle<()>> = Vec::new();
     for (id, (poll, rx)) in polls.into_iter().zip(receivers).enumerate() {
         let mesh = worker::Mesh {
             rx,
@@ -206,7 +206,7 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
             Vec::new()
         };
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
-        let (cfg, registry, shutdown) = (cfg.clone(), registry.clone(), shutdown.clone());
+        let (cfg, registry, stop) = (cfg.clone(), registry.clone(), shutdown.clone());
         let t = std::thread::Builder::new()
             .name(format!("ternmq-w{id}"))
             .spawn(move || {
@@ -215,22 +215,30 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
                         tracing::warn!(worker = id, "cannot pin worker to core {}", core.id);
                     }
                 }
-                let w = worker::Worker::new(
-                    id,
-                    workers,
-                    cfg,
-                    registry,
-                    shutdown,
-                    poll,
-                    mesh,
-                    my_listeners,
-                );
+                let w =
+                    worker::Worker::new(id, workers, cfg, registry, stop, poll, mesh, my_listeners);
                 match w {
                     Ok(mut w) => w.run(),
                     Err(e) => tracing::error!(worker = id, error = %e, "worker failed to start"),
                 }
             })
-            .map_err(StartError::Spawn)?;
+            .map_err(|e| {
+                // Stop the workers already running before giving up.
+                shutdown.store(true, Ordering::Release);
+                for w in &wakers {
+                    let _ = w.wake();
+                }
+                StartError::Spawn(e)
+            });
+        let t = match t {
+            Ok(t) => t,
+            Err(e) => {
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(e);
+            }
+        };
         threads.push(t);
     }
     tracing::info!(?addrs, workers, "ternmq listening");

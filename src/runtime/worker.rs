@@ -27,6 +27,10 @@ use std::time::{Duration, Instant};
 const SCRATCH_BYTES: usize = 64 * 1024;
 /// Connections accepted per listener per turn, so accepting cannot starve traffic.
 const ACCEPT_PER_TURN_MAX: usize = 256;
+/// Rounds of effects carried out per turn (each round may cause the next).
+const EFFECT_ROUNDS_MAX: usize = 8;
+/// How long accepting pauses after an error such as EMFILE.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Batches waiting in one destination's channel before we stop reading sockets.
 const MESH_BACKLOG_MAX: usize = 256;
 
@@ -66,6 +70,8 @@ pub(crate) struct Worker {
     paused: Vec<usize>,
     /// This turn's received batches: (origin turn start, publishes in it).
     remote_publishes: Vec<(Instant, u64)>,
+    /// When to try a failed accept again, and on which listener.
+    accept_retry: Option<(Instant, usize)>,
 }
 
 impl Worker {
@@ -101,6 +107,7 @@ impl Worker {
             pending_reads: Vec::new(),
             paused: Vec::new(),
             remote_publishes: Vec::new(),
+            accept_retry: None,
         })
     }
 
@@ -138,6 +145,11 @@ impl Worker {
                     ready.push(t.0);
                 }
             }
+            if let Some((at, i)) = self.accept_retry.filter(|(at, _)| *at <= now) {
+                let _ = at;
+                self.accept_retry = None;
+                self.accept(now, i);
+            }
             ready.append(&mut self.pending_reads);
             self.resume_paused(now, &mut ready);
             let mesh_congested = self.mesh_congested();
@@ -149,7 +161,15 @@ impl Worker {
                 }
             }
             self.shard.tick(now);
-            self.apply_effects(now);
+            // Carrying out effects can cause more (a failed write closes a connection
+            // and publishes its will): repeat, a bounded number of times, until none
+            // is left, so nothing waits for the next wake-up.
+            for _ in 0..EFFECT_ROUNDS_MAX {
+                self.apply_effects(now);
+                if self.shard.effects().is_empty() {
+                    break;
+                }
+            }
             self.record_turn(
                 now,
                 publishes_before,
@@ -161,17 +181,25 @@ impl Worker {
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         if !self.pending_reads.is_empty() {
-            return Some(Duration::ZERO);
+            // While a peer's channel is congested, reads wait: look again in a
+            // millisecond instead of spinning.
+            let wait = if self.mesh_congested() {
+                Duration::from_millis(1)
+            } else {
+                Duration::ZERO
+            };
+            return Some(wait);
         }
         let paused = self
             .paused
             .iter()
             .filter_map(|&s| self.conns.get(s).and_then(|c| c.paused_until))
             .min();
-        let deadline = match (self.shard.next_deadline(), paused) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let retry = self.accept_retry.map(|(at, _)| at);
+        let deadline = [self.shard.next_deadline(), paused, retry]
+            .into_iter()
+            .flatten()
+            .min();
         // Round up to the next millisecond so we do not spin just short of a deadline.
         deadline.map(|d| d.saturating_duration_since(now) + Duration::from_micros(500))
     }
@@ -222,7 +250,11 @@ impl Worker {
     }
 
     fn mesh_congested(&self) -> bool {
-        self.mesh.peers.iter().any(|p| p.len() > MESH_BACKLOG_MAX)
+        self.mesh
+            .peers
+            .iter()
+            .enumerate()
+            .any(|(w, p)| w != self.id && p.len() > MESH_BACKLOG_MAX)
     }
 
     /// Accepts new connections and deals them out round-robin over the workers.
@@ -250,9 +282,17 @@ impl Worker {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // A client that reset before we accepted it, or a signal: next one.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => {
-                    // EMFILE and friends: log and retry on the next event.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of descriptors (EMFILE) and the like: the backlog waits; try
+                    // again shortly rather than spin.
+                    tracing::warn!(error = %e, "accept failed, retrying in 100 ms");
+                    self.accept_retry = Some((now + ACCEPT_RETRY, i));
                     return;
                 }
             }
@@ -402,12 +442,13 @@ impl Worker {
         let Some(c) = self.conns.get_mut(slot) else {
             return false;
         };
-        let mut buf = if c.partial.is_empty() {
-            chunk
-        } else {
+        let owned = !c.partial.is_empty();
+        let mut buf = if owned {
             let mut p = std::mem::take(&mut c.partial);
             p.extend_from_slice(&chunk);
             p
+        } else {
+            chunk
         };
         let max = self.cfg.max_packet_bytes;
         loop {
@@ -427,8 +468,15 @@ impl Worker {
         }
         if !buf.is_empty() {
             if let Some(c) = self.conns.get_mut(slot) {
-                // Own the partial bytes so an idle connection does not pin the scratch.
-                c.partial = BytesMut::from(&buf[..]);
+                // Own the partial bytes so an idle connection does not pin the scratch
+                // (a buffer that is ours already is kept as it is), and make room for
+                // the whole packet once its length is known, so that a large packet
+                // arriving in many small reads is not copied again and again.
+                let mut partial = if owned { buf } else { BytesMut::from(&buf[..]) };
+                if let Ok(Some(frame)) = crate::protocol::check_frame(&partial, max) {
+                    partial.reserve(frame.total_len().saturating_sub(partial.len()));
+                }
+                c.partial = partial;
             }
         }
         true

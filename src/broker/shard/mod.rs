@@ -49,6 +49,16 @@ pub struct Effects {
     pub mesh: Vec<Batch>,
 }
 
+impl Effects {
+    /// True when there is nothing for the runtime to do.
+    pub fn is_empty(&self) -> bool {
+        self.dirty.is_empty()
+            && self.close.is_empty()
+            && self.pause.is_empty()
+            && self.mesh.iter().all(|b| b.is_empty())
+    }
+}
+
 /// Where a connection is in its life.
 #[derive(Debug)]
 pub(crate) enum Phase {
