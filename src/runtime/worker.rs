@@ -450,8 +450,8 @@ impl Worker {
         } else {
             chunk
         };
-        let max = self.cfg.max_packet_bytes;
         loop {
+            let max = self.shard.packet_limit(id);
             match decode_one(&mut buf, max) {
                 Ok(Some(packet)) => {
                     self.shard.packet(now, id, packet);
@@ -473,6 +473,7 @@ impl Worker {
                 // the whole packet once its length is known, so that a large packet
                 // arriving in many small reads is not copied again and again.
                 let mut partial = if owned { buf } else { BytesMut::from(&buf[..]) };
+                let max = self.shard.packet_limit(id);
                 if let Ok(Some(frame)) = crate::protocol::check_frame(&partial, max) {
                     partial.reserve(frame.total_len().saturating_sub(partial.len()));
                 }

@@ -100,6 +100,10 @@ pub(crate) struct Conn {
     pub early: Vec<Packet>,
 }
 
+/// The largest CONNECT there can be: fixed header, variable header and five
+/// length-prefixed fields of at most 65535 bytes.
+const CONNECT_BYTES_MAX: usize = 5 + 10 + 5 * (2 + 65_535);
+
 /// Packets a client may send after CONNECT before its session is attached.
 const EARLY_PACKETS_MAX: usize = 64;
 
@@ -343,6 +347,16 @@ impl Shard {
         let conn = self.conn_mut(id)?;
         conn.dirty = false;
         Some(&mut conn.tx)
+    }
+
+    /// The largest packet to accept next from this connection: until CONNECT, no more
+    /// than the largest possible CONNECT, so that unauthenticated sockets cannot make
+    /// the broker buffer `max_packet_bytes` each.
+    pub fn packet_limit(&self, id: ConnId) -> usize {
+        match self.conn(id).map(|c| &c.phase) {
+            Some(Phase::AwaitConnect) | None => self.cfg.max_packet_bytes.min(CONNECT_BYTES_MAX),
+            Some(_) => self.cfg.max_packet_bytes,
+        }
     }
 
     /// Bytes waiting in the connection's write buffer (0 for unknown connections).
