@@ -98,7 +98,9 @@ impl Session {
             entry.1 = qos;
             return Some(prev);
         }
-        self.subscriptions.push((filter.clone(), qos));
+        // Owned copy: a filter fresh from SUBSCRIBE shares the worker's read buffer, and
+        // a session that keeps it would pin that whole buffer.
+        self.subscriptions.push((filter.compacted(), qos));
         None
     }
 
