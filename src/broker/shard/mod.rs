@@ -56,17 +56,22 @@ pub(crate) enum Phase {
     AwaitConnect,
     /// CONNECT received while another takeover of the client id was in flight;
     /// retried at `retry_at`, refused after `deadline`.
-    AwaitClaim {
-        connect: Box<crate::protocol::Connect>,
-        retry_at: Instant,
-        deadline: Instant,
-        /// Its place in the order of CONNECTs for the client id.
-        ticket: u64,
-    },
+    /// Boxed so that every connection's `Phase` stays two words.
+    AwaitClaim(Box<AwaitClaim>),
     /// CONNECT received; waiting for the session to arrive from another worker.
     AwaitHandover(Box<PendingConnect>),
     /// CONNACK sent; `session` is the key into the shard's session slab.
     Active { session: usize },
+}
+
+/// A CONNECT parked while another takeover of its client id is in flight.
+#[derive(Debug)]
+pub(crate) struct AwaitClaim {
+    pub connect: crate::protocol::Connect,
+    pub retry_at: Instant,
+    pub deadline: Instant,
+    /// Its place in the order of CONNECTs for the client id.
+    pub ticket: u64,
 }
 
 /// One connection's state inside the shard.
@@ -82,8 +87,9 @@ pub(crate) struct Conn {
     /// 1.5 x the keep-alive the client asked for; None when it asked for 0.
     pub keep_alive_limit: Option<Duration>,
     pub version: ProtocolVersion,
-    /// Published if the connection ends without DISCONNECT.
-    pub will: Option<Will>,
+    /// Published if the connection ends without DISCONNECT. Boxed: most clients have
+    /// none, and an inline `Will` would double the size of every `Conn`.
+    pub will: Option<Box<Will>>,
     /// The deadline of this connection's one live timer entry.
     pub timer_at: Option<Instant>,
 }
@@ -246,7 +252,7 @@ impl Shard {
                 // [MQTT-3.1.0-1]: the first packet must be CONNECT.
                 self.protocol_error(now, id, p.name(), "first packet is not CONNECT")
             }
-            (Phase::AwaitHandover(_) | Phase::AwaitClaim { .. }, p) => {
+            (Phase::AwaitHandover(_) | Phase::AwaitClaim(_), p) => {
                 // The client may not send before CONNACK in practice; we cannot act on
                 // it without a session, so treat it as a violation of the flow.
                 self.protocol_error(now, id, p.name(), "packet before CONNACK")
@@ -396,7 +402,7 @@ impl Shard {
             conn.timer_at = None;
             let due = match &conn.phase {
                 Phase::AwaitConnect => Some(conn.opened_at + self.cfg.connect_timeout()),
-                Phase::AwaitClaim { retry_at, .. } => Some(*retry_at),
+                Phase::AwaitClaim(a) => Some(a.retry_at),
                 Phase::AwaitHandover(p) => Some(p.deadline),
                 Phase::Active { .. } => conn.keep_alive_limit.map(|k| conn.last_rx + k),
             };
