@@ -41,8 +41,9 @@ pub(crate) struct Mesh {
 struct IoConn {
     stream: TcpStream,
     gen: u32,
-    /// A trailing partial packet; empty (unallocated) between packets.
-    partial: BytesMut,
+    /// A trailing partial packet; None between packets (boxed: most connections
+    /// have none, and the slab holds one `IoConn` per connection).
+    partial: Option<Box<BytesMut>>,
     paused_until: Option<Instant>,
     /// Data may be waiting that we did not read (budget or pause).
     read_pending: bool,
@@ -299,7 +300,7 @@ impl Worker {
         entry.insert(IoConn {
             stream,
             gen,
-            partial: BytesMut::new(),
+            partial: None,
             paused_until: None,
             read_pending: false,
         });
@@ -402,12 +403,13 @@ impl Worker {
         let Some(c) = self.conns.get_mut(slot) else {
             return false;
         };
-        let mut buf = if c.partial.is_empty() {
-            chunk
-        } else {
-            let mut p = std::mem::take(&mut c.partial);
-            p.extend_from_slice(&chunk);
-            p
+        let mut buf = match c.partial.take() {
+            None => chunk,
+            Some(p) => {
+                let mut p = *p;
+                p.extend_from_slice(&chunk);
+                p
+            }
         };
         let max = self.cfg.max_packet_bytes;
         loop {
@@ -428,7 +430,7 @@ impl Worker {
         if !buf.is_empty() {
             if let Some(c) = self.conns.get_mut(slot) {
                 // Own the partial bytes so an idle connection does not pin the scratch.
-                c.partial = BytesMut::from(&buf[..]);
+                c.partial = Some(Box::new(BytesMut::from(&buf[..])));
             }
         }
         true
