@@ -65,8 +65,9 @@ pub struct Session {
     /// Waiting for the window, in arrival order.
     pub queue: VecDeque<Queued>,
     /// Inbound QoS 2 packet ids received and not yet released (method B of 4.3.3:
-    /// delivered on PUBLISH, duplicates suppressed until PUBREL).
-    pub inbound_qos2: HashSet<PacketId>,
+    /// delivered on PUBLISH, duplicates suppressed until PUBREL). Allocated on the first
+    /// one and freed when the last is released: most sessions never have any.
+    inbound_qos2: Option<Box<HashSet<PacketId>>>,
     /// The connection attached on this worker, if online. Worker-local: cleared before
     /// the session moves to another worker.
     pub conn: Option<ConnId>,
@@ -84,7 +85,7 @@ impl Session {
             subscriptions: Vec::new(),
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
-            inbound_qos2: HashSet::new(),
+            inbound_qos2: None,
             conn: None,
             moved_in: None,
             next_packet_id: 1,
@@ -109,6 +110,22 @@ impl Session {
         let before = self.subscriptions.len();
         self.subscriptions.retain(|(f, _)| f != filter);
         self.subscriptions.len() != before
+    }
+
+    /// Remembers an inbound QoS 2 packet id until PUBREL; false if it was already
+    /// known (a duplicate PUBLISH).
+    pub fn inbound_qos2_insert(&mut self, id: PacketId) -> bool {
+        self.inbound_qos2.get_or_insert_with(Default::default).insert(id)
+    }
+
+    /// PUBREL: forgets an inbound QoS 2 packet id.
+    pub fn inbound_qos2_remove(&mut self, id: PacketId) {
+        if let Some(set) = &mut self.inbound_qos2 {
+            set.remove(&id);
+            if set.is_empty() {
+                self.inbound_qos2 = None;
+            }
+        }
     }
 
     /// True when the window has room for another message.

@@ -286,7 +286,7 @@ impl Shard {
             }
             Packet::PubRel(pid) => {
                 if let Some(s) = self.sessions.get_mut(session) {
-                    s.inbound_qos2.remove(&pid);
+                    s.inbound_qos2_remove(pid);
                 }
                 // [MQTT-4.3.3-2]: PUBCOMP with the same id, even if unknown.
                 self.write_packet(id, &Packet::PubComp(pid));
