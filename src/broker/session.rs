@@ -115,7 +115,9 @@ impl Session {
     /// Remembers an inbound QoS 2 packet id until PUBREL; false if it was already
     /// known (a duplicate PUBLISH).
     pub fn inbound_qos2_insert(&mut self, id: PacketId) -> bool {
-        self.inbound_qos2.get_or_insert_with(Default::default).insert(id)
+        self.inbound_qos2
+            .get_or_insert_with(Default::default)
+            .insert(id)
     }
 
     /// PUBREL: forgets an inbound QoS 2 packet id.

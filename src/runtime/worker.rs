@@ -563,3 +563,13 @@ impl Worker {
         }
     }
 }
+
+#[cfg(test)]
+mod size_tests {
+    /// One `IoConn` per connection lives in the worker's slab.
+    #[test]
+    fn io_conn_stays_small() {
+        let entry = std::mem::size_of::<super::IoConn>();
+        assert!(entry <= 48, "{entry}");
+    }
+}

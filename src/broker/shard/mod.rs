@@ -478,3 +478,29 @@ impl Shard {
 
 #[cfg(test)]
 mod tests;
+
+/// Per-connection memory: these structures exist once per idle connection (see the
+/// Memory section of ARCHITECTURE.md), so growing them shows up in `bench conns`.
+#[cfg(test)]
+mod size_tests {
+    use std::mem::size_of;
+
+    #[test]
+    fn per_connection_structures_stay_small() {
+        assert!(
+            size_of::<super::Phase>() <= 16,
+            "{}",
+            size_of::<super::Phase>()
+        );
+        assert!(
+            size_of::<Option<super::Conn>>() <= 120,
+            "{}",
+            size_of::<Option<super::Conn>>()
+        );
+        assert!(
+            size_of::<super::Session>() <= 136,
+            "{}",
+            size_of::<super::Session>()
+        );
+    }
+}
