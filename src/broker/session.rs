@@ -57,6 +57,8 @@ pub enum Enqueued {
 /// bytes per session. Reads go through `Deref` (to a shared empty deque while
 /// unallocated); the few mutations are methods here.
 #[derive(Debug, Clone)]
+// Boxed on purpose: one pointer per session instead of a 32-byte header.
+#[allow(clippy::box_collection)]
 pub struct LazyDeque<T: EmptyDeque>(Option<Box<VecDeque<T>>>);
 
 /// Element types of a [`LazyDeque`]: each provides its static empty deque.
@@ -135,6 +137,8 @@ pub struct Session {
     /// Inbound QoS 2 packet ids received and not yet released (method B of 4.3.3:
     /// delivered on PUBLISH, duplicates suppressed until PUBREL). Allocated on the first
     /// one and freed when the last is released: most sessions never have any.
+    // Boxed on purpose: one pointer per session instead of a 48-byte header.
+    #[allow(clippy::box_collection)]
     inbound_qos2: Option<Box<HashSet<PacketId>>>,
     /// The connection attached on this worker, if online. Worker-local: cleared before
     /// the session moves to another worker.
