@@ -24,12 +24,19 @@ pub struct Registry {
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
-    worker: WorkerId,
+    /// The owner's `WorkerId`, narrowed (at most `WORKERS_MAX`): one map entry per
+    /// client id, so every byte counts.
+    worker: u16,
     /// A takeover from another worker is in flight: new claims wait until the
     /// claimer finishes it, so takeovers of one client never overlap.
     busy: bool,
     /// The newest ticket that tried to claim: older waiting CONNECTs are obsolete.
     max_ticket: u64,
+}
+
+fn narrow(worker: WorkerId) -> u16 {
+    debug_assert!(worker < super::WORKERS_MAX);
+    worker as u16
 }
 
 /// Why a claim did not happen.
@@ -100,11 +107,11 @@ impl Registry {
                 return Err(Refused::Busy);
             }
         }
-        let prev = shard.get(client_id).map(|e| e.worker);
+        let prev = shard.get(client_id).map(|e| WorkerId::from(e.worker));
         shard.insert(
             client_id.clone(),
             Entry {
-                worker,
+                worker: narrow(worker),
                 busy: prev.is_some_and(|p| p != worker),
                 max_ticket: ticket,
             },
@@ -115,7 +122,7 @@ impl Registry {
     /// The takeover started by `worker`'s claim is over.
     pub fn finish(&self, client_id: &str, worker: WorkerId) {
         if let Some(e) = self.shard(client_id).get_mut(client_id) {
-            if e.worker == worker {
+            if WorkerId::from(e.worker) == worker {
                 e.busy = false;
             }
         }
@@ -124,7 +131,10 @@ impl Registry {
     /// Forgets `client_id` if `worker` still owns it (a session that ended there).
     pub fn release(&self, client_id: &str, worker: WorkerId) -> bool {
         let mut shard = self.shard(client_id);
-        if shard.get(client_id).is_some_and(|e| e.worker == worker) {
+        if shard
+            .get(client_id)
+            .is_some_and(|e| WorkerId::from(e.worker) == worker)
+        {
             shard.remove(client_id);
             true
         } else {
@@ -133,7 +143,9 @@ impl Registry {
     }
 
     pub fn owner(&self, client_id: &str) -> Option<WorkerId> {
-        self.shard(client_id).get(client_id).map(|e| e.worker)
+        self.shard(client_id)
+            .get(client_id)
+            .map(|e| WorkerId::from(e.worker))
     }
 
     /// Number of client ids known (sessions, live or persistent).
@@ -151,7 +163,7 @@ impl Registry {
             .flat_map(|s| {
                 let s = s.lock().unwrap_or_else(PoisonError::into_inner);
                 s.iter()
-                    .map(|(k, e)| (k.clone(), e.worker))
+                    .map(|(k, e)| (k.clone(), WorkerId::from(e.worker)))
                     .collect::<Vec<_>>()
             })
             .collect()

@@ -52,6 +52,76 @@ pub enum Enqueued {
     DroppedOldest,
 }
 
+/// A `VecDeque` whose header is allocated on the first push: most sessions (idle
+/// subscribers, QoS 0 traffic) never hold a message, and two inline deques would be 64
+/// bytes per session. Reads go through `Deref` (to a shared empty deque while
+/// unallocated); the few mutations are methods here.
+#[derive(Debug, Clone)]
+// Boxed on purpose: one pointer per session instead of a 32-byte header.
+#[allow(clippy::box_collection)]
+pub struct LazyDeque<T: EmptyDeque>(Option<Box<VecDeque<T>>>);
+
+/// Element types of a [`LazyDeque`]: each provides its static empty deque.
+pub trait EmptyDeque: Sized + 'static {
+    fn empty() -> &'static VecDeque<Self>;
+}
+
+impl EmptyDeque for Inflight {
+    fn empty() -> &'static VecDeque<Self> {
+        static EMPTY: VecDeque<Inflight> = VecDeque::new();
+        &EMPTY
+    }
+}
+
+impl EmptyDeque for Queued {
+    fn empty() -> &'static VecDeque<Self> {
+        static EMPTY: VecDeque<Queued> = VecDeque::new();
+        &EMPTY
+    }
+}
+
+impl<T: EmptyDeque> Default for LazyDeque<T> {
+    fn default() -> Self {
+        LazyDeque(None)
+    }
+}
+
+impl<T: EmptyDeque> std::ops::Deref for LazyDeque<T> {
+    type Target = VecDeque<T>;
+    fn deref(&self) -> &VecDeque<T> {
+        match &self.0 {
+            Some(d) => d,
+            None => T::empty(),
+        }
+    }
+}
+
+impl<'a, T: EmptyDeque> IntoIterator for &'a LazyDeque<T> {
+    type Item = &'a T;
+    type IntoIter = std::collections::vec_deque::Iter<'a, T>;
+    fn into_iter(self) -> Self::IntoIter {
+        std::ops::Deref::deref(self).iter()
+    }
+}
+
+impl<T: EmptyDeque> LazyDeque<T> {
+    pub fn push_back(&mut self, item: T) {
+        self.0.get_or_insert_with(Default::default).push_back(item);
+    }
+
+    pub fn pop_front(&mut self) -> Option<T> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    pub fn remove(&mut self, i: usize) -> Option<T> {
+        self.0.as_mut()?.remove(i)
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
+        self.0.iter_mut().flat_map(|d| d.iter_mut())
+    }
+}
+
 /// A client's session state.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -61,12 +131,15 @@ pub struct Session {
     /// Subscriptions with their granted QoS, in subscription order.
     pub subscriptions: Vec<(TopicFilter, QoS)>,
     /// Sent and not yet completed, in send order.
-    pub inflight: VecDeque<Inflight>,
+    pub inflight: LazyDeque<Inflight>,
     /// Waiting for the window, in arrival order.
-    pub queue: VecDeque<Queued>,
+    pub queue: LazyDeque<Queued>,
     /// Inbound QoS 2 packet ids received and not yet released (method B of 4.3.3:
-    /// delivered on PUBLISH, duplicates suppressed until PUBREL).
-    pub inbound_qos2: HashSet<PacketId>,
+    /// delivered on PUBLISH, duplicates suppressed until PUBREL). Allocated on the first
+    /// one and freed when the last is released: most sessions never have any.
+    // Boxed on purpose: one pointer per session instead of a 48-byte header.
+    #[allow(clippy::box_collection)]
+    inbound_qos2: Option<Box<HashSet<PacketId>>>,
     /// The connection attached on this worker, if online. Worker-local: cleared before
     /// the session moves to another worker.
     pub conn: Option<ConnId>,
@@ -82,9 +155,9 @@ impl Session {
             client_id,
             clean,
             subscriptions: Vec::new(),
-            inflight: VecDeque::new(),
-            queue: VecDeque::new(),
-            inbound_qos2: HashSet::new(),
+            inflight: LazyDeque::default(),
+            queue: LazyDeque::default(),
+            inbound_qos2: None,
             conn: None,
             moved_in: None,
             next_packet_id: 1,
@@ -98,7 +171,9 @@ impl Session {
             entry.1 = qos;
             return Some(prev);
         }
-        self.subscriptions.push((filter.clone(), qos));
+        // Owned copy: a filter fresh from SUBSCRIBE shares the worker's read buffer, and
+        // a session that keeps it would pin that whole buffer.
+        self.subscriptions.push((filter.compacted(), qos));
         None
     }
 
@@ -107,6 +182,24 @@ impl Session {
         let before = self.subscriptions.len();
         self.subscriptions.retain(|(f, _)| f != filter);
         self.subscriptions.len() != before
+    }
+
+    /// Remembers an inbound QoS 2 packet id until PUBREL; false if it was already
+    /// known (a duplicate PUBLISH).
+    pub fn inbound_qos2_insert(&mut self, id: PacketId) -> bool {
+        self.inbound_qos2
+            .get_or_insert_with(Default::default)
+            .insert(id)
+    }
+
+    /// PUBREL: forgets an inbound QoS 2 packet id.
+    pub fn inbound_qos2_remove(&mut self, id: PacketId) {
+        if let Some(set) = &mut self.inbound_qos2 {
+            set.remove(&id);
+            if set.is_empty() {
+                self.inbound_qos2 = None;
+            }
+        }
     }
 
     /// True when the window has room for another message.

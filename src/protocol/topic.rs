@@ -95,6 +95,12 @@ impl fmt::Display for TopicName {
 pub struct TopicFilter(ByteString);
 
 impl TopicFilter {
+    /// A copy that owns its bytes instead of pinning a larger shared buffer (the
+    /// worker's read buffer, for a filter decoded from SUBSCRIBE).
+    pub fn compacted(&self) -> TopicFilter {
+        TopicFilter(ByteString::from(&*self.0))
+    }
+
     pub fn new(s: impl Into<ByteString>) -> Result<Self, TopicError> {
         let s = s.into();
         check_common(&s)?;

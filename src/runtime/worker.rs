@@ -45,8 +45,9 @@ pub(crate) struct Mesh {
 struct IoConn {
     stream: TcpStream,
     gen: u32,
-    /// A trailing partial packet; empty (unallocated) between packets.
-    partial: BytesMut,
+    /// A trailing partial packet; None between packets (boxed: most connections
+    /// have none, and the slab holds one `IoConn` per connection).
+    partial: Option<Box<BytesMut>>,
     paused_until: Option<Instant>,
     /// Data may be waiting that we did not read (budget or pause).
     read_pending: bool,
@@ -339,7 +340,7 @@ impl Worker {
         entry.insert(IoConn {
             stream,
             gen,
-            partial: BytesMut::new(),
+            partial: None,
             paused_until: None,
             read_pending: false,
         });
@@ -442,13 +443,14 @@ impl Worker {
         let Some(c) = self.conns.get_mut(slot) else {
             return false;
         };
-        let owned = !c.partial.is_empty();
-        let mut buf = if owned {
-            let mut p = std::mem::take(&mut c.partial);
-            p.extend_from_slice(&chunk);
-            p
-        } else {
-            chunk
+        let owned = c.partial.is_some();
+        let mut buf = match c.partial.take() {
+            None => chunk,
+            Some(p) => {
+                let mut p = *p;
+                p.extend_from_slice(&chunk);
+                p
+            }
         };
         loop {
             let max = self.shard.packet_limit(id);
@@ -477,7 +479,7 @@ impl Worker {
                 if let Ok(Some(frame)) = crate::protocol::check_frame(&partial, max) {
                     partial.reserve(frame.total_len().saturating_sub(partial.len()));
                 }
-                c.partial = partial;
+                c.partial = Some(Box::new(partial));
             }
         }
         true
@@ -608,5 +610,15 @@ impl Worker {
         if let Some(mut c) = self.conns.try_remove(slot) {
             let _ = self.poll.registry().deregister(&mut c.stream);
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// One `IoConn` per connection lives in the worker's slab.
+    #[test]
+    fn io_conn_stays_small() {
+        let entry = std::mem::size_of::<super::IoConn>();
+        assert!(entry <= 48, "{entry}");
     }
 }

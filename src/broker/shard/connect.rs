@@ -1,7 +1,7 @@
 //! CONNECT, session takeover between workers, and the end of connections (DISCONNECT,
 //! protocol errors, timeouts, socket loss) with their Last Will.
 
-use super::{Conn, Phase, Shard};
+use super::{AwaitClaim, Conn, Phase, Shard};
 use crate::broker::mesh::MeshMsg;
 use crate::broker::message::Message;
 use crate::broker::registry::Refused;
@@ -58,7 +58,7 @@ impl Shard {
             .map(|mut w| {
                 w.payload = bytes::Bytes::copy_from_slice(&w.payload);
                 w.topic = w.topic.compacted();
-                w
+                Box::new(w)
             });
 
         let client_id: Arc<str> = if c.client_id.is_empty() {
@@ -119,12 +119,12 @@ impl Shard {
     ) {
         let retry_at = now + CLAIM_RETRY;
         if let Some(conn) = self.conn_mut(id) {
-            conn.phase = Phase::AwaitClaim {
-                connect: Box::new(c),
+            conn.phase = Phase::AwaitClaim(Box::new(AwaitClaim {
+                connect: c,
                 retry_at,
                 deadline,
                 ticket,
-            };
+            }));
         }
         self.schedule(id, retry_at);
     }
@@ -134,21 +134,22 @@ impl Shard {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let Phase::AwaitClaim {
+        let Phase::AwaitClaim(parked) = std::mem::replace(&mut conn.phase, Phase::AwaitConnect)
+        else {
+            return;
+        };
+        let AwaitClaim {
             connect,
             deadline,
             ticket,
             ..
-        } = std::mem::replace(&mut conn.phase, Phase::AwaitConnect)
-        else {
-            return;
-        };
+        } = *parked;
         if now >= deadline {
             tracing::warn!(?id, "client id stayed busy, refusing");
             return self.refuse(id, ConnectReturnCode::ServerUnavailable);
         }
         // Replays the CONNECT: it claims again, or parks again if still busy.
-        self.on_connect_until(now, id, *connect, deadline, ticket);
+        self.on_connect_until(now, id, connect, deadline, ticket);
     }
 
     /// Answers CONNACK with a refusal and closes ([MQTT-3.2.2-5]).
@@ -271,11 +272,8 @@ impl Shard {
         self.resend_inflight(id, key);
         self.pump(id, key);
         // Packets the client sent before CONNACK, in order.
-        let early = self
-            .conn_mut(id)
-            .map(|c| std::mem::take(&mut c.early))
-            .unwrap_or_default();
-        for p in early {
+        let early = self.conn_mut(id).and_then(|c| c.early.take());
+        for p in early.map(|e| *e).unwrap_or_default() {
             if !self.is_open(id) {
                 break;
             }
@@ -364,7 +362,7 @@ impl Shard {
                 tracing::debug!(?id, "no CONNECT in time, closing");
                 self.end_conn(now, id);
             }
-            Phase::AwaitClaim { .. } => self.retry_connect(now, id),
+            Phase::AwaitClaim(_) => self.retry_connect(now, id),
             Phase::AwaitHandover(p) => {
                 // The owner did not answer in time: go on with a fresh session.
                 tracing::warn!(?id, client_id = %p.client_id, "session handover timed out");

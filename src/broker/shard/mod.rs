@@ -66,17 +66,22 @@ pub(crate) enum Phase {
     AwaitConnect,
     /// CONNECT received while another takeover of the client id was in flight;
     /// retried at `retry_at`, refused after `deadline`.
-    AwaitClaim {
-        connect: Box<crate::protocol::Connect>,
-        retry_at: Instant,
-        deadline: Instant,
-        /// Its place in the order of CONNECTs for the client id.
-        ticket: u64,
-    },
+    /// Boxed so that every connection's `Phase` stays two words.
+    AwaitClaim(Box<AwaitClaim>),
     /// CONNECT received; waiting for the session to arrive from another worker.
     AwaitHandover(Box<PendingConnect>),
     /// CONNACK sent; `session` is the key into the shard's session slab.
     Active { session: usize },
+}
+
+/// A CONNECT parked while another takeover of its client id is in flight.
+#[derive(Debug)]
+pub(crate) struct AwaitClaim {
+    pub connect: crate::protocol::Connect,
+    pub retry_at: Instant,
+    pub deadline: Instant,
+    /// Its place in the order of CONNECTs for the client id.
+    pub ticket: u64,
 }
 
 /// One connection's state inside the shard.
@@ -87,17 +92,21 @@ pub(crate) struct Conn {
     /// Encoded packets not yet handed to the socket.
     pub tx: Vec<u8>,
     pub dirty: bool,
+    /// When the last packet arrived; before CONNECT, when the connection opened (a
+    /// packet other than CONNECT closes it, so the two never differ then).
     pub last_rx: Instant,
-    pub opened_at: Instant,
     /// 1.5 x the keep-alive the client asked for; None when it asked for 0.
     pub keep_alive_limit: Option<Duration>,
     pub version: ProtocolVersion,
-    /// Published if the connection ends without DISCONNECT.
-    pub will: Option<Will>,
+    /// Published if the connection ends without DISCONNECT. Boxed: most clients have
+    /// none, and an inline `Will` would double the size of every `Conn`.
+    pub will: Option<Box<Will>>,
     /// The deadline of this connection's one live timer entry.
     pub timer_at: Option<Instant>,
-    /// Packets received after CONNECT while the session was not attached yet.
-    pub early: Vec<Packet>,
+    /// Packets received after CONNECT while the session was not attached yet
+    /// (boxed: almost always absent).
+    #[allow(clippy::box_collection)]
+    pub early: Option<Box<Vec<Packet>>>,
 }
 
 /// The largest CONNECT there can be: fixed header, variable header and five
@@ -223,12 +232,11 @@ impl Shard {
             tx: Vec::new(),
             dirty: false,
             last_rx: now,
-            opened_at: now,
             keep_alive_limit: None,
             version: ProtocolVersion::V3_1_1,
             will: None,
             timer_at: None,
-            early: Vec::new(),
+            early: None,
         });
         self.stats.connections_total += 1;
         self.schedule(id, now + self.cfg.connect_timeout());
@@ -266,13 +274,14 @@ impl Shard {
                 // [MQTT-3.1.0-1]: the first packet must be CONNECT.
                 self.protocol_error(now, id, p.name(), "first packet is not CONNECT")
             }
-            (Phase::AwaitHandover(_) | Phase::AwaitClaim { .. }, p) => {
+            (Phase::AwaitHandover(_) | Phase::AwaitClaim(_), p) => {
                 // A client may send packets right after CONNECT without waiting for
                 // CONNACK (3.1.4); they wait here until the session is attached.
-                if conn.early.len() >= EARLY_PACKETS_MAX {
+                let early = conn.early.get_or_insert_with(Default::default);
+                if early.len() >= EARLY_PACKETS_MAX {
                     self.protocol_error(now, id, p.name(), "too many packets before CONNACK")
                 } else {
-                    conn.early.push(p);
+                    early.push(p);
                 }
             }
             (Phase::Active { session }, p) => {
@@ -310,7 +319,7 @@ impl Shard {
             }
             Packet::PubRel(pid) => {
                 if let Some(s) = self.sessions.get_mut(session) {
-                    s.inbound_qos2.remove(&pid);
+                    s.inbound_qos2_remove(pid);
                 }
                 // [MQTT-4.3.3-2]: PUBCOMP with the same id, even if unknown.
                 self.write_packet(id, &Packet::PubComp(pid));
@@ -435,8 +444,8 @@ impl Shard {
             }
             conn.timer_at = None;
             let due = match &conn.phase {
-                Phase::AwaitConnect => Some(conn.opened_at + self.cfg.connect_timeout()),
-                Phase::AwaitClaim { retry_at, .. } => Some(*retry_at),
+                Phase::AwaitConnect => Some(conn.last_rx + self.cfg.connect_timeout()),
+                Phase::AwaitClaim(a) => Some(a.retry_at),
                 Phase::AwaitHandover(p) => Some(p.deadline),
                 Phase::Active { .. } => conn.keep_alive_limit.map(|k| conn.last_rx + k),
             };
@@ -512,3 +521,29 @@ impl Shard {
 
 #[cfg(test)]
 mod tests;
+
+/// Per-connection memory: these structures exist once per idle connection (see the
+/// Memory section of ARCHITECTURE.md), so growing them shows up in `bench conns`.
+#[cfg(test)]
+mod size_tests {
+    use std::mem::size_of;
+
+    #[test]
+    fn per_connection_structures_stay_small() {
+        assert!(
+            size_of::<super::Phase>() <= 16,
+            "{}",
+            size_of::<super::Phase>()
+        );
+        assert!(
+            size_of::<Option<super::Conn>>() <= 120,
+            "{}",
+            size_of::<Option<super::Conn>>()
+        );
+        assert!(
+            size_of::<super::Session>() <= 136,
+            "{}",
+            size_of::<super::Session>()
+        );
+    }
+}

@@ -62,7 +62,7 @@ impl Shard {
                 let first = self
                     .sessions
                     .get_mut(key)
-                    .is_some_and(|s| s.inbound_qos2.insert(pid));
+                    .is_some_and(|s| s.inbound_qos2_insert(pid));
                 if first && forward {
                     self.route(now, msg, Some(id));
                 }
