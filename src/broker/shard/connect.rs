@@ -1,5 +1,7 @@
-//! CONNECT, session takeover between workers, and the end of connections (DISCONNECT,
-//! protocol errors, timeouts, socket loss) with their Last Will.
+//! CONNECT (claiming the client id, parking while another takeover of it is in
+//! flight, attaching the session, CONNACK), and the end of connections (DISCONNECT,
+//! protocol errors, timeouts, socket loss) with their Last Will. Takeovers between
+//! workers are in `takeover.rs`.
 
 use super::{AwaitClaim, Conn, Phase, Shard};
 use crate::broker::mesh::MeshMsg;

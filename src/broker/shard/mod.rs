@@ -8,9 +8,11 @@
 //! Must not: perform IO, read the clock, or block. Every input for a connection that
 //! no longer exists (a stale [`ConnId`]) is ignored: late events are normal.
 //!
-//! The submodules split the logic by concern: `connect` (CONNECT, takeover, closing,
-//! wills), `route` (PUBLISH in and out, QoS flows, subscriptions, retained), `sys`
-//! (`$SYS` topics and stats).
+//! The submodules split the logic by concern: `connect` (CONNECT, claims, session
+//! attach, closing, wills), `takeover` (takeover requests and handovers between
+//! workers), `moved` (forwarding stubs and settling while a session moves), `route`
+//! (PUBLISH in and out, QoS flows, subscriptions, retained), `sys` (`$SYS` topics and
+//! stats).
 
 mod connect;
 mod moved;
