@@ -275,6 +275,7 @@ fn mesh_summary(b: &Batch) -> String {
             }
 
             MeshMsg::Pause { .. } => s.push_str("Pause "),
+            MeshMsg::Resume { .. } => s.push_str("Resume "),
             MeshMsg::Stats(_) => s.push_str("Stats "),
         }
     }
@@ -370,6 +371,7 @@ impl Sim {
         let fx = self.shards[w].effects();
         fx.dirty.clear();
         fx.pause.clear();
+        fx.resume.clear();
         let closes = std::mem::take(&mut fx.close);
         let batches: Vec<Batch> = fx.mesh.iter_mut().map(std::mem::take).collect();
         for (to, batch) in batches.into_iter().enumerate() {

@@ -96,6 +96,8 @@ pub enum MeshMsg {
     },
     /// Stop reading from `conn` until `until`: a subscriber it feeds is congested.
     Pause { conn: ConnId, until: Instant },
+    /// Read from `conn` again: the subscriber that paused it has drained.
+    Resume { conn: ConnId },
     /// Periodic counters and histograms for the `$SYS` publisher (worker 0).
     Stats(Box<(Stats, Latency)>),
 }

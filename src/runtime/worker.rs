@@ -231,7 +231,19 @@ impl Worker {
                 }) => {
                     let publishes = batch
                         .iter()
-                        .filter(|m| matches!(m, MeshMsg::Publish { .. } | MeshMsg::Forward { .. }))
+                        // Client PUBLISHes only (they carry an origin), not `$SYS` or wills.
+                        .filter(|m| {
+                            matches!(
+                                m,
+                                MeshMsg::Publish {
+                                    origin: Some(_),
+                                    ..
+                                } | MeshMsg::Forward {
+                                    origin: Some(_),
+                                    ..
+                                }
+                            )
+                        })
                         .count() as u64;
                     let delay = now.saturating_duration_since(created_at).as_nanos() as u64;
                     self.shard.latency.record_batch(batch.len() as u64, delay);
@@ -547,6 +559,15 @@ impl Worker {
                         self.paused.push(id.slot as usize);
                     }
                     c.paused_until = Some(c.paused_until.map_or(until, |t| t.max(until)));
+                }
+            }
+        }
+        // Resumes after pauses: a subscriber that drained within the turn wins.
+        let resumes = std::mem::take(&mut self.shard.effects().resume);
+        for id in resumes {
+            if let Some(c) = self.conns.get_mut(id.slot as usize) {
+                if c.gen == id.gen && c.paused_until.take().is_some() && c.read_pending {
+                    self.pending_reads.push(id.slot as usize);
                 }
             }
         }

@@ -47,6 +47,8 @@ pub struct Effects {
     pub close: Vec<(ConnId, Vec<u8>)>,
     /// Stop reading from these connections until the given time.
     pub pause: Vec<(ConnId, Instant)>,
+    /// Read from these paused connections again now.
+    pub resume: Vec<ConnId>,
     /// One batch per destination worker (index = worker id); empty ones are skipped.
     pub mesh: Vec<Batch>,
 }
@@ -57,6 +59,7 @@ impl Effects {
         self.dirty.is_empty()
             && self.close.is_empty()
             && self.pause.is_empty()
+            && self.resume.is_empty()
             && self.mesh.iter().all(|b| b.is_empty())
     }
 }
@@ -149,6 +152,8 @@ pub struct Shard {
     pub latency: Latency,
     pub(crate) started_at: Instant,
     pub(crate) next_sys_at: Option<Instant>,
+    /// Publishers paused because of each congested session, by session key.
+    pub(crate) feeders: HashMap<usize, Vec<super::mesh::Origin>>,
     /// Reused per publish: (session key, granted QoS) of local matches.
     pub(crate) matches: Vec<(u32, QoS)>,
     pub(crate) next_auto_id: u64,
@@ -207,6 +212,7 @@ impl Shard {
             started_at: now,
             next_sys_at,
             matches: Vec::new(),
+            feeders: HashMap::new(),
             next_auto_id: 0,
             seq: 0,
             last_seen: vec![0; workers],

@@ -14,6 +14,10 @@ use crate::protocol::{
 use std::collections::HashMap;
 use std::time::Instant;
 
+/// Paused publishers remembered per congested session (beyond, they resume when
+/// their pause ends).
+const FEEDERS_MAX: usize = 64;
+
 /// Orders retained-store updates across replicas: decode time, worker, sequence.
 pub(crate) type RetainVersion = (Instant, WorkerId, u64);
 
@@ -162,6 +166,7 @@ impl Shard {
         let qos = msg.qos.min(granted);
         let max_inflight = self.cfg.max_inflight;
         let limit = self.cfg.max_queued_messages;
+        let congest = self.congestion_limit();
         let Some(session) = self.sessions.get_mut(key) else {
             return;
         };
@@ -200,17 +205,17 @@ impl Shard {
                     msg: msg.clone(),
                     retain,
                 };
-                match session.enqueue(item, limit, hard) {
+                match session.enqueue(item, congest, hard) {
                     Enqueued::Ok => {}
                     Enqueued::Congested => {
                         if online.is_some() {
-                            self.backpressure(now, origin);
+                            self.backpressure(now, key, origin);
                         }
                     }
                     Enqueued::DroppedOldest => {
                         self.stats.dropped_queue_full += 1;
                         if online.is_some() {
-                            self.backpressure(now, origin);
+                            self.backpressure(now, key, origin);
                         }
                     }
                 }
@@ -218,8 +223,24 @@ impl Shard {
         }
     }
 
-    fn backpressure(&mut self, now: Instant, origin: Option<Origin>) {
+    /// Queue length at which an online session back-pressures its publishers: a few
+    /// windows' worth, so queues (and the latency they add) stay short; publishers
+    /// resume as soon as it halves (`pump`).
+    fn congestion_limit(&self) -> usize {
+        self.cfg
+            .max_queued_messages
+            .min(self.cfg.max_inflight.saturating_mul(4))
+            .max(2)
+    }
+
+    /// Pauses the publisher that fed a congested session, and remembers it so that
+    /// it resumes as soon as the session's queue drains.
+    fn backpressure(&mut self, now: Instant, key: usize, origin: Option<Origin>) {
         let Some(o) = origin else { return };
+        let feeders = self.feeders.entry(key).or_default();
+        if feeders.len() < FEEDERS_MAX && !feeders.contains(&o) {
+            feeders.push(o);
+        }
         let until = now + self.cfg.backpressure_pause();
         self.stats.backpressure_pauses += 1;
         if o.worker == self.id {
@@ -238,6 +259,7 @@ impl Shard {
     /// Moves queued messages into the in-flight window while it has room.
     pub(crate) fn pump(&mut self, id: ConnId, key: usize) {
         let max_inflight = self.cfg.max_inflight;
+        let low_water = self.congestion_limit() / 2;
         loop {
             let Some(session) = self.sessions.get_mut(key) else {
                 return;
@@ -246,10 +268,29 @@ impl Shard {
                 return;
             }
             let Some(q) = session.queue.pop_front() else {
-                return;
+                return self.resume_feeders(key);
             };
+            let drained = session.queue.len() <= low_water;
             let pid = session.start_inflight(q.qos, q.msg.clone(), q.retain);
             self.encode_delivery(id, &q.msg, q.qos, q.retain, Some(pid));
+            if drained {
+                self.resume_feeders(key);
+            }
+        }
+    }
+
+    /// The session's queue has drained: its paused publishers may go on now rather
+    /// than at the end of their pause.
+    fn resume_feeders(&mut self, key: usize) {
+        let Some(feeders) = self.feeders.remove(&key) else {
+            return;
+        };
+        for o in feeders {
+            if o.worker == self.id {
+                self.effects.resume.push(o.conn);
+            } else {
+                self.send_mesh(o.worker, MeshMsg::Resume { conn: o.conn });
+            }
         }
     }
 
@@ -462,6 +503,11 @@ impl Shard {
             MeshMsg::Pong { client_id } => self.on_pong(from, &client_id),
             MeshMsg::Done { client_id, origin } => self.on_done(now, from, &client_id, origin),
             MeshMsg::Flushed { client_id } => self.on_flushed(now, from, &client_id),
+            MeshMsg::Resume { conn } => {
+                if self.is_open(conn) {
+                    self.effects.resume.push(conn);
+                }
+            }
             MeshMsg::Pause { conn, until } => {
                 if self.is_open(conn) {
                     self.effects.pause.push((conn, until));

@@ -870,3 +870,48 @@ fn retained_packet(topic: &str) -> Packet {
         payload: Bytes::from_static(b"v"),
     })
 }
+
+#[test]
+fn paused_publishers_resume_when_the_queue_drains() {
+    let cfg = Config {
+        max_inflight: 2,
+        max_queued_messages: 100,
+        ..Config::default()
+    };
+    // Congestion starts at 4 windows (8 queued); publishers resume at half of that.
+    let mut h = H::with(2, cfg);
+    let slow = h.connect(0, "slow", true);
+    h.subscribe(slow, "q", QoS::AtLeastOnce);
+    let local_pub = h.connect(0, "lp", true);
+    let remote_pub = h.connect(1, "rp", true);
+    for i in 1..=6u16 {
+        h.send(local_pub, publish("q", QoS::AtLeastOnce, i, b"x"));
+        h.send(remote_pub, publish("q", QoS::AtLeastOnce, i, b"y"));
+    }
+    assert!(h.shards[0]
+        .effects()
+        .pause
+        .iter()
+        .any(|(c, _)| *c == local_pub.1));
+    assert!(h.shards[1]
+        .effects()
+        .pause
+        .iter()
+        .any(|(c, _)| *c == remote_pub.1));
+    assert!(h.shards[0].effects().resume.is_empty());
+    // The subscriber acknowledges until its queue is at half the congestion level.
+    for _ in 0..6 {
+        let got = h.recv(slow);
+        for p in &got {
+            h.send(slow, Packet::PubAck(published(p).packet_id.unwrap()));
+        }
+    }
+    assert!(
+        h.shards[0].effects().resume.contains(&local_pub.1),
+        "local publisher resumed"
+    );
+    assert!(
+        h.shards[1].effects().resume.contains(&remote_pub.1),
+        "remote publisher resumed"
+    );
+}
