@@ -26,6 +26,18 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// How a shared subscription group picks the member that gets a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    /// Each member in turn.
+    RoundRobin,
+    /// A member picked at random per message.
+    Random,
+    /// The same member while it stays connected.
+    Sticky,
+}
+
 /// The broker's configuration. Field names double as TOML keys.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,6 +58,16 @@ pub struct Config {
     pub max_queued_messages: usize,
     /// Subscriptions one session may hold; SUBSCRIBE beyond gets return code 0x80.
     pub max_subscriptions_per_session: usize,
+    /// Topic aliases an MQTT 5 client may set for its PUBLISH packets (CONNACK Topic
+    /// Alias Maximum); 0 disables them.
+    pub max_topic_aliases: u16,
+    /// Inbound QoS 2 messages one client may have awaiting PUBREL (the Receive Maximum
+    /// the broker announces to MQTT 5 clients); an MQTT 5 client beyond it is
+    /// disconnected with 0x93.
+    pub max_inbound_qos2: usize,
+    /// How messages on a shared subscription (`$share/{group}/{filter}`) pick their
+    /// member: `round_robin`, `random` or `sticky`.
+    pub shared_subscription_strategy: SharedStrategy,
     /// Bytes of encoded packets waiting in one connection's write buffer before QoS 0
     /// deliveries to it are dropped.
     pub max_outbound_bytes: usize,
@@ -73,6 +95,9 @@ impl Default for Config {
             max_inflight: 20,
             max_queued_messages: 1000,
             max_subscriptions_per_session: 10_000,
+            max_topic_aliases: 64,
+            max_inbound_qos2: 1024,
+            shared_subscription_strategy: SharedStrategy::RoundRobin,
             max_outbound_bytes: 1024 * 1024,
             backpressure_pause_ms: 100,
             handover_timeout_ms: 5000,
@@ -111,6 +136,9 @@ impl Config {
         }
         if self.max_inflight == 0 {
             return bad("max_inflight must be at least 1");
+        }
+        if !(1..=65_535).contains(&self.max_inbound_qos2) {
+            return bad("max_inbound_qos2 must be between 1 and 65535");
         }
         if self.max_queued_messages == 0 {
             return bad("max_queued_messages must be at least 1");

@@ -10,8 +10,8 @@
 
 use super::payload::Header;
 use crate::protocol::{
-    decode_one, encode_packet, encode_publish, CodecError, Connect, ConnectReturnCode, Packet,
-    PacketId, ProtocolVersion, QoS, SubAckCode, Subscribe, TopicFilter,
+    decode_one, encode_packet, encode_publish, CodecError, Connect, Packet, PacketId,
+    ProtocolVersion, QoS, ReasonCode, SubOptions, Subscribe, TopicFilter,
 };
 use bytes::BytesMut;
 use bytestring::ByteString;
@@ -32,7 +32,7 @@ pub enum ClientError {
     #[error("cannot decode the broker's bytes: {0}")]
     Codec(#[from] CodecError),
     #[error("connection refused by the broker: {0:?}")]
-    Refused(ConnectReturnCode),
+    Refused(ReasonCode),
     #[error("subscription to {0} refused")]
     SubscribeRefused(String),
     #[error("invalid topic filter {0}")]
@@ -216,8 +216,9 @@ impl Conn {
             will: None,
             username: None,
             password: None,
+            props: Default::default(),
         };
-        encode_packet(&Packet::Connect(connect), &mut self.wbuf);
+        encode_packet(&Packet::Connect(Box::new(connect)), &mut self.wbuf);
         self.state = State::AwaitConnAck;
         self.dirty = true;
         Ok(true)
@@ -237,7 +238,7 @@ impl Conn {
 
     /// Appends DISCONNECT (the connection is closed after the next flush).
     pub fn disconnect(&mut self) {
-        encode_packet(&Packet::Disconnect, &mut self.wbuf);
+        encode_packet(&Packet::disconnect(), &mut self.wbuf);
         self.dirty = true;
     }
 
@@ -284,7 +285,7 @@ impl Conn {
     fn handle(&mut self, packet: Packet, qos: QoS) -> Result<Incoming, ClientError> {
         match packet {
             Packet::ConnAck(a) if self.state == State::AwaitConnAck => {
-                if a.code != ConnectReturnCode::Accepted {
+                if a.code != ReasonCode::SUCCESS {
                     return Err(ClientError::Refused(a.code));
                 }
                 let Some(filter) = self.filter.clone() else {
@@ -296,13 +297,14 @@ impl Conn {
                 let id = PacketId::MIN;
                 self.reply(Packet::Subscribe(Subscribe {
                     packet_id: id,
-                    filters: vec![(f, qos)],
+                    filters: vec![(f, SubOptions::qos(qos))],
+                    props: Default::default(),
                 }));
                 self.state = State::AwaitSubAck;
                 Ok(Incoming::Nothing)
             }
             Packet::SubAck(s) if self.state == State::AwaitSubAck => {
-                if s.codes.contains(&SubAckCode::Failure) || s.codes.is_empty() {
+                if s.codes.iter().any(|c| !c.is_success()) || s.codes.is_empty() {
                     return Err(ClientError::SubscribeRefused(
                         self.filter.clone().unwrap_or_default(),
                     ));
@@ -312,28 +314,28 @@ impl Conn {
             }
             Packet::Publish(p) => {
                 match (p.qos, p.packet_id) {
-                    (QoS::AtLeastOnce, Some(id)) => self.reply(Packet::PubAck(id)),
-                    (QoS::ExactlyOnce, Some(id)) => self.reply(Packet::PubRec(id)),
+                    (QoS::AtLeastOnce, Some(id)) => self.reply(Packet::puback(id)),
+                    (QoS::ExactlyOnce, Some(id)) => self.reply(Packet::pubrec(id)),
                     _ => {}
                 }
                 Ok(Incoming::Message(Header::read(&p.payload)))
             }
-            Packet::PubRel(id) => {
-                self.reply(Packet::PubComp(id));
+            Packet::PubRel(a) => {
+                self.reply(Packet::pubcomp(a.packet_id));
                 Ok(Incoming::Nothing)
             }
-            Packet::PubAck(id) if qos == QoS::AtLeastOnce => Ok(if self.ids.free(id) {
+            Packet::PubAck(a) if qos == QoS::AtLeastOnce => Ok(if self.ids.free(a.packet_id) {
                 Incoming::Acked
             } else {
                 Incoming::Nothing
             }),
-            Packet::PubRec(id) if qos == QoS::ExactlyOnce => {
-                if self.ids.is_used(id) {
-                    self.reply(Packet::PubRel(id));
+            Packet::PubRec(a) if qos == QoS::ExactlyOnce => {
+                if self.ids.is_used(a.packet_id) {
+                    self.reply(Packet::pubrel(a.packet_id));
                 }
                 Ok(Incoming::Nothing)
             }
-            Packet::PubComp(id) if qos == QoS::ExactlyOnce => Ok(if self.ids.free(id) {
+            Packet::PubComp(a) if qos == QoS::ExactlyOnce => Ok(if self.ids.free(a.packet_id) {
                 Incoming::Acked
             } else {
                 Incoming::Nothing
@@ -407,7 +409,7 @@ mod tests {
             PacketId::new(9),
             &payload,
         );
-        encode_packet(&Packet::PubRel(PacketId::new(3).unwrap()), &mut wire);
+        encode_packet(&Packet::pubrel(PacketId::new(3).unwrap()), &mut wire);
         c.rbuf.extend_from_slice(&wire);
         assert_eq!(
             c.next_incoming(QoS::AtLeastOnce).unwrap(),
@@ -419,8 +421,8 @@ mod tests {
         );
         assert_eq!(c.next_incoming(QoS::AtLeastOnce).unwrap(), None);
         let mut expect = Vec::new();
-        encode_packet(&Packet::PubAck(PacketId::new(9).unwrap()), &mut expect);
-        encode_packet(&Packet::PubComp(PacketId::new(3).unwrap()), &mut expect);
+        encode_packet(&Packet::puback(PacketId::new(9).unwrap()), &mut expect);
+        encode_packet(&Packet::pubcomp(PacketId::new(3).unwrap()), &mut expect);
         assert_eq!(c.wbuf, expect);
     }
 

@@ -34,6 +34,15 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// Publisher pauses ordered because a subscriber's queue was congested.
     pub backpressure_pauses: u64,
+    /// Deliveries not made because the packet exceeded the client's Maximum Packet
+    /// Size (MQTT 5, [MQTT-3.1.2-25]).
+    pub dropped_too_large: u64,
+    /// Messages not delivered because their Message Expiry Interval had passed.
+    pub dropped_expired: u64,
+    /// Messages for a shared subscription group that had no member left to take them.
+    pub dropped_shared_no_member: u64,
+    /// Offline MQTT 5 sessions removed when their Session Expiry Interval passed.
+    pub sessions_expired: u64,
 }
 
 impl Stats {
@@ -56,10 +65,19 @@ impl Stats {
         self.dropped_queue_full += o.dropped_queue_full;
         self.protocol_errors += o.protocol_errors;
         self.backpressure_pauses += o.backpressure_pauses;
+        self.dropped_too_large += o.dropped_too_large;
+        self.dropped_expired += o.dropped_expired;
+        self.sessions_expired += o.sessions_expired;
+        self.dropped_shared_no_member += o.dropped_shared_no_member;
     }
 
     /// Total messages dropped for any reason.
     pub fn dropped(&self) -> u64 {
-        self.dropped_qos0_slow + self.dropped_qos0_offline + self.dropped_queue_full
+        self.dropped_qos0_slow
+            + self.dropped_qos0_offline
+            + self.dropped_queue_full
+            + self.dropped_too_large
+            + self.dropped_expired
+            + self.dropped_shared_no_member
     }
 }

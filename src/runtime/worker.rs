@@ -12,7 +12,7 @@ use crate::broker::registry::Registry;
 use crate::broker::shard::Shard;
 use crate::broker::{ConnId, WorkerId};
 use crate::config::Config;
-use crate::protocol::{decode_one, CodecError};
+use crate::protocol::{decode_one_v, CodecError};
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::net::{TcpListener, TcpStream};
@@ -124,6 +124,9 @@ impl Worker {
                 }
             }
             if self.shutdown.load(Ordering::Acquire) {
+                // MQTT 5 clients are told why (DISCONNECT 0x8B), best effort.
+                self.shard.shutting_down();
+                self.apply_effects(Instant::now());
                 break;
             }
             let now = Instant::now();
@@ -466,7 +469,7 @@ impl Worker {
         };
         loop {
             let max = self.shard.packet_limit(id);
-            match decode_one(&mut buf, max) {
+            match decode_one_v(&mut buf, max, self.shard.version(id)) {
                 Ok(Some(packet)) => {
                     self.shard.packet(now, id, packet);
                     if !self.shard.is_open(id) {
