@@ -293,7 +293,9 @@ mod tests {
 
 /// A rustls client configuration (ring provider, TLS 1.2 and 1.3) trusting the CA
 /// certificates of the PEM file `path`.
-fn tls_client_config(path: &std::path::Path) -> Result<std::sync::Arc<rustls::ClientConfig>, BenchError> {
+fn tls_client_config(
+    path: &std::path::Path,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, BenchError> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let bad = |e: String| BenchError::Config(format!("--cafile {}: {e}", path.display()));
     let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;

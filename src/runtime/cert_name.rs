@@ -108,7 +108,9 @@ fn decode_string(tag: u8, value: &[u8]) -> Option<String> {
             let units = value
                 .chunks_exact(2)
                 .map(|c| u16::from_be_bytes([c[0], c[1]]));
-            char::decode_utf16(units).collect::<Result<String, _>>().ok()
+            char::decode_utf16(units)
+                .collect::<Result<String, _>>()
+                .ok()
         }
         _ => None,
     }
@@ -149,13 +151,21 @@ mod tests {
         }
         tbs.extend(tlv(0x02, &[1, 2, 3]));
         tbs.extend(tlv(TAG_SEQUENCE, &tlv(TAG_OID, &[1, 2])));
-        tbs.extend(tlv(TAG_SEQUENCE, &attribute(&OID_COMMON_NAME, TAG_UTF8_STRING, b"issuer")));
+        tbs.extend(tlv(
+            TAG_SEQUENCE,
+            &attribute(&OID_COMMON_NAME, TAG_UTF8_STRING, b"issuer"),
+        ));
         tbs.extend(tlv(TAG_SEQUENCE, &[0u8; 30]));
         tbs.extend(tlv(TAG_SEQUENCE, &subject.concat()));
         tbs.extend(tlv(TAG_SEQUENCE, &[0u8; 200])); // public key: long form length
         tlv(
             TAG_SEQUENCE,
-            &[tlv(TAG_SEQUENCE, &tbs), tlv(TAG_SEQUENCE, &[]), tlv(0x03, &[0])].concat(),
+            &[
+                tlv(TAG_SEQUENCE, &tbs),
+                tlv(TAG_SEQUENCE, &[]),
+                tlv(0x03, &[0]),
+            ]
+            .concat(),
         )
     }
 
@@ -180,14 +190,21 @@ mod tests {
 
     #[test]
     fn reads_utf8_and_bmp_strings() {
-        let utf8 = [attribute(&OID_COMMON_NAME, TAG_UTF8_STRING, "capteur-é".as_bytes())];
+        let utf8 = [attribute(
+            &OID_COMMON_NAME,
+            TAG_UTF8_STRING,
+            "capteur-é".as_bytes(),
+        )];
         assert_eq!(
             subject_common_name(&cert(true, &utf8)).as_deref(),
             Some("capteur-é")
         );
         let bmp: Vec<u8> = "ab".encode_utf16().flat_map(u16::to_be_bytes).collect();
         let bmp = [attribute(&OID_COMMON_NAME, TAG_BMP_STRING, &bmp)];
-        assert_eq!(subject_common_name(&cert(true, &bmp)).as_deref(), Some("ab"));
+        assert_eq!(
+            subject_common_name(&cert(true, &bmp)).as_deref(),
+            Some("ab")
+        );
     }
 
     #[test]
@@ -236,6 +253,9 @@ mod tests {
             }
         }
         assert_eq!(subject_common_name(&[0x30, 0x80, 0x00, 0x00]), None);
-        assert_eq!(subject_common_name(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF]), None);
+        assert_eq!(
+            subject_common_name(&[0x30, 0x84, 0xFF, 0xFF, 0xFF, 0xFF]),
+            None
+        );
     }
 }

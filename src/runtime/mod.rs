@@ -42,7 +42,10 @@ pub(crate) enum Envelope {
     Control(Control),
     /// A freshly accepted connection handed to its worker; `tls` when it came from a
     /// TLS listener (the owning worker runs the handshake).
-    NewConn { stream: std::net::TcpStream, tls: bool },
+    NewConn {
+        stream: std::net::TcpStream,
+        tls: bool,
+    },
 }
 
 /// Operator requests to a worker.

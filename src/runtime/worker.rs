@@ -838,7 +838,9 @@ mod size_tests {
     fn io_conn_stays_small() {
         let entry = std::mem::size_of::<super::IoConn>();
         assert!(entry <= 48, "{entry}");
-        // TLS support adds no byte to a plain connection (its state is in a side table).
-        assert!(entry <= 40, "{entry}");
+        // TLS support adds no byte to a plain connection (its state is in a side table,
+        // its flag in padding). Debug builds of mio add a selector id to each stream.
+        let release_max = if cfg!(debug_assertions) { 48 } else { 40 };
+        assert!(entry <= release_max, "{entry}");
     }
 }
