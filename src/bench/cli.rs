@@ -276,21 +276,6 @@ impl BenchArgs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn source_ranges() {
-        let v = parse_sources("127.0.0.2-127.0.0.4").unwrap();
-        assert_eq!(v.len(), 3);
-        assert_eq!(v[2], "127.0.0.4".parse::<IpAddr>().unwrap());
-        assert_eq!(parse_sources("127.0.0.1,::1").unwrap().len(), 2);
-        assert!(parse_sources("127.0.0.9-127.0.0.2").is_err());
-        assert!(parse_sources("nope").is_err());
-    }
-}
-
 /// A rustls client configuration (ring provider, TLS 1.2 and 1.3) trusting the CA
 /// certificates of the PEM file `path`.
 fn tls_client_config(
@@ -315,4 +300,19 @@ fn tls_client_config(
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(std::sync::Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ranges() {
+        let v = parse_sources("127.0.0.2-127.0.0.4").unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[2], "127.0.0.4".parse::<IpAddr>().unwrap());
+        assert_eq!(parse_sources("127.0.0.1,::1").unwrap().len(), 2);
+        assert!(parse_sources("127.0.0.9-127.0.0.2").is_err());
+        assert!(parse_sources("nope").is_err());
+    }
 }
