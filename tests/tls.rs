@@ -583,3 +583,27 @@ fn bad_certificate_files_are_start_errors() {
     assert!(e.contains("certificate file"), "{e}");
     assert_eq!(bad(&|_| {}), None, "the good files start");
 }
+
+#[test]
+fn bench_pairs_runs_over_tls_without_loss() {
+    use ternmq::bench::scenario::{BenchConfig, Scenario};
+    let pki = Pki::new();
+    let b = tls_broker(&pki, |_| {});
+    let report = ternmq::bench::run(&BenchConfig {
+        scenario: Scenario::Pairs,
+        broker: tls_addr(&b),
+        count: 4,
+        qos: QoS::AtLeastOnce,
+        inflight: 20,
+        warmup: Duration::from_millis(200),
+        duration: Duration::from_secs(1),
+        drain: Duration::from_secs(5),
+        tls: Some(client_config(&pki, Versions::Both, None)),
+        ..BenchConfig::default()
+    })
+    .expect("bench over TLS");
+    assert!(report.received > 100, "{}", report.table());
+    assert_eq!(report.tally.lost, 0, "{}", report.table());
+    assert_eq!(report.tally.duplicates, 0);
+    assert!(report.drained);
+}

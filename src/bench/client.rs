@@ -381,19 +381,29 @@ impl Conn {
             return Ok(true);
         };
         if let Some(tls) = &mut self.tls {
-            // Plaintext into rustls (it buffers until the handshake is done), then as
-            // many records as the socket takes.
-            let n = tls.writer().write(&self.wbuf)?;
-            self.wbuf.drain(..n);
-            while tls.wants_write() {
-                match tls.write_tls(s) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e.into()),
+            // Plaintext into rustls (which takes at most its buffer limit, and holds it
+            // until the handshake is done), then as many records as the socket takes;
+            // again until everything is written or the socket is full (a writable
+            // event then resumes: a partly taken buffer on an idle socket would stall).
+            loop {
+                let n = tls.writer().write(&self.wbuf)?;
+                self.wbuf.drain(..n);
+                let mut blocked = false;
+                while tls.wants_write() {
+                    match tls.write_tls(s) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            blocked = true;
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if blocked || self.wbuf.is_empty() || n == 0 {
+                    return Ok(!self.has_output());
                 }
             }
-            return Ok(!self.has_output());
         }
         if self.wbuf.is_empty() || self.state == State::Connecting {
             return Ok(self.wbuf.is_empty());
