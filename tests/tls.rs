@@ -427,6 +427,20 @@ fn a_stalled_handshake_is_dropped_by_the_connect_timeout() {
 }
 
 #[test]
+fn plain_mqtt_on_the_tls_port_is_closed_at_once() {
+    let pki = Pki::new();
+    let b = tls_broker(&pki, |cfg| cfg.connect_timeout_secs = 30);
+    let mut raw = common::Raw::connect(tls_addr(&b));
+    raw.send(&Packet::Connect(connect_packet("plain", true)));
+    let (closed, got) = raw.closed();
+    assert!(
+        closed,
+        "a TLS alert and close, not a wait for the CONNECT timeout"
+    );
+    assert!(got.is_empty(), "no MQTT answer: {got:?}");
+}
+
+#[test]
 fn rumqttc_over_tls() {
     let pki = Pki::new();
     let b = tls_broker(&pki, |_| {});

@@ -746,7 +746,7 @@ impl Worker {
                 continue;
             }
             if let Some(c) = self.conns.get_mut(slot) {
-                if let Some(t) = self.tls.get_mut(&slot) {
+                if let Some(t) = self.tls.get_mut(&slot).filter(|_| c.tls) {
                     // Best effort, as below: the last packet, then close_notify.
                     let _ = flush_tls(t, &mut c.stream, &tx);
                     t.send_close_notify();
