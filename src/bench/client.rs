@@ -3,6 +3,10 @@
 //! SUBSCRIBE/SUBACK, publish at QoS 0/1/2 with a packet-id pool, and the QoS 1/2
 //! acknowledgement flows on both sides.
 //!
+//! Optionally over TLS (rustls, `ternmq bench --tls`): the handshake starts once TCP
+//! is up, CONNECT waits in rustls until it completes, and reads and flushes go
+//! through the `ClientConnection`.
+//!
 //! A connection never blocks and never writes by itself: packets are appended to its
 //! write buffer and the event loop ([`super::worker`]) flushes each dirty connection
 //! once per turn. Nothing read from the network is trusted: every unexpected packet or
@@ -16,8 +20,11 @@ use crate::protocol::{
 use bytes::BytesMut;
 use bytestring::ByteString;
 use mio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// Largest packet the generator accepts from a broker.
 const MAX_PACKET: usize = 1 << 20;
@@ -41,6 +48,8 @@ pub enum ClientError {
     Unexpected(&'static str),
     #[error("connection closed by the broker")]
     Closed,
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// Where a connection is in its life.
@@ -140,6 +149,8 @@ pub(crate) struct Conn {
     pub ids: IdPool,
     /// Filter to subscribe to after CONNACK, if any.
     pub filter: Option<String>,
+    /// The TLS session, with `--tls` (boxed: absent on plain runs).
+    pub tls: Option<Box<ClientConnection>>,
 }
 
 impl Conn {
@@ -154,6 +165,7 @@ impl Conn {
             more_to_read: false,
             ids: IdPool::new(),
             filter,
+            tls: None,
         }
     }
 
@@ -186,16 +198,19 @@ impl Conn {
         self.wbuf.clear();
         self.ids.clear();
         self.more_to_read = false;
+        self.tls = None;
         Ok(self.stream.insert(TcpStream::from_std(std)))
     }
 
     /// Called on a writable event while connecting: true once TCP is up, after
-    /// which CONNECT has been queued.
+    /// which CONNECT has been queued (and, with `tls`, the TLS handshake started;
+    /// the server's certificate must name the broker's IP address).
     pub fn check_connected(
         &mut self,
         client_id: &str,
         clean_session: bool,
         keep_alive_secs: u16,
+        tls: Option<&Arc<ClientConfig>>,
     ) -> Result<bool, ClientError> {
         let Some(s) = &self.stream else {
             return Ok(false);
@@ -207,6 +222,10 @@ impl Conn {
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
             Err(e) => return Err(e.into()),
+        }
+        if let Some(config) = tls {
+            let name = ServerName::IpAddress(s.peer_addr()?.ip().into());
+            self.tls = Some(Box::new(ClientConnection::new(config.clone(), name)?));
         }
         let connect = Connect {
             version: ProtocolVersion::V3_1_1,
@@ -250,6 +269,12 @@ impl Conn {
         };
         let mut total = 0;
         self.more_to_read = false;
+        if let Some(tls) = &mut self.tls {
+            let open = read_tls(tls, s, scratch, &mut self.rbuf, &mut self.more_to_read)?;
+            // Handshake records or alerts to answer.
+            self.dirty |= tls.wants_write();
+            return Ok(open);
+        }
         loop {
             match s.read(scratch) {
                 Ok(0) => return Ok(false),
@@ -345,6 +370,11 @@ impl Conn {
         }
     }
 
+    /// Something waits to be written: packets, or TLS records.
+    pub fn has_output(&self) -> bool {
+        !self.wbuf.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
     /// One write of the pending bytes. Returns true when everything is written.
     pub fn flush(&mut self) -> Result<bool, ClientError> {
         self.dirty = false;
@@ -352,6 +382,31 @@ impl Conn {
             self.wbuf.clear();
             return Ok(true);
         };
+        if let Some(tls) = &mut self.tls {
+            // Plaintext into rustls (which takes at most its buffer limit, and holds it
+            // until the handshake is done), then as many records as the socket takes;
+            // again until everything is written or the socket is full (a writable
+            // event then resumes: a partly taken buffer on an idle socket would stall).
+            loop {
+                let n = tls.writer().write(&self.wbuf)?;
+                self.wbuf.drain(..n);
+                let mut blocked = false;
+                while tls.wants_write() {
+                    match tls.write_tls(s) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            blocked = true;
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if blocked || self.wbuf.is_empty() || n == 0 {
+                    return Ok(!self.has_output());
+                }
+            }
+        }
         if self.wbuf.is_empty() || self.state == State::Connecting {
             return Ok(self.wbuf.is_empty());
         }
@@ -364,6 +419,48 @@ impl Conn {
             Err(e) => return Err(e.into()),
         }
         Ok(self.wbuf.is_empty())
+    }
+}
+
+/// Reads ciphertext from `s` until it would block or [`READ_BUDGET`] is spent, and
+/// appends the plaintext to `rbuf`. Returns false on end of stream.
+fn read_tls(
+    tls: &mut ClientConnection,
+    s: &mut TcpStream,
+    scratch: &mut [u8],
+    rbuf: &mut BytesMut,
+    more_to_read: &mut bool,
+) -> Result<bool, ClientError> {
+    let mut total = 0;
+    loop {
+        let n = match tls.read_tls(s) {
+            Ok(0) => return Ok(false),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let state = tls.process_new_packets()?;
+        let mut left = state.plaintext_bytes_to_read();
+        while left > 0 {
+            match tls.reader().read(scratch) {
+                Ok(0) => break,
+                Ok(got) => {
+                    rbuf.extend_from_slice(&scratch[..got]);
+                    left = left.saturating_sub(got);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if state.peer_has_closed() {
+            return Ok(false);
+        }
+        total += n;
+        if total >= READ_BUDGET {
+            *more_to_read = true;
+            return Ok(true);
+        }
     }
 }
 
