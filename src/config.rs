@@ -65,16 +65,41 @@ pub struct Config {
     pub workers: usize,
     /// Pin each worker to a core (worker i to core i mod cores).
     pub pin_cores: bool,
-    /// Largest packet accepted from a client, fixed header included (bytes).
+    /// Largest packet accepted from a client, fixed header included (bytes). A larger
+    /// one closes the connection (MQTT 5: DISCONNECT 0x95 first), counted in
+    /// `$SYS/broker/limits/packet_too_large`.
     pub max_packet_bytes: usize,
-    /// Time a new connection has to send CONNECT (seconds).
+    /// Open client connections (plain and TLS) the broker accepts; a connection beyond
+    /// is closed at accept, before any byte is read, and counted in
+    /// `$SYS/broker/limits/connections_refused_max`. 0: no limit but the open-file
+    /// limit. Default 100,000.
+    pub max_connections: usize,
+    /// New connections accepted from one IP address per second (a fixed one-second
+    /// window); beyond, they are closed at accept and counted in
+    /// `$SYS/broker/limits/connections_refused_rate`. 0 (the default): no limit, since
+    /// a fleet behind one NAT address may legitimately reconnect all at once.
+    pub max_connections_per_ip_per_sec: u32,
+    /// Time a new connection has to send CONNECT (seconds); it is closed after that,
+    /// counted in `$SYS/broker/limits/connect_timeouts`.
     pub connect_timeout_secs: u64,
     /// Unacknowledged QoS 1/2 messages in flight to one client.
     pub max_inflight: usize,
     /// QoS 1/2 messages queued per session beyond the in-flight window.
     pub max_queued_messages: usize,
-    /// Subscriptions one session may hold; SUBSCRIBE beyond gets return code 0x80.
+    /// Bytes (topic + payload) of the QoS 1/2 messages queued per session; beyond,
+    /// the oldest are dropped (counted in `dropped/queue_full`). A single message
+    /// larger than this is still queued alone. Default 16 MiB.
+    pub max_queued_bytes: usize,
+    /// Subscriptions one session may hold; SUBSCRIBE beyond gets return code 0x80
+    /// (MQTT 5: 0x97), counted in `$SYS/broker/limits/subscriptions_refused`.
     pub max_subscriptions_per_session: usize,
+    /// Levels of a topic name or filter (`a/b/c` has 3). A PUBLISH beyond closes a
+    /// 3.x connection; MQTT 5 gets PUBACK/PUBREC 0x90 (QoS 1/2) or DISCONNECT 0x90
+    /// (QoS 0). A SUBSCRIBE filter beyond gets 0x80 (MQTT 5: 0x8F); a will topic beyond
+    /// refuses the CONNECT. Counted in `$SYS/broker/limits/topics_refused`. Default 128.
+    pub max_topic_levels: usize,
+    /// Bytes of a topic name or filter, treated as `max_topic_levels` is. Default 4096.
+    pub max_topic_bytes: usize,
     /// Topic aliases an MQTT 5 client may set for its PUBLISH packets (CONNACK Topic
     /// Alias Maximum); 0 disables them.
     pub max_topic_aliases: u16,
@@ -113,10 +138,15 @@ impl Default for Config {
             workers: 0,
             pin_cores: true,
             max_packet_bytes: 1024 * 1024,
+            max_connections: 100_000,
+            max_connections_per_ip_per_sec: 0,
             connect_timeout_secs: 10,
             max_inflight: 20,
             max_queued_messages: 1000,
+            max_queued_bytes: 16 * 1024 * 1024,
             max_subscriptions_per_session: 10_000,
+            max_topic_levels: 128,
+            max_topic_bytes: 4096,
             max_topic_aliases: 64,
             max_inbound_qos2: 1024,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
@@ -204,6 +234,15 @@ impl Config {
         if self.max_subscriptions_per_session == 0 {
             return bad("max_subscriptions_per_session must be at least 1");
         }
+        if self.max_queued_bytes < 1024 {
+            return bad("max_queued_bytes must be at least 1024");
+        }
+        if self.max_topic_levels == 0 {
+            return bad("max_topic_levels must be at least 1");
+        }
+        if !(1..=65_535).contains(&self.max_topic_bytes) {
+            return bad("max_topic_bytes must be between 1 and 65535");
+        }
         Ok(())
     }
 
@@ -239,6 +278,13 @@ impl Config {
 
     pub fn backpressure_pause(&self) -> Duration {
         Duration::from_millis(self.backpressure_pause_ms)
+    }
+
+    /// True when a topic name or filter is within `max_topic_levels` and
+    /// `max_topic_bytes`.
+    pub fn topic_within_limits(&self, topic: &str) -> bool {
+        topic.len() <= self.max_topic_bytes
+            && topic.bytes().filter(|&b| b == b'/').count() < self.max_topic_levels
     }
 }
 
@@ -284,6 +330,14 @@ mod tests {
                 workers: 65,
                 ..Config::default()
             },
+            Config {
+                max_topic_levels: 0,
+                ..Config::default()
+            },
+            Config {
+                max_queued_bytes: 0,
+                ..Config::default()
+            },
         ];
         for cfg in bad {
             assert!(cfg.validate().is_err(), "{cfg:?}");
@@ -314,6 +368,20 @@ mod tests {
         let tls_only: Config =
             toml::from_str("listen = []\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"").unwrap();
         tls_only.validate().unwrap();
+    }
+
+    #[test]
+    fn topic_limits_count_levels_and_bytes() {
+        let cfg = Config {
+            max_topic_levels: 3,
+            max_topic_bytes: 8,
+            ..Config::default()
+        };
+        assert!(cfg.topic_within_limits("a/b/c"));
+        assert!(!cfg.topic_within_limits("a/b/c/d"));
+        assert!(cfg.topic_within_limits("abcdefgh"));
+        assert!(!cfg.topic_within_limits("abcdefghi"));
+        assert!(cfg.topic_within_limits("/"), "two empty levels");
     }
 
     #[test]

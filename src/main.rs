@@ -55,6 +55,24 @@ struct Cli {
     /// Seconds a new connection has to send CONNECT. Default 10.
     #[arg(long)]
     connect_timeout: Option<u64>,
+    /// Open connections accepted (0 = no limit); beyond, closed at accept. Default 100000.
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// New connections per IP address per second (0 = no limit). Default 0.
+    #[arg(long)]
+    max_connections_per_ip_per_sec: Option<u32>,
+    /// Bytes of QoS 1/2 messages queued per session (oldest dropped beyond). Default 16777216.
+    #[arg(long)]
+    max_queued_bytes: Option<usize>,
+    /// Subscriptions per session. Default 10000.
+    #[arg(long)]
+    max_subscriptions: Option<usize>,
+    /// Levels of a topic name or filter. Default 128.
+    #[arg(long)]
+    max_topic_levels: Option<usize>,
+    /// Bytes of a topic name or filter. Default 4096.
+    #[arg(long)]
+    max_topic_bytes: Option<usize>,
     /// Seconds between `$SYS` publications (0 = off). Default 10.
     #[arg(long)]
     sys_interval: Option<u64>,
@@ -114,6 +132,7 @@ impl Cli {
         if let Some(v) = self.connect_timeout {
             cfg.connect_timeout_secs = v;
         }
+        self.apply_limits(&mut cfg);
         if let Some(v) = self.sys_interval {
             cfg.sys_interval_secs = v;
         }
@@ -122,6 +141,30 @@ impl Cli {
         }
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+impl Cli {
+    /// The limits against abuse (issue 5) given on the command line.
+    fn apply_limits(&self, cfg: &mut Config) {
+        if let Some(v) = self.max_connections {
+            cfg.max_connections = v;
+        }
+        if let Some(v) = self.max_connections_per_ip_per_sec {
+            cfg.max_connections_per_ip_per_sec = v;
+        }
+        if let Some(v) = self.max_queued_bytes {
+            cfg.max_queued_bytes = v;
+        }
+        if let Some(v) = self.max_subscriptions {
+            cfg.max_subscriptions_per_session = v;
+        }
+        if let Some(v) = self.max_topic_levels {
+            cfg.max_topic_levels = v;
+        }
+        if let Some(v) = self.max_topic_bytes {
+            cfg.max_topic_bytes = v;
+        }
     }
 }
 

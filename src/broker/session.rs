@@ -218,6 +218,9 @@ pub struct Session {
     pub moved_in: Option<Box<crate::broker::settle::Settle>>,
     /// MQTT 5 session state, if the session was created or resumed by an MQTT 5 client.
     pub v5: Option<Box<SessionV5>>,
+    /// Bytes ([`Message::weight_bytes`]) of the messages in `queue`, kept by
+    /// `enqueue`, `dequeue` and `take_shared_unacked`, the only ways it changes.
+    queued_bytes: usize,
     next_packet_id: u16,
 }
 
@@ -233,6 +236,7 @@ impl Session {
             conn: None,
             moved_in: None,
             v5: None,
+            queued_bytes: 0,
             next_packet_id: 1,
         }
     }
@@ -334,6 +338,7 @@ impl Session {
         while i < self.queue.len() {
             if self.queue[i].msg.shared.is_some() {
                 if let Some(q) = self.queue.remove(i) {
+                    self.queued_bytes -= q.msg.weight_bytes();
                     out.push(q.msg);
                 }
             } else {
@@ -383,19 +388,43 @@ impl Session {
 
     /// Queues a QoS 1/2 message (the caller passes it compacted, see
     /// [`Message::compacted`]). `limit` is where congestion starts; `hard_limit` is
-    /// where the oldest message is dropped to make room.
-    pub fn enqueue(&mut self, item: Queued, limit: usize, hard_limit: usize) -> Enqueued {
+    /// where the oldest message is dropped to make room, and so is `max_bytes` of
+    /// queued messages (a message larger than that is queued alone).
+    pub fn enqueue(
+        &mut self,
+        item: Queued,
+        limit: usize,
+        hard_limit: usize,
+        max_bytes: usize,
+    ) -> Enqueued {
         debug_assert!(limit <= hard_limit && hard_limit > 0);
         let mut result = Enqueued::Ok;
         if self.queue.len() >= hard_limit {
-            self.queue.pop_front();
+            self.dequeue();
             result = Enqueued::DroppedOldest;
         }
+        let weight = item.msg.weight_bytes();
+        while self.queued_bytes + weight > max_bytes && self.dequeue().is_some() {
+            result = Enqueued::DroppedOldest;
+        }
+        self.queued_bytes += weight;
         self.queue.push_back(item);
         if result == Enqueued::Ok && self.queue.len() >= limit {
             result = Enqueued::Congested;
         }
         result
+    }
+
+    /// Takes the oldest queued message.
+    pub fn dequeue(&mut self) -> Option<Queued> {
+        let q = self.queue.pop_front()?;
+        self.queued_bytes -= q.msg.weight_bytes();
+        Some(q)
+    }
+
+    /// Bytes of the queued messages (see [`Message::weight_bytes`]).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
     }
 
     /// PUBACK: completes a QoS 1 flow. False if no such flow (a stale or bogus ack).
@@ -523,12 +552,38 @@ mod tests {
             msg: msg(n),
             retain: false,
         };
-        assert_eq!(s.enqueue(q(1), 2, 3), Enqueued::Ok);
-        assert_eq!(s.enqueue(q(2), 2, 3), Enqueued::Congested);
-        assert_eq!(s.enqueue(q(3), 2, 3), Enqueued::Congested);
-        assert_eq!(s.enqueue(q(4), 2, 3), Enqueued::DroppedOldest);
+        assert_eq!(s.enqueue(q(1), 2, 3, usize::MAX), Enqueued::Ok);
+        assert_eq!(s.enqueue(q(2), 2, 3, usize::MAX), Enqueued::Congested);
+        assert_eq!(s.enqueue(q(3), 2, 3, usize::MAX), Enqueued::Congested);
+        assert_eq!(s.enqueue(q(4), 2, 3, usize::MAX), Enqueued::DroppedOldest);
         assert_eq!(s.queue.len(), 3);
         assert_eq!(s.queue[0].msg.payload[0], 2, "the oldest went first");
+    }
+
+    #[test]
+    fn queue_bytes_drop_the_oldest() {
+        let mut s = Session::new("c".into(), false);
+        let q = |n| Queued {
+            qos: QoS::AtLeastOnce,
+            msg: msg(n),
+            retain: false,
+        };
+        let w = msg(0).weight_bytes();
+        for n in 1..=3 {
+            assert_eq!(s.enqueue(q(n), 100, 100, 3 * w), Enqueued::Ok);
+        }
+        assert_eq!(s.queued_bytes(), 3 * w);
+        assert_eq!(s.enqueue(q(4), 100, 100, 3 * w), Enqueued::DroppedOldest);
+        assert_eq!(s.queue.len(), 3);
+        assert_eq!(s.queue[0].msg.payload[0], 2, "the oldest went first");
+        assert_eq!(s.queued_bytes(), 3 * w);
+        // A message over the whole budget is kept alone.
+        let mut big = q(9);
+        big.msg.payload = Bytes::from(vec![0u8; 4 * w]);
+        assert_eq!(s.enqueue(big, 100, 100, 3 * w), Enqueued::DroppedOldest);
+        assert_eq!(s.queue.len(), 1);
+        assert!(s.dequeue().is_some());
+        assert_eq!(s.queued_bytes(), 0);
     }
 
     #[test]

@@ -43,6 +43,49 @@ pub struct Stats {
     pub dropped_shared_no_member: u64,
     /// Offline MQTT 5 sessions removed when their Session Expiry Interval passed.
     pub sessions_expired: u64,
+    /// Limits against abuse: what each refused (`$SYS/broker/limits/...`).
+    pub limits: LimitStats,
+}
+
+/// How often each limit against abuse was crossed (cumulative).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LimitStats {
+    /// Connections closed at accept: `max_connections` open already.
+    pub connections_refused_max: u64,
+    /// Connections closed at accept: `max_connections_per_ip_per_sec` exceeded.
+    pub connections_refused_rate: u64,
+    /// Connections closed because no CONNECT came within `connect_timeout_secs`.
+    pub connect_timeouts: u64,
+    /// Connections closed for a packet over `max_packet_bytes` (or, before CONNECT,
+    /// over the largest possible CONNECT).
+    pub packet_too_large: u64,
+    /// SUBSCRIBE filters refused at `max_subscriptions_per_session`.
+    pub subscriptions_refused: u64,
+    /// Topics (PUBLISH, SUBSCRIBE filter, will) over `max_topic_levels`/`max_topic_bytes`.
+    pub topics_refused: u64,
+}
+
+impl LimitStats {
+    fn merge(&mut self, o: &LimitStats) {
+        self.connections_refused_max += o.connections_refused_max;
+        self.connections_refused_rate += o.connections_refused_rate;
+        self.connect_timeouts += o.connect_timeouts;
+        self.packet_too_large += o.packet_too_large;
+        self.subscriptions_refused += o.subscriptions_refused;
+        self.topics_refused += o.topics_refused;
+    }
+
+    /// `$SYS/broker/limits/<name>` topics and values.
+    pub fn topics(&self) -> [(&'static str, u64); 6] {
+        [
+            ("limits/connections_refused_max", self.connections_refused_max),
+            ("limits/connections_refused_rate", self.connections_refused_rate),
+            ("limits/connect_timeouts", self.connect_timeouts),
+            ("limits/packet_too_large", self.packet_too_large),
+            ("limits/subscriptions_refused", self.subscriptions_refused),
+            ("limits/topics_refused", self.topics_refused),
+        ]
+    }
 }
 
 impl Stats {
@@ -69,6 +112,7 @@ impl Stats {
         self.dropped_expired += o.dropped_expired;
         self.sessions_expired += o.sessions_expired;
         self.dropped_shared_no_member += o.dropped_shared_no_member;
+        self.limits.merge(&o.limits);
     }
 
     /// Total messages dropped for any reason.

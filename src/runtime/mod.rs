@@ -7,6 +7,7 @@
 //! worker's [`Shard`](crate::broker::shard::Shard), and carries out the effects the
 //! shard returns.
 
+mod admission;
 mod cert_name;
 mod io;
 pub mod tls;
@@ -148,13 +149,25 @@ impl BrokerHandle {
         self.stop_inner();
     }
 
-    fn stop_inner(&mut self) {
+    /// As [`stop`](Self::stop), and says how many worker threads had panicked
+    /// (`Err(n)`), for tests that must fail on a panic in a worker.
+    pub fn stop_checked(mut self) -> Result<(), usize> {
+        match self.stop_inner() {
+            0 => Ok(()),
+            n => Err(n),
+        }
+    }
+
+    fn stop_inner(&mut self) -> usize {
         self.request_stop();
+        let mut panicked = 0;
         for t in self.threads.drain(..) {
             if t.join().is_err() {
                 tracing::error!("a worker thread panicked");
+                panicked += 1;
             }
         }
+        panicked
     }
 
     /// Blocks until every worker has exited (after [`request_stop`](Self::request_stop)).
@@ -206,6 +219,7 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
     let cfg = Arc::new(cfg);
     let registry = Arc::new(Registry::new());
     let shutdown = Arc::new(AtomicBool::new(false));
+    let open_conns = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let cores = if cfg.pin_cores {
         core_affinity::get_core_ids().unwrap_or_default()
     } else {
@@ -229,6 +243,7 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
             sockets: my_listeners,
             plain: plain_listeners,
             tls: tls_config.clone(),
+            open_conns: open_conns.clone(),
         };
         let t = std::thread::Builder::new()
             .name(format!("ternmq-w{id}"))

@@ -10,6 +10,7 @@
 //! decoding, and their write buffer goes through it on flush. Their TLS state lives in
 //! a side table (`Worker::tls`), so plain connections pay nothing for it.
 
+use super::admission::{self, Admission, Refusal};
 use super::io::read_into_spare;
 use super::tls::TlsConn;
 use super::{Control, Envelope, LISTENER_TOKEN_BASE, WAKER_TOKEN};
@@ -27,7 +28,7 @@ use rustls::ServerConfig;
 use slab::Slab;
 use std::collections::HashMap;
 use std::io::{self, Write};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,6 +57,9 @@ pub(crate) struct Listeners {
     /// The first `plain` sockets are plain TCP, the rest TLS.
     pub plain: usize,
     pub tls: Option<Arc<ServerConfig>>,
+    /// Open connections of all workers (see `admission.rs`): worker 0 counts them in
+    /// at accept, the owning worker counts them out when they end.
+    pub open_conns: Arc<AtomicUsize>,
 }
 
 /// The IO side of one connection.
@@ -98,6 +102,9 @@ pub(crate) struct Worker {
     remote_publishes: Vec<(Instant, u64)>,
     /// When to try a failed accept again, and on which listener.
     accept_retry: Option<(Instant, usize)>,
+    /// The accept gate (used by worker 0, which accepts).
+    admission: Admission,
+    open_conns: Arc<AtomicUsize>,
 }
 
 impl Worker {
@@ -116,12 +123,18 @@ impl Worker {
             sockets: mut listeners,
             plain: first_tls_listener,
             tls: tls_config,
+            open_conns,
         } = listeners;
         for (i, l) in listeners.iter_mut().enumerate() {
             poll.registry()
                 .register(l, Token(LISTENER_TOKEN_BASE - i), Interest::READABLE)?;
         }
         let shard = Shard::new(id, workers, cfg.clone(), registry, Instant::now());
+        let admission = Admission::new(
+            open_conns.clone(),
+            cfg.max_connections,
+            cfg.max_connections_per_ip_per_sec,
+        );
         Ok(Worker {
             id,
             cfg,
@@ -142,6 +155,8 @@ impl Worker {
             paused: Vec::new(),
             remote_publishes: Vec::new(),
             accept_retry: None,
+            admission,
+            open_conns,
         })
     }
 
@@ -315,6 +330,11 @@ impl Worker {
             match l.accept() {
                 Ok((stream, peer)) => {
                     tracing::trace!(%peer, "accepted");
+                    if let Err(why) = self.admission.admit(now, peer.ip()) {
+                        // Closed at once (dropping the stream), before any read.
+                        self.shard.count_refused_connection(why == Refusal::Rate);
+                        continue;
+                    }
                     let target = self.next_worker % self.workers;
                     self.next_worker = self.next_worker.wrapping_add(1);
                     let tls = i >= self.first_tls_listener;
@@ -331,6 +351,8 @@ impl Worker {
                             .is_ok()
                         {
                             let _ = self.mesh.wakers[target].wake();
+                        } else {
+                            admission::release(&self.open_conns);
                         }
                     }
                 }
@@ -368,6 +390,7 @@ impl Worker {
     fn adopt(&mut self, now: Instant, stream: std::net::TcpStream, tls: bool) {
         if let Err(e) = stream.set_nonblocking(true) {
             tracing::warn!(error = %e, "cannot make socket non-blocking");
+            admission::release(&self.open_conns);
             return;
         }
         self.adopt_mio(now, TcpStream::from_std(stream), tls);
@@ -383,11 +406,13 @@ impl Worker {
                 Ok(t) => Some(t),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot start TLS session");
+                    admission::release(&self.open_conns);
                     return;
                 }
             },
             (true, None) => {
                 debug_assert!(false, "TLS connection without a TLS configuration");
+                admission::release(&self.open_conns);
                 return;
             }
         };
@@ -399,6 +424,7 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             tracing::warn!(error = %e, "cannot register connection");
+            admission::release(&self.open_conns);
             return;
         }
         self.next_gen = self.next_gen.wrapping_add(1);
@@ -765,6 +791,7 @@ impl Worker {
 
     fn remove(&mut self, slot: usize) {
         if let Some(mut c) = self.conns.try_remove(slot) {
+            admission::release(&self.open_conns);
             let _ = self.poll.registry().deregister(&mut c.stream);
             if c.tls {
                 self.tls.remove(&slot);

@@ -82,6 +82,13 @@ impl Shard {
             }
         }
 
+        if let Some(w) = c.will.as_ref() {
+            if !self.cfg.topic_within_limits(w.topic.as_str()) {
+                self.stats.limits.topics_refused += 1;
+                return self.refuse(id, ReasonCode::TOPIC_NAME_INVALID);
+            }
+        }
+
         let client_id: Arc<str> = if c.client_id.is_empty() {
             // [MQTT-3.1.3-8]: a zero-length id with clean session 0 -> 0x02 (3.1.1);
             // MQTT 5 assigns one whatever Clean Start says ([MQTT-3.1.3-6]).
@@ -535,6 +542,9 @@ impl Shard {
             return self.refuse(id, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION);
         }
         tracing::debug!(?id, error = %err, "malformed packet, closing");
+        if err.reason_code() == ReasonCode::PACKET_TOO_LARGE {
+            self.stats.limits.packet_too_large += 1;
+        }
         self.close_with(now, id, err.reason_code());
     }
 
@@ -554,6 +564,7 @@ impl Shard {
         match &conn.phase {
             Phase::AwaitConnect => {
                 tracing::debug!(?id, "no CONNECT in time, closing");
+                self.stats.limits.connect_timeouts += 1;
                 self.end_conn(now, id);
             }
             Phase::AwaitClaim(_) => self.retry_connect(now, id),

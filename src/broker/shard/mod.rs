@@ -589,6 +589,17 @@ impl Shard {
         s
     }
 
+    /// The runtime closed a connection at accept: `max_connections` were open
+    /// (`by_rate` false) or its IP exceeded `max_connections_per_ip_per_sec`.
+    pub fn count_refused_connection(&mut self, by_rate: bool) {
+        let l = &mut self.stats.limits;
+        if by_rate {
+            l.connections_refused_rate += 1;
+        } else {
+            l.connections_refused_max += 1;
+        }
+    }
+
     /// PUBLISH packets received from this worker's clients since start.
     pub fn publishes_received(&self) -> u64 {
         self.stats.publish_received

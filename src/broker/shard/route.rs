@@ -92,6 +92,17 @@ impl Shard {
                 reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
             }
         }
+        if !self.cfg.topic_within_limits(p.topic.as_str()) {
+            // Over `max_topic_levels`/`max_topic_bytes`: a 3.x client and an MQTT 5
+            // QoS 0 publisher are disconnected, MQTT 5 QoS 1/2 gets 0x90 in its ack.
+            self.stats.limits.topics_refused += 1;
+            tracing::debug!(?id, "topic over the configured limits");
+            if !v5 || p.qos == QoS::AtMostOnce {
+                self.send_disconnect(id, ReasonCode::TOPIC_NAME_INVALID);
+                return self.end_conn(now, id);
+            }
+            reason = ReasonCode::TOPIC_NAME_INVALID;
+        }
         let props = std::mem::take(&mut *p.props);
         let msg = Message::new(p.topic, p.payload, p.qos, p.retain);
         let msg = if v5 { msg.with_props(now, props) } else { msg };
@@ -292,7 +303,7 @@ impl Shard {
                     msg: msg.clone(),
                     retain,
                 };
-                match session.enqueue(item, congest, hard) {
+                match session.enqueue(item, congest, hard, self.cfg.max_queued_bytes) {
                     Enqueued::Ok => {}
                     Enqueued::Congested => {
                         if online.is_some() {
@@ -381,7 +392,7 @@ impl Shard {
             if !session.window_open(max_inflight) {
                 return;
             }
-            let Some(q) = session.queue.pop_front() else {
+            let Some(q) = session.dequeue() else {
                 return self.resume_feeders(key);
             };
             let drained = session.queue.len() <= low_water;
@@ -449,6 +460,12 @@ impl Shard {
                     continue;
                 }
             }
+            if !self.cfg.topic_within_limits(filter.as_str()) {
+                // SUBACK 0x80 (MQTT 5: 0x8F) for this filter; the others go on.
+                self.stats.limits.topics_refused += 1;
+                codes.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
             let Some(count) = self.sessions.get(key).map(|s| s.subscriptions.len()) else {
                 return;
             };
@@ -467,6 +484,7 @@ impl Shard {
                     }
                 }
                 tracing::debug!(?id, "subscription limit reached");
+                self.stats.limits.subscriptions_refused += 1;
                 codes.push(ReasonCode::QUOTA_EXCEEDED);
                 continue;
             }

@@ -78,6 +78,12 @@ impl Shard {
             .into_iter()
             .map(|(n, v)| (n.to_string(), v))
             .collect();
+        topics.extend(
+            total
+                .limits
+                .topics()
+                .map(|(n, v)| (n.to_string(), v.to_string())),
+        );
         for s in latency.summaries() {
             for (q, v) in [
                 ("count", s.count),

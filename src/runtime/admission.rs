@@ -1,0 +1,189 @@
+//! The accept gate: `max_connections` and `max_connections_per_ip_per_sec`.
+//!
+//! Owns: the count of open connections (one atomic shared by all workers, touched
+//! once when a connection is accepted and once when it ends, never per packet) and
+//! worker 0's per-IP table of connections in the current one-second window.
+//! Must not: read sockets or make protocol decisions. A refused connection is closed
+//! at accept, before any byte of it is read: no buffer, no TLS handshake and no
+//! CONNECT timer is spent on it (a CONNACK 0x03 / 0x97 would need the CONNECT first,
+//! which is the very work the limit protects).
+//!
+//! The per-IP table holds at most [`PER_IP_TABLE_MAX`] addresses and is cleared at
+//! the start of every window, so its memory is bounded whatever the number of peers;
+//! an address arriving while the table is full is admitted untracked (fail open) and
+//! logged.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Addresses tracked per one-second window (about 2.5 MB at most).
+pub(crate) const PER_IP_TABLE_MAX: usize = 65_536;
+/// The rate window.
+const WINDOW: Duration = Duration::from_secs(1);
+/// At most one warning per kind of refusal per this interval.
+const WARN_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Why a connection was refused at accept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// `max_connections` connections are open.
+    Max,
+    /// Its address made `max_connections_per_ip_per_sec` connections this second.
+    Rate,
+}
+
+/// The accept gate of worker 0.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    open: Arc<AtomicUsize>,
+    /// 0: no limit.
+    max_open: usize,
+    /// 0: no limit.
+    per_ip_per_sec: u32,
+    window_start: Option<Instant>,
+    per_ip: HashMap<IpAddr, u32>,
+    /// When each kind was last logged, and refusals since.
+    warned: [(Option<Instant>, u64); 2],
+}
+
+impl Admission {
+    pub(crate) fn new(open: Arc<AtomicUsize>, max_open: usize, per_ip_per_sec: u32) -> Self {
+        Admission {
+            open,
+            max_open,
+            per_ip_per_sec,
+            window_start: None,
+            per_ip: HashMap::new(),
+            warned: [(None, 0); 2],
+        }
+    }
+
+    /// Admits a connection from `ip` (counting it open) or says why not.
+    pub(crate) fn admit(&mut self, now: Instant, ip: IpAddr) -> Result<(), Refusal> {
+        if self.per_ip_per_sec > 0 && !self.within_rate(now, ip.to_canonical()) {
+            self.warn(now, Refusal::Rate, ip);
+            return Err(Refusal::Rate);
+        }
+        // Only worker 0 admits, so load-then-add cannot overshoot.
+        if self.max_open > 0 && self.open.load(Ordering::Relaxed) >= self.max_open {
+            self.warn(now, Refusal::Max, ip);
+            return Err(Refusal::Max);
+        }
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn within_rate(&mut self, now: Instant, ip: IpAddr) -> bool {
+        if self
+            .window_start
+            .is_none_or(|s| now.saturating_duration_since(s) >= WINDOW)
+        {
+            self.window_start = Some(now);
+            self.per_ip.clear();
+            if self.per_ip.capacity() > PER_IP_TABLE_MAX {
+                self.per_ip.shrink_to(PER_IP_TABLE_MAX);
+            }
+        }
+        let full = self.per_ip.len() >= PER_IP_TABLE_MAX;
+        match self.per_ip.get_mut(&ip) {
+            Some(n) => {
+                *n = n.saturating_add(1);
+                *n <= self.per_ip_per_sec
+            }
+            None if full => {
+                tracing::debug!(%ip, "per-IP table full: admitted untracked");
+                true
+            }
+            None => {
+                self.per_ip.insert(ip, 1);
+                true
+            }
+        }
+    }
+
+    /// One log line per kind per second, with the count since the last one.
+    fn warn(&mut self, now: Instant, kind: Refusal, ip: IpAddr) {
+        let (last, count) = &mut self.warned[kind as usize];
+        *count += 1;
+        if last.is_some_and(|t| now.saturating_duration_since(t) < WARN_INTERVAL) {
+            return;
+        }
+        *last = Some(now);
+        let refused = std::mem::take(count);
+        match kind {
+            Refusal::Max => tracing::warn!(
+                %ip, refused, max_connections = self.max_open,
+                "connection refused: max_connections open"
+            ),
+            Refusal::Rate => tracing::warn!(
+                %ip, refused, max_connections_per_ip_per_sec = self.per_ip_per_sec,
+                "connection refused: per-IP connection rate exceeded"
+            ),
+        }
+    }
+
+    /// Addresses in the current window (for tests).
+    #[cfg(test)]
+    fn tracked(&self) -> usize {
+        self.per_ip.len()
+    }
+}
+
+/// A connection counted open has ended (or was never adopted).
+pub(crate) fn release(open: &AtomicUsize) {
+    let prev = open.fetch_sub(1, Ordering::Relaxed);
+    debug_assert!(prev > 0, "open-connection count underflow");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(n: u32) -> IpAddr {
+        IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + n))
+    }
+
+    #[test]
+    fn max_open_counts_releases() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let mut a = Admission::new(open.clone(), 2, 0);
+        let now = Instant::now();
+        assert_eq!(a.admit(now, ip(1)), Ok(()));
+        assert_eq!(a.admit(now, ip(1)), Ok(()));
+        assert_eq!(a.admit(now, ip(2)), Err(Refusal::Max));
+        release(&open);
+        assert_eq!(a.admit(now, ip(2)), Ok(()));
+        assert_eq!(open.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn rate_is_per_address_and_per_window() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let mut a = Admission::new(open, 0, 2);
+        let t0 = Instant::now();
+        assert_eq!(a.admit(t0, ip(1)), Ok(()));
+        assert_eq!(a.admit(t0, ip(1)), Ok(()));
+        assert_eq!(a.admit(t0, ip(1)), Err(Refusal::Rate));
+        assert_eq!(a.admit(t0, ip(2)), Ok(()), "another address is not affected");
+        let v6 = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(a.admit(t0, v6), Err(Refusal::Rate), "v4-mapped is the same");
+        let t1 = t0 + WINDOW;
+        assert_eq!(a.admit(t1, ip(1)), Ok(()), "a new window");
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let mut a = Admission::new(open, 0, 1);
+        let now = Instant::now();
+        for n in 0..PER_IP_TABLE_MAX as u32 + 10 {
+            assert_eq!(a.admit(now, ip(n)), Ok(()));
+        }
+        assert_eq!(a.tracked(), PER_IP_TABLE_MAX);
+        assert_eq!(a.admit(now + WINDOW, ip(1)), Ok(()));
+        assert_eq!(a.tracked(), 1, "cleared with the window");
+    }
+}
