@@ -96,6 +96,7 @@ impl Cli {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),
         };
+        self.apply_limits(&mut cfg);
         if !self.listen.is_empty() {
             cfg.listen = self.listen;
         }
@@ -132,7 +133,6 @@ impl Cli {
         if let Some(v) = self.connect_timeout {
             cfg.connect_timeout_secs = v;
         }
-        self.apply_limits(&mut cfg);
         if let Some(v) = self.sys_interval {
             cfg.sys_interval_secs = v;
         }
