@@ -392,8 +392,27 @@ fn topic_levels_and_bytes_are_limited() {
         other => panic!("expected DISCONNECT 0x90, got {other:?}"),
     }
     assert!(c5.closed());
+    // A will topic beyond: the CONNECT is refused (MQTT 5: 0x90).
+    let mut w = TcpStream::connect(b.addr()).unwrap();
+    let mut connect = connect_packet("will5", true);
+    connect.version = ProtocolVersion::V5;
+    connect.will = Some(ternmq::protocol::Will {
+        topic: ternmq::protocol::TopicName::new(deep).unwrap(),
+        payload: bytes::Bytes::from_static(b"bye"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        props: Default::default(),
+    });
+    let mut out = Vec::new();
+    encode_packet_v(&Packet::Connect(connect), ProtocolVersion::V5, &mut out);
+    w.write_all(&out).unwrap();
+    w.set_read_timeout(Some(WAIT)).unwrap();
+    let mut reply = [0u8; 4];
+    w.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[0], 0x20, "CONNACK");
+    assert_eq!(reply[3], 0x90, "Topic Name invalid");
     round_trip(&mut good, "ctl/good");
-    assert!(counter_at_least(b.addr(), "limits/topics_refused", 6) >= 6);
+    assert!(counter_at_least(b.addr(), "limits/topics_refused", 7) >= 7);
     b.stop_checked().expect("no worker panicked");
 }
 
