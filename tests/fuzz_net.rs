@@ -149,7 +149,13 @@ fn mutated_packets_from_many_clients_leave_the_broker_serving() {
     let rss_peak = rss_kib();
     // The broker still serves: the old client and a new one.
     let t = Instant::now();
-    good.send(&publish_packet("good/t", QoS::AtMostOnce, 0, b"after", false));
+    good.send(&publish_packet(
+        "good/t",
+        QoS::AtMostOnce,
+        0,
+        b"after",
+        false,
+    ));
     match good.recv() {
         Some(Packet::Publish(p)) => assert_eq!(&p.payload[..], b"after"),
         other => panic!("expected the PUBLISH back, got {other:?}"),
@@ -166,7 +172,10 @@ fn mutated_packets_from_many_clients_leave_the_broker_serving() {
         sent.load(Ordering::Relaxed),
         rtt
     );
-    assert!(sent.load(Ordering::Relaxed) > 1000, "the clients sent little");
+    assert!(
+        sent.load(Ordering::Relaxed) > 1000,
+        "the clients sent little"
+    );
     // Generous: the allocator keeps some freed memory, and persistent sessions of the
     // 20 client ids may hold queued messages.
     assert!(

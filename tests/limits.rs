@@ -226,7 +226,13 @@ fn oversize_packet_closes_only_its_connection() {
     let b = limited(|c| c.max_packet_bytes = 1024);
     let mut good = Raw::mqtt(b.addr(), "good", true);
     let mut big = Raw::mqtt(b.addr(), "big", true);
-    big.send(&publish_packet("t", QoS::AtMostOnce, 0, &[7u8; 2000], false));
+    big.send(&publish_packet(
+        "t",
+        QoS::AtMostOnce,
+        0,
+        &[7u8; 2000],
+        false,
+    ));
     assert!(big.closed().0, "3.1.1: closed");
     let mut big5 = V5::connect(b.addr(), "big5");
     let mut bytes = Vec::new();
@@ -253,7 +259,13 @@ fn inflight_window_holds_the_rest_in_the_queue() {
     subscribe(&mut sub, "q/t", QoS::AtLeastOnce);
     let mut publ = Raw::mqtt(b.addr(), "pub", true);
     for i in 1..=10u16 {
-        publ.send(&publish_packet("q/t", QoS::AtLeastOnce, i, &[i as u8], false));
+        publ.send(&publish_packet(
+            "q/t",
+            QoS::AtLeastOnce,
+            i,
+            &[i as u8],
+            false,
+        ));
         assert!(matches!(publ.recv(), Some(Packet::PubAck(_))));
     }
     let mut ids = Vec::new();
@@ -482,7 +494,10 @@ fn slowloris_does_not_block_the_workers() {
     );
     assert!(median < Duration::from_millis(200), "median {median:?}");
     let left = driver.join().expect("driver thread");
-    assert_eq!(left, 0, "every slow connection closed by the CONNECT timeout");
+    assert_eq!(
+        left, 0,
+        "every slow connection closed by the CONNECT timeout"
+    );
     assert!(
         started.elapsed() < Duration::from_secs(3 + 10),
         "closed in {:?}",

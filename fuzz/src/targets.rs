@@ -102,7 +102,9 @@ pub fn session(data: &[u8]) {
                 h.feed(conn, &out);
             }
             3 => h.close(r.byte().unwrap_or(0)),
-            4 => h.advance(Duration::from_millis(u64::from(r.byte().unwrap_or(0)) * 100)),
+            4 => h.advance(Duration::from_millis(
+                u64::from(r.byte().unwrap_or(0)) * 100,
+            )),
             5 => h.deliver_mesh(op >> 3),
             6 => {
                 // A valid packet from the seeds, in the connection's version.
@@ -290,7 +292,8 @@ impl Harness {
             e.resume.clear();
             let closed: Vec<ConnId> = e.close.drain(..).map(|(id, _)| id).collect();
             let w = s.worker_id();
-            self.conns.retain(|c| !(c.shard == w && closed.contains(&c.id)));
+            self.conns
+                .retain(|c| !(c.shard == w && closed.contains(&c.id)));
         }
     }
 }

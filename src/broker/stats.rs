@@ -78,8 +78,14 @@ impl LimitStats {
     /// `$SYS/broker/limits/<name>` topics and values.
     pub fn topics(&self) -> [(&'static str, u64); 6] {
         [
-            ("limits/connections_refused_max", self.connections_refused_max),
-            ("limits/connections_refused_rate", self.connections_refused_rate),
+            (
+                "limits/connections_refused_max",
+                self.connections_refused_max,
+            ),
+            (
+                "limits/connections_refused_rate",
+                self.connections_refused_rate,
+            ),
             ("limits/connect_timeouts", self.connect_timeouts),
             ("limits/packet_too_large", self.packet_too_large),
             ("limits/subscriptions_refused", self.subscriptions_refused),

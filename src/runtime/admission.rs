@@ -167,7 +167,11 @@ mod tests {
         assert_eq!(a.admit(t0, ip(1)), Ok(()));
         assert_eq!(a.admit(t0, ip(1)), Ok(()));
         assert_eq!(a.admit(t0, ip(1)), Err(Refusal::Rate));
-        assert_eq!(a.admit(t0, ip(2)), Ok(()), "another address is not affected");
+        assert_eq!(
+            a.admit(t0, ip(2)),
+            Ok(()),
+            "another address is not affected"
+        );
         let v6 = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(a.admit(t0, v6), Err(Refusal::Rate), "v4-mapped is the same");
         let t1 = t0 + WINDOW;

@@ -17,7 +17,10 @@ fn main() {
         }
         Some(t @ ("decode" | "session")) => {
             let secs: u64 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(10);
-            let seed: u64 = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(0x9e37_79b9);
+            let seed: u64 = args
+                .get(2)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0x9e37_79b9);
             let crashes = run(t, Duration::from_secs(secs), seed);
             if crashes > 0 {
                 std::process::exit(1);
@@ -35,7 +38,11 @@ fn corpus(target: &str) -> Vec<Vec<u8>> {
         "decode" => ternmq_fuzz::seeds()
             .into_iter()
             .map(|(v, bytes)| {
-                let sel = if v == ternmq::protocol::ProtocolVersion::V5 { 1 } else { 0 };
+                let sel = if v == ternmq::protocol::ProtocolVersion::V5 {
+                    1
+                } else {
+                    0
+                };
                 let mut input = vec![sel];
                 input.extend(bytes);
                 input
