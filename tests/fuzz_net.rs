@@ -60,7 +60,7 @@ fn seeds(v: ProtocolVersion) -> Vec<Vec<u8>> {
 /// One fuzzing client: connects, sends a CONNECT and mutated packets, reads and
 /// discards what comes back, reconnects when the broker closes it.
 fn client(addr: SocketAddr, n: usize, until: Instant, sent: Arc<AtomicU64>) {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (n as u64 + 1) * 0x1000_0001);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((n as u64 + 1) * 0x1000_0001));
     let by_version = [
         (ProtocolVersion::V3_1_1, seeds(ProtocolVersion::V3_1_1)),
         (ProtocolVersion::V5, seeds(ProtocolVersion::V5)),
