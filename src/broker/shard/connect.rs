@@ -475,6 +475,15 @@ impl Shard {
             .map(|m| (m.state, m.qos, m.retain, m.packet_id, m.msg.clone()))
             .collect();
         for (state, qos, retain, pid, msg) in pending {
+            if state == OutState::Published && !self.fits(key, &msg, qos) {
+                // The new connection's Maximum Packet Size is below it: not sent, and
+                // treated as delivered ([MQTT-3.1.2-24]).
+                if let Some(s) = self.sessions.get_mut(key) {
+                    s.puback(pid);
+                }
+                self.stats.dropped_too_large += 1;
+                continue;
+            }
             match state {
                 OutState::Published => {
                     self.encode_publish_to(now, id, &msg, qos, retain, Some(pid), true)
@@ -696,13 +705,10 @@ impl Shard {
         packet_id: Option<crate::protocol::PacketId>,
         dup: bool,
     ) {
-        let Some(conn) = self.conn(id) else {
+        let Some(conn) = self.conn_mut(id) else {
             return;
         };
         if conn.v5.is_none() {
-            let Some(conn) = self.conn_mut(id) else {
-                return;
-            };
             encode_publish(
                 &mut conn.tx,
                 dup,

@@ -192,18 +192,21 @@ impl Shard {
     ) {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
-        // No Local (3.8.3.1): the publisher's own session, if it lives here.
-        let publisher = origin.filter(|o| o.worker == self.id).and_then(|o| {
-            match self.conn(o.conn).map(|c| &c.phase) {
-                Some(super::Phase::Active { session }) => Some(*session as u32),
-                _ => None,
-            }
-        });
+        let mut no_local = false;
         self.index.for_each_match(&msg.topic, |sub, g| {
-            if !(g.no_local() && Some(sub) == publisher) {
-                matches.push((sub, g));
-            }
+            no_local |= g.no_local();
+            matches.push((sub, g));
         });
+        if no_local {
+            // No Local (3.8.3.1): not to the publisher's own session, if it lives here.
+            let publisher = origin.filter(|o| o.worker == self.id).and_then(|o| {
+                match self.conn(o.conn).map(|c| &c.phase) {
+                    Some(super::Phase::Active { session }) => Some(*session as u32),
+                    _ => None,
+                }
+            });
+            matches.retain(|&(sub, g)| !(g.no_local() && Some(sub) == publisher));
+        }
         if matches.len() > 1 {
             // One delivery per session ([MQTT-3.3.4-2]) at the highest QoS, with the
             // RETAIN flag kept if any matching subscription asks for it.
@@ -255,7 +258,10 @@ impl Shard {
             self.stats.dropped_expired += 1;
             return;
         }
-        if !self.fits(key, msg, qos) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if session.v5.is_some() && !self.fits(key, msg, qos) {
             self.stats.dropped_too_large += 1;
             return;
         }
