@@ -1473,3 +1473,95 @@ fn mosquitto_v5_clients_properties_and_session_expiry() {
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     assert_eq!(text, "sess/queued q\n", "the offline message was kept");
 }
+
+#[test]
+fn server_disconnect_receive_maximum_malformed_and_shutdown() {
+    let b = broker_with(2, |c| c.max_inbound_qos2 = 2);
+    // More QoS 2 messages awaiting PUBREL than the Receive Maximum announced: 0x93.
+    let mut raw = Raw5::up(b.addr(), "greedy", |_| {});
+    for id in 1..=3 {
+        raw.send(&raw_publish(
+            "q2/x",
+            QoS::ExactlyOnce,
+            id,
+            b"x",
+            Properties::default(),
+        ));
+    }
+    let got = raw.until_closed(WAIT);
+    assert_eq!(
+        disconnect_reason(&got),
+        Some(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED),
+        "{got:?}"
+    );
+
+    // Malformed: a PUBLISH whose property length runs past the packet: 0x81.
+    let mut raw = Raw5::up(b.addr(), "malformed", |_| {});
+    // PUBLISH QoS 0, topic "t", property length 5 but only one byte of properties.
+    raw.stream
+        .write_all(&[0x30, 0x05, 0x00, 0x01, b't', 0x05, 0x01])
+        .unwrap();
+    let got = raw.until_closed(WAIT);
+    assert_eq!(
+        disconnect_reason(&got),
+        Some(ReasonCode::MALFORMED_PACKET),
+        "{got:?}"
+    );
+
+    // A DISCONNECT that sets a session expiry when CONNECT had 0: protocol error
+    // (3.14.2.2.2).
+    let mut raw = Raw5::up(b.addr(), "late-expiry", |_| {});
+    let mut props = Properties::default();
+    props.session_expiry_interval = Some(30);
+    raw.send(&Packet::Disconnect(Disconnect {
+        reason: ReasonCode::NORMAL_DISCONNECTION,
+        props: props.into(),
+    }));
+    let got = raw.until_closed(WAIT);
+    assert_eq!(disconnect_reason(&got), Some(ReasonCode::PROTOCOL_ERROR));
+
+    // Shutdown: every connected v5 client gets 0x8B.
+    let mut a = Raw5::up(b.addr(), "a", |_| {});
+    let mut c = Raw5::up(b.addr(), "c", |_| {});
+    b.request_stop();
+    for raw in [&mut a, &mut c] {
+        let got = raw.until_closed(WAIT);
+        assert_eq!(
+            disconnect_reason(&got),
+            Some(ReasonCode::SERVER_SHUTTING_DOWN)
+        );
+    }
+}
+
+#[test]
+fn connack_advertises_capabilities_and_will_waits_for_session_expiry() {
+    let b = broker(2);
+    let (_c, mut conn) = v5(b.addr(), "caps", |_| {});
+    let a = connack5(&mut conn);
+    let p = a.properties.expect("CONNACK properties");
+    // Absent means available (3.2.2.3.5, .11, .12, .13) and maximum QoS 2 (3.2.2.3.4).
+    assert!(p.retain_available.unwrap_or(1) == 1);
+    assert!(p.wildcard_subscription_available.unwrap_or(1) == 1);
+    assert!(p.subscription_identifiers_available.unwrap_or(1) == 1);
+    assert!(p.shared_subscription_available.unwrap_or(1) == 1);
+    assert!(p.max_qos.is_none_or(|q| q == 2), "{:?}", p.max_qos);
+
+    // A will delay longer than the session expiry: the will goes when the session
+    // ends (3.1.3.2.2).
+    let (w, mut watch) = up5(b.addr(), "watcher", |_| {});
+    sub5(&w, &mut watch, "will/#", Q5::AtLeastOnce);
+    let (_c, conn) = up5(b.addr(), "short", |o| {
+        o.set_last_will(will5("will/short", 60));
+        session_expiry(1)(o);
+    });
+    let t0 = Instant::now();
+    drop(conn);
+    let p = pub5(&mut watch);
+    assert_eq!(topic_of(&p), "will/short");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+}
