@@ -1565,3 +1565,214 @@ fn connack_advertises_capabilities_and_will_waits_for_session_expiry() {
     );
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
 }
+
+#[test]
+fn shared_subscription_edge_cases() {
+    let b = broker_with(2, |c| {
+        c.shared_subscription_strategy = ternmq::config::SharedStrategy::Sticky
+    });
+    let (publ, mut pconn) = up5(b.addr(), "pub", |_| {});
+    // A member with a persistent session goes offline: it gets no more while away.
+    let (away, mut aconn) = up5(b.addr(), "away", session_expiry(60));
+    sub5(&away, &mut aconn, "$share/g/e/#", Q5::AtLeastOnce);
+    let (stay, mut sconn) = up5(b.addr(), "stay", |_| {});
+    sub5(&stay, &mut sconn, "$share/g/e/#", Q5::AtLeastOnce);
+    disconnect5(&away, aconn);
+    let n = 10;
+    for i in 0..n {
+        publish5(
+            &publ,
+            &mut pconn,
+            &format!("e/{i}"),
+            Q5::AtLeastOnce,
+            false,
+            format!("{i}"),
+            None,
+        );
+    }
+    let got: Vec<u32> = drain5(&mut sconn, Duration::from_millis(500))
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).parse().unwrap())
+        .collect();
+    assert_eq!(
+        got,
+        (0..n).collect::<Vec<_>>(),
+        "the connected member gets all"
+    );
+    // ... and nothing was parked in the offline member's session for the group.
+    let (_away, mut aconn) = v5(b.addr(), "away", |o| {
+        o.set_clean_start(false);
+        session_expiry(60)(o);
+    });
+    assert!(connack5(&mut aconn).session_present);
+    no_publish5(&mut aconn, Duration::from_millis(300));
+
+    // Sticky: with both connected, one member gets a run of messages.
+    for i in 0..n {
+        publish5(
+            &publ,
+            &mut pconn,
+            &format!("e/{i}"),
+            Q5::AtLeastOnce,
+            false,
+            format!("{i}"),
+            None,
+        );
+    }
+    let got = collect_all(vec![aconn, sconn], Duration::from_millis(500));
+    let sizes: Vec<usize> = got.iter().map(Vec::len).collect();
+    assert!(
+        sizes == vec![n as usize, 0] || sizes == vec![0, n as usize],
+        "sticky keeps one member: {got:?}"
+    );
+
+    // No Local on a shared subscription is a protocol error [MQTT-3.8.3-4].
+    let mut raw = Raw5::up(b.addr(), "nolocal-shared", |_| {});
+    raw.send(&Packet::Subscribe(Subscribe {
+        packet_id: pid(1),
+        filters: vec![(
+            TopicFilter::new("$share/g/e/#").unwrap(),
+            SubOptions {
+                no_local: true,
+                ..SubOptions::qos(QoS::AtLeastOnce)
+            },
+        )],
+        props: Default::default(),
+    }));
+    let got = raw.until_closed(WAIT);
+    assert_eq!(disconnect_reason(&got), Some(ReasonCode::PROTOCOL_ERROR));
+}
+
+#[test]
+fn shared_subscription_unacked_qos2_goes_to_another_member() {
+    let b = broker(2);
+    let mut lazy = Raw5::up(b.addr(), "lazy", |_| {});
+    lazy.subscribe("$share/g/q2/#", SubOptions::qos(QoS::ExactlyOnce), None);
+    let (good, mut gconn) = up5(b.addr(), "good", |_| {});
+    sub5(&good, &mut gconn, "$share/g/q2/#", Q5::ExactlyOnce);
+    let (publ, mut pconn) = up5(b.addr(), "pub", |_| {});
+    let n = 6;
+    for i in 0..n {
+        publish5(
+            &publ,
+            &mut pconn,
+            &format!("q2/{i}"),
+            Q5::ExactlyOnce,
+            false,
+            format!("{i}"),
+            None,
+        );
+    }
+    let mut lazy_n = 0;
+    while let Some(p) = lazy.recv_within(Duration::from_millis(300)) {
+        lazy_n += usize::from(matches!(p, Packet::Publish(_)));
+    }
+    assert!(lazy_n > 0);
+    let mut got: Vec<u32> = drain5(&mut gconn, Duration::from_millis(300))
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).parse().unwrap())
+        .collect();
+    drop(lazy);
+    got.extend(
+        drain5(&mut gconn, Duration::from_millis(1000))
+            .iter()
+            .map(|p| String::from_utf8_lossy(&p.payload).parse::<u32>().unwrap()),
+    );
+    got.sort();
+    got.dedup();
+    assert_eq!(got, (0..n).collect::<Vec<_>>());
+}
+
+#[test]
+fn request_problem_information_zero_suppresses_reason_strings() {
+    let b = broker(2);
+    // With problem information refused, a failed PUBACK carries no reason string
+    // (3.1.2.11.7).
+    let mut raw = Raw5::up(b.addr(), "quiet", |c| {
+        c.props.request_problem_information = Some(0)
+    });
+    let props = Properties {
+        payload_format_indicator: Some(1),
+        ..Default::default()
+    };
+    raw.send(&raw_publish(
+        "rp/x",
+        QoS::AtLeastOnce,
+        1,
+        b"\xff",
+        props.clone(),
+    ));
+    match raw.recv() {
+        Some(Packet::PubAck(a)) => {
+            assert_eq!(a.reason, ReasonCode::PAYLOAD_FORMAT_INVALID);
+            assert_eq!(a.props.reason_string, None);
+        }
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+    let mut raw = Raw5::up(b.addr(), "chatty", |_| {});
+    raw.send(&raw_publish("rp/x", QoS::AtLeastOnce, 1, b"\xff", props));
+    match raw.recv() {
+        Some(Packet::PubAck(a)) => assert_eq!(a.reason, ReasonCode::PAYLOAD_FORMAT_INVALID),
+        other => panic!("expected PUBACK, got {other:?}"),
+    }
+}
+
+#[test]
+fn retained_message_keeps_its_properties_and_expiry_reaches_v311_queue() {
+    let b = broker(2);
+    let (publ, mut pconn) = up5(b.addr(), "pub", |_| {});
+    let props = PublishProperties {
+        user_properties: vec![("k".into(), "v".into())],
+        content_type: Some("ct".into()),
+        ..Default::default()
+    };
+    publish5(
+        &publ,
+        &mut pconn,
+        "rk/t",
+        Q5::AtLeastOnce,
+        true,
+        "r",
+        Some(props),
+    );
+    let (s, mut sconn) = up5(b.addr(), "sub", |_| {});
+    s.subscribe("rk/#", Q5::AtLeastOnce).unwrap();
+    let p = pub5(&mut sconn);
+    assert!(p.retain);
+    let pp = p.properties.expect("retained properties");
+    assert_eq!(pp.user_properties, vec![("k".to_string(), "v".to_string())]);
+    assert_eq!(pp.content_type.as_deref(), Some("ct"));
+
+    // A 3.1.1 offline session: an expired v5 message is not delivered to it either.
+    let (s4, mut c4) = common::rumqtt(b.addr(), "old", false);
+    common::wait_connack(&mut c4);
+    s4.subscribe("ex4/#", rumqttc::QoS::AtLeastOnce).unwrap();
+    common::wait_suback(&mut c4);
+    s4.disconnect().unwrap();
+    let _ = c4.recv_timeout(Duration::from_millis(200));
+    drop(c4);
+    std::thread::sleep(Duration::from_millis(100));
+    publish5(
+        &publ,
+        &mut pconn,
+        "ex4/short",
+        Q5::AtLeastOnce,
+        false,
+        "s",
+        Some(expiry(1)),
+    );
+    publish5(
+        &publ,
+        &mut pconn,
+        "ex4/long",
+        Q5::AtLeastOnce,
+        false,
+        "l",
+        Some(expiry(60)),
+    );
+    std::thread::sleep(Duration::from_millis(2100));
+    let (_s4, mut c4) = common::rumqtt(b.addr(), "old", false);
+    assert!(common::wait_connack(&mut c4));
+    let p = common::next_publish(&mut c4);
+    assert_eq!(p.topic, "ex4/long");
+}
