@@ -1782,3 +1782,104 @@ fn retained_message_keeps_its_properties_and_expiry_reaches_v311_queue() {
     let p = common::next_publish(&mut c4);
     assert_eq!(p.topic, "ex4/long");
 }
+
+#[test]
+fn outbound_aliases_reset_per_connection_and_survive_more_topics_than_aliases() {
+    let b = broker(2);
+    let (publ, mut pconn) = up5(b.addr(), "pub", |_| {});
+    let opts = |o: &mut MqttOptions| {
+        o.set_topic_alias_max(Some(2));
+        o.set_clean_start(false);
+        session_expiry(60)(o);
+    };
+    let (s, mut sconn) = up5(b.addr(), "aliased", opts);
+    sub5(&s, &mut sconn, "ao/#", Q5::AtLeastOnce);
+    // Five topics through two aliases, twice round.
+    let topics: Vec<String> = (0..5).map(|i| format!("ao/{i}")).collect();
+    for round in 0..2 {
+        for t in &topics {
+            publish5(
+                &publ,
+                &mut pconn,
+                t,
+                Q5::AtLeastOnce,
+                false,
+                format!("{round}"),
+                None,
+            );
+        }
+    }
+    let got: Vec<String> = drain5(&mut sconn, Duration::from_millis(500))
+        .iter()
+        .map(topic_of)
+        .collect();
+    let want: Vec<String> = topics.iter().chain(&topics).cloned().collect();
+    assert_eq!(got, want);
+    // A new connection starts with no aliases [MQTT-3.3.2-7]: the first publish on a
+    // topic seen before must carry the topic name again (rumqttc fails otherwise).
+    disconnect5(&s, sconn);
+    let (_s, mut sconn) = up5(b.addr(), "aliased", opts);
+    publish5(
+        &publ,
+        &mut pconn,
+        "ao/0",
+        Q5::AtLeastOnce,
+        false,
+        "again",
+        None,
+    );
+    let p = pub5(&mut sconn);
+    assert_eq!(topic_of(&p), "ao/0");
+    assert_eq!(&p.payload[..], b"again");
+}
+
+#[test]
+fn will_on_takeover_follows_clean_start_of_the_new_connection() {
+    let b = broker(2);
+    let (w, mut watch) = up5(b.addr(), "watcher", |_| {});
+    sub5(&w, &mut watch, "will/#", Q5::AtLeastOnce);
+    // Taken over by a connection that resumes the session: no will (delay 5 s).
+    let mut old = Raw5::up(b.addr(), "tk", |c| {
+        c.props.session_expiry_interval = Some(60);
+        c.will = Some(Will {
+            topic: TopicName::new("will/tk").unwrap(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            props: Properties {
+                will_delay_interval: Some(5),
+                ..Default::default()
+            }
+            .into(),
+        });
+    });
+    let _new = Raw5::up(b.addr(), "tk", |c| {
+        c.clean_session = false;
+        c.props.session_expiry_interval = Some(60);
+    });
+    let got = old.until_closed(WAIT);
+    assert_eq!(
+        disconnect_reason(&got),
+        Some(ReasonCode::SESSION_TAKEN_OVER)
+    );
+    no_publish5(&mut watch, Duration::from_millis(500));
+    // Taken over with clean start 1: the old session ends, its will goes at once
+    // (3.1.2.5: the will is published when the session ends before the delay).
+    let mut old = Raw5::up(b.addr(), "tk2", |c| {
+        c.props.session_expiry_interval = Some(60);
+        c.will = Some(Will {
+            topic: TopicName::new("will/tk2").unwrap(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            props: Properties {
+                will_delay_interval: Some(30),
+                ..Default::default()
+            }
+            .into(),
+        });
+    });
+    let _new = Raw5::up(b.addr(), "tk2", |_| {});
+    old.until_closed(WAIT);
+    assert_eq!(topic_of(&pub5(&mut watch)), "will/tk2");
+}
