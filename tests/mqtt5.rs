@@ -1864,22 +1864,27 @@ fn will_on_takeover_follows_clean_start_of_the_new_connection() {
     );
     no_publish5(&mut watch, Duration::from_millis(500));
     // Taken over with clean start 1: the old session ends, its will goes at once
-    // (3.1.2.5: the will is published when the session ends before the delay).
-    let mut old = Raw5::up(b.addr(), "tk2", |c| {
-        c.props.session_expiry_interval = Some(60);
-        c.will = Some(Will {
-            topic: TopicName::new("will/tk2").unwrap(),
-            payload: Bytes::from_static(b"gone"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-            props: Properties {
-                will_delay_interval: Some(30),
-                ..Default::default()
-            }
-            .into(),
+    // (3.1.2.5: published when the session ends before the delay). Consecutive
+    // connections alternate workers: without a spacer the takeover crosses workers
+    // (the `on_takeover` path), with one it stays on the same worker (`activate`).
+    for (id, spacer) in [("tk2", false), ("tk3", true)] {
+        let mut old = Raw5::up(b.addr(), id, |c| {
+            c.props.session_expiry_interval = Some(60);
+            c.will = Some(Will {
+                topic: TopicName::new(format!("will/{id}")).unwrap(),
+                payload: Bytes::from_static(b"gone"),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                props: Properties {
+                    will_delay_interval: Some(30),
+                    ..Default::default()
+                }
+                .into(),
+            });
         });
-    });
-    let _new = Raw5::up(b.addr(), "tk2", |_| {});
-    old.until_closed(WAIT);
-    assert_eq!(topic_of(&pub5(&mut watch)), "will/tk2");
+        let _spacer = spacer.then(|| Raw5::up(b.addr(), &format!("{id}-spacer"), |_| {}));
+        let _new = Raw5::up(b.addr(), id, |_| {});
+        old.until_closed(WAIT);
+        assert_eq!(topic_of(&pub5(&mut watch)), format!("will/{id}"));
+    }
 }
