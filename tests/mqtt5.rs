@@ -1511,8 +1511,10 @@ fn server_disconnect_receive_maximum_malformed_and_shutdown() {
     // A DISCONNECT that sets a session expiry when CONNECT had 0: protocol error
     // (3.14.2.2.2).
     let mut raw = Raw5::up(b.addr(), "late-expiry", |_| {});
-    let mut props = Properties::default();
-    props.session_expiry_interval = Some(30);
+    let props = Properties {
+        session_expiry_interval: Some(30),
+        ..Default::default()
+    };
     raw.send(&Packet::Disconnect(Disconnect {
         reason: ReasonCode::NORMAL_DISCONNECTION,
         props: props.into(),
