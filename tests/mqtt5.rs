@@ -1890,3 +1890,91 @@ fn will_on_takeover_follows_clean_start_of_the_new_connection() {
         assert_eq!(topic_of(&pub5(&mut watch)), format!("will/{id}"));
     }
 }
+
+#[test]
+fn receive_maximum_counts_qos2_until_pubcomp() {
+    let b = broker(2);
+    let mut raw = Raw5::up(b.addr(), "q2slow", |c| c.props.receive_maximum = Some(1));
+    raw.subscribe("rq/#", SubOptions::qos(QoS::ExactlyOnce), None);
+    let (publ, mut pconn) = up5(b.addr(), "pub", |_| {});
+    for i in 0..3 {
+        publish5(
+            &publ,
+            &mut pconn,
+            &format!("rq/{i}"),
+            Q5::ExactlyOnce,
+            false,
+            "m",
+            None,
+        );
+    }
+    for i in 0..3 {
+        let id = match raw.recv() {
+            Some(Packet::Publish(p)) => {
+                assert_eq!(p.topic.as_str(), format!("rq/{i}"));
+                p.packet_id.unwrap()
+            }
+            other => panic!("expected PUBLISH rq/{i}, got {other:?}"),
+        };
+        // Still in flight after PUBREC: nothing more until PUBCOMP (4.9).
+        assert!(raw.recv_within(Duration::from_millis(300)).is_none());
+        raw.send(&Packet::PubRec(Ack::new(id)));
+        match raw.recv() {
+            Some(Packet::PubRel(a)) => assert_eq!(a.packet_id, id),
+            other => panic!("expected PUBREL, got {other:?}"),
+        }
+        assert!(raw.recv_within(Duration::from_millis(300)).is_none());
+        raw.send(&Packet::PubComp(Ack::new(id)));
+    }
+}
+
+#[test]
+fn shared_subscription_identifier_and_disconnect_expiry_change() {
+    let b = broker(2);
+    let (s, mut sconn) = up5(b.addr(), "member", |_| {});
+    s.subscribe_with_properties(
+        "$share/g/sid/#",
+        Q5::AtLeastOnce,
+        SubscribeProperties {
+            id: Some(42),
+            user_properties: vec![],
+        },
+    )
+    .unwrap();
+    suback5(&mut sconn);
+    let (publ, mut pconn) = up5(b.addr(), "pub", |_| {});
+    publish5(
+        &publ,
+        &mut pconn,
+        "sid/x",
+        Q5::AtLeastOnce,
+        false,
+        "m",
+        None,
+    );
+    let p = pub5(&mut sconn);
+    assert_eq!(p.properties.unwrap().subscription_identifiers, vec![42]);
+
+    // A DISCONNECT setting the expiry to 0 ends a session that had 60 (3.14.2.2.2).
+    let mut raw = Raw5::up(b.addr(), "shorten", |c| {
+        c.props.session_expiry_interval = Some(60)
+    });
+    raw.subscribe("sh0/#", SubOptions::qos(QoS::AtLeastOnce), None);
+    raw.send(&Packet::Disconnect(Disconnect {
+        reason: ReasonCode::NORMAL_DISCONNECTION,
+        props: Properties {
+            session_expiry_interval: Some(0),
+            ..Default::default()
+        }
+        .into(),
+    }));
+    raw.until_closed(WAIT);
+    let (_raw, ack) = Raw5::connect(
+        b.addr(),
+        Connect {
+            clean_session: false,
+            ..connect5("shorten")
+        },
+    );
+    assert!(!ack.session_present, "session ended with the connection");
+}
