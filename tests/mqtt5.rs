@@ -1978,3 +1978,98 @@ fn shared_subscription_identifier_and_disconnect_expiry_change() {
     );
     assert!(!ack.session_present, "session ended with the connection");
 }
+
+#[test]
+fn packet_size_counts_properties_expiry_ticks_on_resend_alias_retains_real_topic() {
+    let b = broker(2);
+    // Maximum packet size 200: a small payload with large user properties is too big.
+    let mut small = Raw5::up(b.addr(), "small", |c| {
+        c.props.maximum_packet_size = Some(200)
+    });
+    small.subscribe("pp/#", SubOptions::qos(QoS::AtLeastOnce), None);
+    let mut publ = Raw5::up(b.addr(), "pub", |_| {});
+    let big_props = Properties {
+        user_properties: vec![("k".into(), "v".repeat(300).into())],
+        ..Default::default()
+    };
+    publ.send(&raw_publish("pp/big", QoS::AtLeastOnce, 1, b"x", big_props));
+    publ.send(&raw_publish(
+        "pp/ok",
+        QoS::AtLeastOnce,
+        2,
+        b"x",
+        Properties::default(),
+    ));
+    for _ in 0..2 {
+        assert!(matches!(publ.recv(), Some(Packet::PubAck(_))));
+    }
+    match small.recv() {
+        Some(Packet::Publish(p)) => assert_eq!(p.topic.as_str(), "pp/ok"),
+        other => panic!("expected pp/ok, got {other:?}"),
+    }
+    assert!(small.recv_within(Duration::from_millis(300)).is_none());
+
+    // An in-flight message resent after reconnect carries a smaller remaining expiry.
+    let mut s = Raw5::up(b.addr(), "resend", |c| {
+        c.props.session_expiry_interval = Some(60)
+    });
+    s.subscribe("rs/#", SubOptions::qos(QoS::AtLeastOnce), None);
+    let props = Properties {
+        message_expiry_interval: Some(30),
+        ..Default::default()
+    };
+    publ.send(&raw_publish("rs/x", QoS::AtLeastOnce, 3, b"x", props));
+    assert!(matches!(publ.recv(), Some(Packet::PubAck(_))));
+    let first = match s.recv() {
+        Some(Packet::Publish(p)) => p.props.message_expiry_interval.unwrap(),
+        other => panic!("expected PUBLISH, got {other:?}"),
+    };
+    drop(s); // not acknowledged
+    std::thread::sleep(Duration::from_millis(1100));
+    let (mut s, ack) = Raw5::connect(
+        b.addr(),
+        Connect {
+            clean_session: false,
+            props: Properties {
+                session_expiry_interval: Some(60),
+                ..Default::default()
+            }
+            .into(),
+            ..connect5("resend")
+        },
+    );
+    assert!(ack.session_present);
+    match s.recv() {
+        Some(Packet::Publish(p)) => {
+            assert!(p.dup, "resent with DUP");
+            let left = p.props.message_expiry_interval.unwrap();
+            assert!(left < first, "remaining expiry {left} after {first}");
+        }
+        other => panic!("expected resent PUBLISH, got {other:?}"),
+    }
+
+    // A retained PUBLISH sent by alias is stored under its topic.
+    let alias = Properties {
+        topic_alias: Some(1),
+        ..Default::default()
+    };
+    publ.send(&raw_publish(
+        "ra/t",
+        QoS::AtMostOnce,
+        0,
+        b"set",
+        alias.clone(),
+    ));
+    let mut p = raw_publish("", QoS::AtMostOnce, 0, b"kept", alias);
+    if let Packet::Publish(p) = &mut p {
+        p.retain = true;
+    }
+    publ.send(&p);
+    let (c, mut conn) = up5(b.addr(), "ra-sub", |_| {});
+    c.subscribe("ra/#", Q5::AtMostOnce).unwrap();
+    let p = pub5(&mut conn);
+    assert_eq!(
+        (topic_of(&p).as_str(), &p.payload[..]),
+        ("ra/t", &b"kept"[..])
+    );
+}
