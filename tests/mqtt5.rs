@@ -2073,3 +2073,61 @@ fn packet_size_counts_properties_expiry_ticks_on_resend_alias_retains_real_topic
         ("ra/t", &b"kept"[..])
     );
 }
+
+#[test]
+fn invalid_shared_filters_and_subscription_identifier_zero() {
+    let b = broker(2);
+    // Malformed share names get SUBACK 0x8F (Topic Filter invalid) (4.8.2).
+    for filter in ["$share/g", "$share//t", "$share/g+/t", "$share/g#/t"] {
+        let Ok(f) = TopicFilter::new(filter) else {
+            continue; // rejected as a filter already by the codec
+        };
+        let mut raw = Raw5::up(b.addr(), "badshare", |_| {});
+        raw.send(&Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(f, SubOptions::qos(QoS::AtLeastOnce))],
+            props: Default::default(),
+        }));
+        match raw.recv() {
+            Some(Packet::SubAck(s)) => {
+                assert_eq!(s.codes, vec![ReasonCode::TOPIC_FILTER_INVALID], "{filter}")
+            }
+            Some(Packet::Disconnect(d)) => {
+                assert_eq!(d.reason, ReasonCode::PROTOCOL_ERROR, "{filter}")
+            }
+            other => panic!("{filter}: expected SUBACK 0x8F, got {other:?}"),
+        }
+    }
+    // Subscription identifier 0 in SUBSCRIBE is a protocol error (3.8.2.1.2).
+    let mut raw = Raw5::up(b.addr(), "sid0", |_| {});
+    // (Raw bytes: our encoder refuses to write identifier 0.) SUBSCRIBE id 1,
+    // properties [0x0B 0x00], filter "a" at QoS 1.
+    raw.stream
+        .write_all(&[
+            0x82, 0x09, 0x00, 0x01, 0x02, 0x0B, 0x00, 0x00, 0x01, b'a', 0x01,
+        ])
+        .unwrap();
+    let got = raw.until_closed(WAIT);
+    assert!(
+        matches!(
+            disconnect_reason(&got),
+            Some(ReasonCode::PROTOCOL_ERROR | ReasonCode::MALFORMED_PACKET)
+        ),
+        "{got:?}"
+    );
+
+    // A v5 will with properties reaches a 3.1.1 subscriber as a plain message.
+    let (s4, mut c4) = common::rumqtt(b.addr(), "old", true);
+    common::wait_connack(&mut c4);
+    s4.subscribe("will/#", rumqttc::QoS::AtLeastOnce).unwrap();
+    common::wait_suback(&mut c4);
+    let (_c, conn) = up5(b.addr(), "dies", |o| {
+        o.set_last_will(will5("will/dies", 0));
+    });
+    drop(conn);
+    let p = common::next_publish(&mut c4);
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("will/dies", &b"gone"[..])
+    );
+}
