@@ -1185,40 +1185,47 @@ fn collect_all(conns: Vec<Conn5>, quiet: Duration) -> Vec<Vec<String>> {
 
 #[test]
 fn shared_subscription_spreads_messages_across_workers() {
-    let b = broker(2);
-    let mut clients = Vec::new();
-    let mut conns = Vec::new();
-    for i in 0..4 {
-        // Consecutive connections alternate between the two workers.
-        let (c, mut conn) = up5(b.addr(), &format!("m{i}"), |_| {});
-        sub5(&c, &mut conn, "$share/g/t/#", Q5::AtLeastOnce);
-        clients.push(c);
-        conns.push(conn);
-    }
-    let (publ, mut pconn) = up5(b.addr(), "pub", |_| {});
-    let n = 40;
-    for i in 0..n {
-        publish5(
-            &publ,
-            &mut pconn,
-            &format!("t/{i}"),
-            Q5::AtLeastOnce,
-            false,
-            format!("{i}"),
-            None,
+    use ternmq::config::SharedStrategy;
+    // 80 messages: with random choice a member is left out with odds ~4 * 0.75^80.
+    for strategy in [SharedStrategy::RoundRobin, SharedStrategy::Random] {
+        let b = broker_with(2, |c| c.shared_subscription_strategy = strategy);
+        let mut clients = Vec::new();
+        let mut conns = Vec::new();
+        for i in 0..4 {
+            // Consecutive connections alternate between the two workers.
+            let (c, mut conn) = up5(b.addr(), &format!("m{i}"), |_| {});
+            sub5(&c, &mut conn, "$share/g/t/#", Q5::AtLeastOnce);
+            clients.push(c);
+            conns.push(conn);
+        }
+        let (publ, mut pconn) = up5(b.addr(), "pub", |_| {});
+        let n = 80;
+        for i in 0..n {
+            publish5(
+                &publ,
+                &mut pconn,
+                &format!("t/{i}"),
+                Q5::AtLeastOnce,
+                false,
+                format!("{i}"),
+                None,
+            );
+        }
+        let got = collect_all(conns, Duration::from_millis(700));
+        for (i, g) in got.iter().enumerate() {
+            assert!(
+                !g.is_empty(),
+                "{strategy:?}: member {i} got nothing: {got:?}"
+            );
+        }
+        let mut all: Vec<u32> = got.iter().flatten().map(|s| s.parse().unwrap()).collect();
+        all.sort();
+        assert_eq!(
+            all,
+            (0..n).collect::<Vec<_>>(),
+            "exactly once across the group"
         );
     }
-    let got = collect_all(conns, Duration::from_millis(700));
-    for (i, g) in got.iter().enumerate() {
-        assert!(!g.is_empty(), "member {i} got nothing: {got:?}");
-    }
-    let mut all: Vec<u32> = got.iter().flatten().map(|s| s.parse().unwrap()).collect();
-    all.sort();
-    assert_eq!(
-        all,
-        (0..n).collect::<Vec<_>>(),
-        "exactly once across the group"
-    );
 }
 
 #[test]
