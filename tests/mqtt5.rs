@@ -2138,3 +2138,131 @@ fn invalid_shared_filters_and_subscription_identifier_zero() {
         ("will/dies", &b"gone"[..])
     );
 }
+
+#[test]
+fn inbound_aliases_do_not_survive_reconnect_and_sessions_cross_versions() {
+    let b = broker(2);
+    let alias = Properties {
+        topic_alias: Some(1),
+        ..Default::default()
+    };
+    let mut raw = Raw5::up(b.addr(), "re-alias", |c| {
+        c.props.session_expiry_interval = Some(60)
+    });
+    raw.send(&raw_publish(
+        "ia/t",
+        QoS::AtMostOnce,
+        0,
+        b"x",
+        alias.clone(),
+    ));
+    raw.send(&Packet::Disconnect(Disconnect::default()));
+    raw.until_closed(WAIT);
+    let mut raw = Raw5::up(b.addr(), "re-alias", |c| {
+        c.clean_session = false;
+        c.props.session_expiry_interval = Some(60)
+    });
+    // [MQTT-3.3.2-7]: alias mappings end with the network connection.
+    raw.send(&raw_publish("", QoS::AtMostOnce, 0, b"x", alias));
+    let got = raw.until_closed(WAIT);
+    assert!(
+        matches!(
+            disconnect_reason(&got),
+            Some(ReasonCode::PROTOCOL_ERROR | ReasonCode::TOPIC_ALIAS_INVALID)
+        ),
+        "{got:?}"
+    );
+
+    // A 3.1.1 persistent session resumed by the same client id at MQTT 5, and back.
+    let (publ, mut pconn) = up5(b.addr(), "pub", |_| {});
+    let (s4, mut c4) = common::rumqtt(b.addr(), "both", false);
+    common::wait_connack(&mut c4);
+    s4.subscribe("cv/#", rumqttc::QoS::AtLeastOnce).unwrap();
+    common::wait_suback(&mut c4);
+    s4.disconnect().unwrap();
+    let _ = c4.recv_timeout(Duration::from_millis(200));
+    drop(c4);
+    std::thread::sleep(Duration::from_millis(100));
+    publish5(
+        &publ,
+        &mut pconn,
+        "cv/1",
+        Q5::AtLeastOnce,
+        false,
+        "to5",
+        None,
+    );
+    let (c5, mut conn5) = v5(b.addr(), "both", |o| {
+        o.set_clean_start(false);
+        session_expiry(60)(o);
+    });
+    assert!(connack5(&mut conn5).session_present);
+    assert_eq!(topic_of(&pub5(&mut conn5)), "cv/1");
+    disconnect5(&c5, conn5);
+    publish5(
+        &publ,
+        &mut pconn,
+        "cv/2",
+        Q5::AtLeastOnce,
+        false,
+        "to4",
+        None,
+    );
+    let (_s4, mut c4) = common::rumqtt(b.addr(), "both", false);
+    assert!(common::wait_connack(&mut c4));
+    assert_eq!(common::next_publish(&mut c4).topic, "cv/2");
+}
+
+#[test]
+fn receive_maximum_applies_to_resent_messages_after_reconnect() {
+    let b = broker(2);
+    let connect = |recv_max: u16, clean: bool| {
+        move |c: &mut Connect| {
+            c.clean_session = clean;
+            c.props.session_expiry_interval = Some(60);
+            c.props.receive_maximum = Some(recv_max);
+        }
+    };
+    let mut raw = Raw5::up(b.addr(), "rmr", connect(5, true));
+    raw.subscribe("rmr/#", SubOptions::qos(QoS::AtLeastOnce), None);
+    let (publ, mut pconn) = up5(b.addr(), "pub", |_| {});
+    for i in 0..6 {
+        publish5(
+            &publ,
+            &mut pconn,
+            &format!("rmr/{i}"),
+            Q5::AtLeastOnce,
+            false,
+            "m",
+            None,
+        );
+    }
+    let mut n = 0;
+    while let Some(Packet::Publish(_)) = raw.recv_within(Duration::from_millis(300)) {
+        n += 1;
+    }
+    assert_eq!(n, 5, "window of 5");
+    drop(raw);
+    // Back with a window of 2: only two outstanding, even for resends [MQTT-3.3.4-9];
+    // the held ones follow, with DUP and their original ids, as acks free the window.
+    let mut raw = Raw5::up(b.addr(), "rmr", connect(2, false));
+    let mut seen = Vec::new();
+    let mut outstanding = Vec::new();
+    loop {
+        match raw.recv_within(Duration::from_millis(400)) {
+            Some(Packet::Publish(p)) => {
+                seen.push((p.topic.as_str().to_string(), p.dup));
+                outstanding.push(p.packet_id.unwrap());
+                assert!(outstanding.len() <= 2, "window exceeded: {seen:?}");
+            }
+            Some(other) => panic!("unexpected {other:?}"),
+            None if !outstanding.is_empty() => {
+                let id = outstanding.remove(0);
+                raw.send(&Packet::PubAck(Ack::new(id)));
+            }
+            None => break,
+        }
+    }
+    let want: Vec<(String, bool)> = (0..6).map(|i| (format!("rmr/{i}"), i < 5)).collect();
+    assert_eq!(seen, want, "resent (DUP) in order, then the queued one");
+}
