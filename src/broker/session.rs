@@ -101,6 +101,10 @@ pub struct Inflight {
     /// RETAIN flag on the wire (set only for deliveries caused by a new subscription).
     pub retain: bool,
     pub state: OutState,
+    /// Not yet resent on the current connection: a resumed session had more in
+    /// flight than the client's new Receive Maximum allows (4.9), so the rest waits
+    /// for acknowledgements (see `pump`). Fits in padding: no size cost.
+    pub held: bool,
 }
 
 /// A message waiting for room in the in-flight window.
@@ -385,6 +389,7 @@ impl Session {
             msg,
             retain,
             state: OutState::Published,
+            held: false,
         });
         packet_id
     }

@@ -461,37 +461,64 @@ impl Shard {
     }
 
     /// [MQTT-4.4.0-1]: on a resumed session, unacknowledged PUBLISH (DUP set) and
-    /// PUBREL go out again in their original order.
+    /// PUBREL go out again in their original order, but no more than the window
+    /// (the client's Receive Maximum on this connection, [MQTT-3.3.4-9]): the rest
+    /// are marked `held` and resent by `pump` as acknowledgements free the window.
     fn resend_inflight(&mut self, now: Instant, id: ConnId, key: usize) {
-        let Some(session) = self.sessions.get(key) else {
+        let max_inflight = self.cfg.max_inflight;
+        let Some(session) = self.sessions.get_mut(key) else {
             return;
         };
         if session.inflight.is_empty() {
             return;
         }
-        let pending: Vec<_> = session
-            .inflight
-            .iter()
-            .map(|m| (m.state, m.qos, m.retain, m.packet_id, m.msg.clone()))
-            .collect();
+        let window = session.window(max_inflight);
+        let mut pending = Vec::new();
+        for (i, m) in session.inflight.iter_mut().enumerate() {
+            m.held = i >= window;
+            if !m.held {
+                pending.push((m.state, m.qos, m.retain, m.packet_id, m.msg.clone()));
+            }
+        }
         for (state, qos, retain, pid, msg) in pending {
-            if state == OutState::Published && !self.fits(key, &msg, qos) {
+            self.resend_one(now, id, state, qos, retain, pid, &msg);
+        }
+        self.mark_dirty(id);
+    }
+
+    /// Writes one in-flight message again: the PUBLISH with DUP, or its PUBREL.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn resend_one(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        state: OutState,
+        qos: QoS,
+        retain: bool,
+        pid: crate::protocol::PacketId,
+        msg: &Message,
+    ) {
+        if state == OutState::Published {
+            let key = match self.conn(id).map(|c| &c.phase) {
+                Some(Phase::Active { session }) => *session,
+                _ => return,
+            };
+            if !self.fits(key, msg, qos) {
                 // The new connection's Maximum Packet Size is below it: not sent, and
                 // treated as delivered ([MQTT-3.1.2-24]).
                 if let Some(s) = self.sessions.get_mut(key) {
                     s.puback(pid);
                 }
                 self.stats.dropped_too_large += 1;
-                continue;
-            }
-            match state {
-                OutState::Published => {
-                    self.encode_publish_to(now, id, &msg, qos, retain, Some(pid), true)
-                }
-                OutState::Released => self.write_packet(id, &Packet::pubrel(pid)),
+                return;
             }
         }
-        self.mark_dirty(id);
+        match state {
+            OutState::Published => {
+                self.encode_publish_to(now, id, msg, qos, retain, Some(pid), true)
+            }
+            OutState::Released => self.write_packet(id, &Packet::pubrel(pid)),
+        }
     }
 
     /// DISCONNECT: the will is discarded ([MQTT-3.14.4-3]) unless an MQTT 5 client

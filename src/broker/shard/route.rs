@@ -389,6 +389,19 @@ impl Shard {
             let Some(session) = self.sessions.get_mut(key) else {
                 return;
             };
+            // First the in-flight messages held back at reconnect (see
+            // `resend_inflight`), in order, while fewer than the window are out.
+            let window = session.window(max_inflight);
+            if session.inflight.iter().filter(|m| !m.held).count() < window {
+                let next = session.inflight.iter_mut().find(|m| m.held).map(|m| {
+                    m.held = false;
+                    (m.state, m.qos, m.retain, m.packet_id, m.msg.clone())
+                });
+                if let Some((state, qos, retain, pid, msg)) = next {
+                    self.resend_one(now, id, state, qos, retain, pid, &msg);
+                    continue;
+                }
+            }
             if !session.window_open(max_inflight) {
                 return;
             }
