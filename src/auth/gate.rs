@@ -67,6 +67,13 @@ pub struct ConnAuth {
     acl: Option<ConnAcl>,
 }
 
+impl ConnAuth {
+    /// True once a login was accepted on this connection.
+    pub fn admitted(&self) -> bool {
+        self.identity.is_some()
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Identity {
     user: Option<Arc<str>>,

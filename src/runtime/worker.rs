@@ -86,12 +86,16 @@ impl Worker {
         poll: Poll,
         mesh: Mesh,
         mut listeners: Vec<TcpListener>,
+        auth: Option<Arc<crate::auth::AuthShared>>,
     ) -> io::Result<Worker> {
         for (i, l) in listeners.iter_mut().enumerate() {
             poll.registry()
                 .register(l, Token(LISTENER_TOKEN_BASE - i), Interest::READABLE)?;
         }
-        let shard = Shard::new(id, workers, cfg.clone(), registry, Instant::now());
+        let mut shard = Shard::new(id, workers, cfg.clone(), registry, Instant::now());
+        if let Some(auth) = auth {
+            shard.set_auth(auth);
+        }
         Ok(Worker {
             id,
             cfg,
@@ -363,6 +367,22 @@ impl Worker {
                 gen,
             },
         );
+        self.tell_peer(slot, gen);
+    }
+
+    /// Gives the shard the peer's address when authentication needs it (the
+    /// failed-login back-off); one `getpeername` per connection, only then.
+    fn tell_peer(&mut self, slot: usize, gen: u32) {
+        if !self.shard.wants_peer() {
+            return;
+        }
+        if let Some(Ok(peer)) = self.conns.get(slot).map(|c| c.stream.peer_addr()) {
+            let id = ConnId {
+                slot: slot as u32,
+                gen,
+            };
+            self.shard.set_peer(id, peer.ip());
+        }
     }
 
     fn mark_read_pending(&mut self, slot: usize) {

@@ -14,6 +14,7 @@
 //! (PUBLISH in and out, QoS flows, subscriptions, retained), `sys` (`$SYS` topics and
 //! stats).
 
+mod auth;
 mod connect;
 mod moved;
 mod route;
@@ -112,6 +113,9 @@ pub(crate) struct Conn {
     /// (boxed: almost always absent).
     #[allow(clippy::box_collection)]
     pub early: Option<Box<Vec<Packet>>>,
+    /// Peer address, identity and compiled ACL; only when authentication is
+    /// configured (boxed: absent otherwise).
+    pub auth: Option<Box<crate::auth::ConnAuth>>,
 }
 
 /// The largest CONNECT there can be: fixed header, variable header and five
@@ -168,6 +172,8 @@ pub struct Shard {
     pub(crate) deferred: HashMap<Arc<str>, Vec<takeover::Deferred>>,
     /// Clients whose deferred takeovers can be answered now (their session went).
     pub(crate) deferred_ready: Vec<Arc<str>>,
+    /// Authentication and ACL state; None when none is configured (see `auth.rs`).
+    pub(crate) gate: Option<Box<crate::auth::Gate>>,
 }
 
 impl Shard {
@@ -220,6 +226,7 @@ impl Shard {
             stub_by_client: HashMap::new(),
             deferred: HashMap::new(),
             deferred_ready: Vec::new(),
+            gate: None,
         }
     }
 
@@ -245,6 +252,7 @@ impl Shard {
             will: None,
             timer_at: None,
             early: None,
+            auth: None,
         });
         self.stats.connections_total += 1;
         self.schedule(id, now + self.cfg.connect_timeout());

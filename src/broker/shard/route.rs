@@ -48,7 +48,8 @@ impl Shard {
         };
         // Clients may not write the broker's own `$SYS` tree; the message is
         // acknowledged as the protocol requires but not forwarded or retained.
-        let forward = !msg.topic.as_str().starts_with("$SYS");
+        let forward =
+            !msg.topic.as_str().starts_with("$SYS") && self.may_write(id, msg.topic.as_str());
         match (p.qos, p.packet_id) {
             (QoS::AtMostOnce, _) => {
                 if forward {
@@ -163,6 +164,9 @@ impl Shard {
         retain: bool,
         origin: Option<Origin>,
     ) {
+        if !self.may_deliver(key, msg.topic.as_str()) {
+            return;
+        }
         let qos = msg.qos.min(granted);
         let max_inflight = self.cfg.max_inflight;
         let limit = self.cfg.max_queued_messages;
@@ -270,6 +274,10 @@ impl Shard {
             let Some(q) = session.queue.pop_front() else {
                 return self.resume_feeders(key);
             };
+            let (gate, conns, stats) = (&mut self.gate, &mut self.conns, &mut self.stats);
+            if !super::auth::may_read(gate, conns, stats, id, q.msg.topic.as_str()) {
+                continue;
+            }
             let drained = session.queue.len() <= low_water;
             let pid = session.start_inflight(q.qos, q.msg.clone(), q.retain);
             self.encode_delivery(id, &q.msg, q.qos, q.retain, Some(pid));
@@ -301,6 +309,10 @@ impl Shard {
         let mut distinct: Vec<(&TopicFilter, QoS)> = Vec::new();
         let mut seen: HashMap<&TopicFilter, usize> = HashMap::new();
         for (filter, qos) in &sub.filters {
+            if !self.may_subscribe(id, filter.as_str()) {
+                codes.push(SubAckCode::Failure);
+                continue;
+            }
             let granted = *qos; // the broker supports every QoS
             let Some(count) = self.sessions.get(key).map(|s| s.subscriptions.len()) else {
                 return;
