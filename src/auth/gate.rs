@@ -24,7 +24,7 @@ use subtle::ConstantTimeEq;
 
 /// Slow (PBKDF2) verifications one worker runs per event-loop turn; further
 /// CONNECTs in that turn wait a millisecond. Bounds the stall a connect storm of
-/// first-time logins can cause to the worker's other connections (about 2 x 12 ms
+/// first-time logins can cause to the worker's other connections (about 2 x 6.5 ms
 /// at the default iteration count).
 pub const SLOW_VERIFICATIONS_PER_TURN: u32 = 2;
 /// Successful verifications remembered per worker; the cache is cleared when full.
