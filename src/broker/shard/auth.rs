@@ -146,3 +146,191 @@ impl Shard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! One shard with authentication on a virtual clock: the budget of slow
+    //! verifications parks CONNECTs to the next turn, and denials are counted.
+
+    use super::Shard;
+    use crate::auth::hash::PasswordHash;
+    use crate::auth::{AuthShared, Rules};
+    use crate::broker::registry::Registry;
+    use crate::broker::ConnId;
+    use crate::config::Config;
+    use crate::protocol::*;
+    use bytes::{Bytes, BytesMut};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    struct H {
+        shard: Shard,
+        now: Instant,
+        slot: u32,
+    }
+
+    impl H {
+        fn new(passwd: &str, acl: &str) -> H {
+            let cfg = Arc::new(Config {
+                sys_interval_secs: 0,
+                ..Config::default()
+            });
+            let now = Instant::now();
+            let mut shard = Shard::new(0, 1, cfg, Arc::new(Registry::new()), now);
+            let rules = Rules::from_texts(Some(passwd), Some(acl), None).unwrap();
+            shard.set_auth(AuthShared::from_rules(rules));
+            H {
+                shard,
+                now,
+                slot: 0,
+            }
+        }
+
+        fn connect(&mut self, client: &str, user: &str, pass: &str) -> ConnId {
+            self.slot += 1;
+            let id = ConnId {
+                slot: self.slot,
+                gen: 1,
+            };
+            self.shard.open(self.now, id);
+            self.shard.set_peer(id, "127.0.0.9".parse().unwrap());
+            let c = Connect {
+                version: ProtocolVersion::V3_1_1,
+                clean_session: true,
+                keep_alive_secs: 0,
+                client_id: client.into(),
+                will: None,
+                username: Some(user.into()),
+                password: Some(Bytes::copy_from_slice(pass.as_bytes())),
+            };
+            self.shard.packet(self.now, id, Packet::Connect(c));
+            id
+        }
+
+        fn recv(&mut self, id: ConnId) -> Vec<Packet> {
+            let tx = match self.shard.tx_mut(id) {
+                Some(tx) => std::mem::take(tx),
+                None => {
+                    let close = &mut self.shard.effects().close;
+                    match close.iter().position(|(c, _)| *c == id) {
+                        Some(i) => close.remove(i).1,
+                        None => Vec::new(),
+                    }
+                }
+            };
+            let mut buf = BytesMut::from(&tx[..]);
+            let mut out = Vec::new();
+            while let Some(p) = decode_one(&mut buf, usize::MAX).unwrap() {
+                out.push(p);
+            }
+            out
+        }
+
+        fn connack(&mut self, id: ConnId) -> Option<ConnectReturnCode> {
+            self.recv(id).into_iter().find_map(|p| match p {
+                Packet::ConnAck(a) => Some(a.code),
+                _ => None,
+            })
+        }
+    }
+
+    fn passwd(users: &[(&str, &str)]) -> String {
+        users
+            .iter()
+            .map(|(u, p)| format!("{u}:{}\n", PasswordHash::new(p.as_bytes(), 10).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn connects_beyond_the_turns_budget_wait_for_the_next_turn() {
+        let pw = passwd(&[("a", "1"), ("b", "2"), ("c", "3")]);
+        let mut h = H::new(&pw, "pattern readwrite %c/#\n");
+        let ids = [
+            h.connect("ca", "a", "1"),
+            h.connect("cb", "b", "2"),
+            h.connect("cc", "c", "3"),
+        ];
+        let first: Vec<_> = ids.iter().map(|&id| h.connack(id)).collect();
+        let budget = crate::auth::gate::SLOW_VERIFICATIONS_PER_TURN as usize;
+        assert_eq!(
+            first
+                .iter()
+                .filter(|c| **c == Some(ConnectReturnCode::Accepted))
+                .count(),
+            budget
+        );
+        assert_eq!(first.iter().filter(|c| c.is_none()).count(), 3 - budget);
+        h.now += Duration::from_millis(2);
+        h.shard.tick(h.now);
+        let late: Vec<ConnId> = ids
+            .iter()
+            .zip(&first)
+            .filter(|(_, code)| code.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in late {
+            assert_eq!(h.connack(id), Some(ConnectReturnCode::Accepted));
+        }
+    }
+
+    #[test]
+    fn refusals_and_denials_are_counted() {
+        let pw = passwd(&[("a", "1")]);
+        let mut h = H::new(&pw, "user a\ntopic readwrite a/#\n");
+        let bad = h.connect("x", "a", "wrong");
+        assert_eq!(
+            h.connack(bad),
+            Some(ConnectReturnCode::BadUserNameOrPassword)
+        );
+        h.now += Duration::from_millis(1);
+        let id = h.connect("ca", "a", "1");
+        assert_eq!(h.connack(id), Some(ConnectReturnCode::Accepted));
+        let f = |s: &str| TopicFilter::new(s).unwrap();
+        let sub = Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            filters: vec![(f("a/#"), QoS::AtMostOnce), (f("b/#"), QoS::AtMostOnce)],
+        };
+        h.shard.packet(h.now, id, Packet::Subscribe(sub));
+        let publish = |t: &str| {
+            Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: TopicName::new(t).unwrap(),
+                packet_id: PacketId::new(2),
+                payload: Bytes::from_static(b"x"),
+            })
+        };
+        h.shard.packet(h.now, id, publish("b/1"));
+        h.shard.packet(h.now, id, publish("a/1"));
+        let got = h.recv(id);
+        let codes = got.iter().find_map(|p| match p {
+            Packet::SubAck(s) => Some(s.codes.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            codes,
+            Some(vec![
+                SubAckCode::Granted(QoS::AtMostOnce),
+                SubAckCode::Failure
+            ])
+        );
+        let topics: Vec<&str> = got
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Publish(p) => Some(p.topic.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(topics, ["a/1"]);
+        let acks = got
+            .iter()
+            .filter(|p| matches!(p, Packet::PubAck(_)))
+            .count();
+        assert_eq!(acks, 2, "the denied publish is acknowledged too");
+        let s = h.shard.stats();
+        assert_eq!(s.auth_refused, 1);
+        assert_eq!(s.acl_denied_subscribe, 1);
+        assert_eq!(s.acl_denied_publish, 1);
+    }
+}
