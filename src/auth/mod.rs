@@ -128,7 +128,8 @@ impl AuthShared {
         Ok(Some(Arc::new(shared)))
     }
 
-    /// Shared state around given rules, with no files behind them (tests).
+    /// Shared state around given rules, with no files behind them (tests and
+    /// benches; [`reload`](Self::reload) would replace them with empty rules).
     pub fn from_rules(rules: Rules) -> Arc<AuthShared> {
         Arc::new(AuthShared {
             password_file: None,
