@@ -274,7 +274,7 @@ fn bin() -> Command {
 }
 
 /// `ternmq passwd` with the password on stdin.
-fn passwd_cmd(args: &[&str], stdin: &str) -> std::process::Output {
+fn passwd_cmd(args: &[&str], input: &str) -> std::process::Output {
     use std::io::Write;
     let mut child = bin()
         .arg("passwd")
@@ -284,12 +284,10 @@ fn passwd_cmd(args: &[&str], stdin: &str) -> std::process::Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    // The command may fail and exit before reading (a broken pipe is fine).
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+    }
     child.wait_with_output().unwrap()
 }
 
@@ -479,4 +477,47 @@ fn sighup_reloads_the_binary_without_dropping_connections() {
     );
     let _ = child.kill();
     let _ = child.wait();
+}
+
+#[test]
+fn denials_are_counted_under_sys() {
+    let dir = temp_dir("sys");
+    let (pw, acl) = (dir.join("passwd"), dir.join("acl"));
+    write_passwd(&pw, &[("alice", "a")]);
+    // Anonymous clients (`ternmq stats`) may read $SYS; alice only a/#.
+    std::fs::write(&acl, "topic read $SYS/#\nuser alice\ntopic readwrite a/#\n").unwrap();
+    let b = broker_with(1, |c| {
+        c.password_file = Some(pw.clone());
+        c.acl_file = Some(acl.clone());
+        c.allow_anonymous = Some(true);
+        c.sys_interval_secs = 1;
+    });
+    let addr = b.addr();
+    assert_eq!(
+        try_connect(addr, "x", Some(("alice", "bad"))),
+        Err(Code::BadUserNamePassword)
+    );
+    let (alice, mut ac) = client(addr, "alice-1", Some(("alice", "a")));
+    assert_eq!(
+        subscribe(&alice, &mut ac, "b/#"),
+        SubscribeReasonCode::Failure
+    );
+    assert_eq!(
+        subscribe(&alice, &mut ac, "a/#"),
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    publish(&alice, &mut ac, "b/x", "denied", false);
+    let deadline = Instant::now() + WAIT * 2;
+    loop {
+        let s = ternmq::bench::sys_stats::collect(addr, Duration::from_millis(1500)).unwrap();
+        let counts = [
+            s.num("auth/refused"),
+            s.num("acl/denied_subscribe"),
+            s.num("acl/denied_publish"),
+        ];
+        if counts == [Some(1), Some(1), Some(1)] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{counts:?}");
+    }
 }
