@@ -104,6 +104,15 @@ impl std::fmt::Debug for Gate {
     }
 }
 
+/// Iterations of the stand-in hash for unknown users: as many as a real user's.
+fn dummy_iterations(rules: &Rules) -> u32 {
+    rules
+        .passwords
+        .as_ref()
+        .and_then(|p| p.typical_iterations())
+        .unwrap_or(ITERATIONS_DEFAULT)
+}
+
 impl Gate {
     pub fn new(shared: Arc<AuthShared>) -> Gate {
         let (generation, rules) = shared.snapshot();
@@ -114,7 +123,7 @@ impl Gate {
             tracing::warn!(error = %e, "no OS randomness for the verification cache key");
         }
         let dummy = PasswordHash {
-            iterations: ITERATIONS_DEFAULT,
+            iterations: dummy_iterations(&rules),
             salt: vec![0x5a; 16],
             key: [0; KEY_BYTES],
             format: super::hash::Format::Phc,
@@ -135,6 +144,7 @@ impl Gate {
         if self.shared.generation() != self.generation {
             let (generation, rules) = self.shared.snapshot();
             self.generation = generation;
+            self.dummy.iterations = dummy_iterations(&rules);
             self.rules = rules;
         }
     }
@@ -284,5 +294,15 @@ impl Gate {
     /// Successful verifications cached (for tests).
     pub fn verified_cached(&self) -> usize {
         self.verified.len()
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    /// One per connection while authentication is on (see ARCHITECTURE.md, Memory).
+    #[test]
+    fn conn_auth_stays_small() {
+        let n = std::mem::size_of::<super::ConnAuth>();
+        assert!(n <= 152, "{n}");
     }
 }

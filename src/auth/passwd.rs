@@ -88,6 +88,15 @@ impl PasswordFile {
         }
     }
 
+    /// The iteration count of the first user's hash: what a verification costs
+    /// here, so that an unknown user can be made to cost the same.
+    pub fn typical_iterations(&self) -> Option<u32> {
+        self.lines.iter().find_map(|l| match l {
+            Line::User(_, h) => Some(h.iterations),
+            Line::Other(_) => None,
+        })
+    }
+
     /// Number of users.
     pub fn len(&self) -> usize {
         self.by_user.len()
