@@ -521,3 +521,35 @@ fn denials_are_counted_under_sys() {
         assert!(Instant::now() < deadline, "{counts:?}");
     }
 }
+
+#[test]
+fn a_session_resumed_by_another_user_gets_only_that_users_deliveries() {
+    let dir = temp_dir("resume");
+    let (pw, acl) = (dir.join("passwd"), dir.join("acl"));
+    write_passwd(&pw, &[("alice", "a"), ("bob", "b"), ("admin", "x")]);
+    std::fs::write(&acl, ACL).unwrap();
+    let b = auth_broker(Some(&pw), Some(&acl), None);
+    let addr = b.addr();
+    {
+        let mut o = opts(addr, "shared-id", Some(("bob", "b")));
+        o.set_clean_session(false);
+        let (bobc, mut bc) = rumqttc::Client::new(o, 10);
+        wait_connack(&mut bc);
+        assert_eq!(
+            subscribe(&bobc, &mut bc, "#"),
+            SubscribeReasonCode::Success(QoS::AtLeastOnce)
+        );
+        bobc.disconnect().unwrap();
+        let _ = wait_event(&mut bc, |e| {
+            matches!(e, Event::Outgoing(rumqttc::Outgoing::Disconnect))
+        });
+    }
+    let mut o = opts(addr, "shared-id", Some(("alice", "a")));
+    o.set_clean_session(false);
+    let (_alice, mut ac) = rumqttc::Client::new(o, 10);
+    assert!(wait_connack(&mut ac), "the session is resumed");
+    let (adm, mut adm_conn) = client(addr, "adm", Some(("admin", "x")));
+    publish(&adm, &mut adm_conn, "b/for-bob", "no", false);
+    publish(&adm, &mut adm_conn, "a/for-alice", "yes", false);
+    assert_eq!(next_publish(&mut ac).topic, "a/for-alice");
+}
