@@ -16,7 +16,7 @@ use ternmq::config::Config;
 use ternmq::protocol::*;
 
 fn connect(user: Option<&str>) -> Packet {
-    Packet::Connect(Connect {
+    Packet::Connect(Box::new(Connect {
         version: ProtocolVersion::V3_1_1,
         clean_session: true,
         keep_alive_secs: 0,
@@ -24,7 +24,8 @@ fn connect(user: Option<&str>) -> Packet {
         will: None,
         username: user.map(Into::into),
         password: user.map(|_| bytes::Bytes::from_static(b"device-secret")),
-    })
+        props: Default::default(),
+    }))
 }
 
 /// Opens a connection, sends CONNECT, closes it: one login.

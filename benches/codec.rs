@@ -15,6 +15,7 @@ fn packets() -> Vec<(&'static str, Packet)> {
             topic: TopicName::new("devices/0123456789/telemetry").unwrap(),
             packet_id: PacketId::new(7),
             payload: Bytes::from(vec![0xA5; n]),
+            props: Default::default(),
         })
     };
     vec![
@@ -22,7 +23,7 @@ fn packets() -> Vec<(&'static str, Packet)> {
         ("publish_1KiB", publish(1024)),
         (
             "connect",
-            Packet::Connect(Connect {
+            Packet::Connect(Box::new(Connect {
                 version: ProtocolVersion::V3_1_1,
                 clean_session: true,
                 keep_alive_secs: 60,
@@ -30,7 +31,8 @@ fn packets() -> Vec<(&'static str, Packet)> {
                 will: None,
                 username: Some("user".into()),
                 password: Some(Bytes::from_static(b"secret")),
-            }),
+                props: Default::default(),
+            })),
         ),
         (
             "subscribe",
@@ -39,10 +41,14 @@ fn packets() -> Vec<(&'static str, Packet)> {
                 filters: vec![
                     (
                         TopicFilter::new("devices/+/telemetry").unwrap(),
-                        QoS::AtLeastOnce,
+                        QoS::AtLeastOnce.into(),
                     ),
-                    (TopicFilter::new("alerts/#").unwrap(), QoS::AtMostOnce),
+                    (
+                        TopicFilter::new("alerts/#").unwrap(),
+                        QoS::AtMostOnce.into(),
+                    ),
                 ],
+                props: Default::default(),
             }),
         ),
     ]

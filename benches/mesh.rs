@@ -33,7 +33,7 @@ fn setup(subscribers: usize) -> Setup {
         .map(|w| Shard::new(w, 2, cfg.clone(), reg.clone(), now))
         .collect();
     let connect = |id: String| {
-        Packet::Connect(Connect {
+        Packet::Connect(Box::new(Connect {
             version: ProtocolVersion::V3_1_1,
             clean_session: true,
             keep_alive_secs: 0,
@@ -41,7 +41,8 @@ fn setup(subscribers: usize) -> Setup {
             will: None,
             username: None,
             password: None,
-        })
+            props: Default::default(),
+        }))
     };
     let mut subs = Vec::new();
     for i in 0..subscribers {
@@ -56,7 +57,8 @@ fn setup(subscribers: usize) -> Setup {
             id,
             Packet::Subscribe(Subscribe {
                 packet_id: PacketId::new(1).unwrap(),
-                filters: vec![(TopicFilter::new("bench/+").unwrap(), QoS::AtMostOnce)],
+                filters: vec![(TopicFilter::new("bench/+").unwrap(), QoS::AtMostOnce.into())],
+                props: Default::default(),
             }),
         );
         subs.push(id);
@@ -78,6 +80,7 @@ fn setup(subscribers: usize) -> Setup {
             topic: TopicName::new("bench/x").unwrap(),
             packet_id: None,
             payload: Bytes::from(vec![1u8; 64]),
+            props: Default::default(),
         }),
     };
     drain(&mut s);

@@ -26,12 +26,41 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// How a shared subscription group picks the member that gets a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum SharedStrategy {
+    /// Each member in turn.
+    RoundRobin,
+    /// A member picked at random per message.
+    Random,
+    /// The same member while it stays connected.
+    Sticky,
+}
+
 /// The broker's configuration. Field names double as TOML keys.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// TCP listeners. Default `127.0.0.1:1883`.
+    /// TCP listeners. Default `127.0.0.1:1883`. May be empty when a TLS listener is
+    /// configured.
     pub listen: Vec<SocketAddr>,
+    /// TLS listeners (MQTT over TLS 1.2/1.3). Default none; when `cert_file` and
+    /// `key_file` are set and this is empty, `127.0.0.1:8883`
+    /// ([`Config::tls_listeners`]).
+    pub tls_listen: Vec<SocketAddr>,
+    /// PEM file with the TLS listeners' certificate chain, server certificate first.
+    /// Default none (no TLS).
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with the private key of `cert_file` (PKCS#8, PKCS#1 or SEC1).
+    /// Default none.
+    pub key_file: Option<PathBuf>,
+    /// PEM file of CA certificates. When set, TLS clients must present a certificate
+    /// signed by one of them (mutual TLS). Default none (no client certificate asked).
+    pub client_ca_file: Option<PathBuf>,
+    /// Use the subject CN of the client certificate as the MQTT user name, as
+    /// Mosquitto's `use_identity_as_username`; needs `client_ca_file`. Default false.
+    pub use_identity_as_username: bool,
     /// Worker threads, one event loop each. 0 means one per core.
     pub workers: usize,
     /// Pin each worker to a core (worker i to core i mod cores).
@@ -46,6 +75,16 @@ pub struct Config {
     pub max_queued_messages: usize,
     /// Subscriptions one session may hold; SUBSCRIBE beyond gets return code 0x80.
     pub max_subscriptions_per_session: usize,
+    /// Topic aliases an MQTT 5 client may set for its PUBLISH packets (CONNACK Topic
+    /// Alias Maximum); 0 disables them.
+    pub max_topic_aliases: u16,
+    /// Inbound QoS 2 messages one client may have awaiting PUBREL (the Receive Maximum
+    /// the broker announces to MQTT 5 clients); an MQTT 5 client beyond it is
+    /// disconnected with 0x93.
+    pub max_inbound_qos2: usize,
+    /// How messages on a shared subscription (`$share/{group}/{filter}`) pick their
+    /// member: `round_robin`, `random` or `sticky`.
+    pub shared_subscription_strategy: SharedStrategy,
     /// Bytes of encoded packets waiting in one connection's write buffer before QoS 0
     /// deliveries to it are dropped.
     pub max_outbound_bytes: usize,
@@ -74,6 +113,11 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 1883))],
+            tls_listen: Vec::new(),
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            use_identity_as_username: false,
             workers: 0,
             pin_cores: true,
             max_packet_bytes: 1024 * 1024,
@@ -81,6 +125,9 @@ impl Default for Config {
             max_inflight: 20,
             max_queued_messages: 1000,
             max_subscriptions_per_session: 10_000,
+            max_topic_aliases: 64,
+            max_inbound_qos2: 1024,
+            shared_subscription_strategy: SharedStrategy::RoundRobin,
             max_outbound_bytes: 1024 * 1024,
             backpressure_pause_ms: 100,
             handover_timeout_ms: 5000,
@@ -111,8 +158,20 @@ impl Config {
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
-        if self.listen.is_empty() {
-            return bad("at least one listen address is needed");
+        if self.listen.is_empty() && self.tls_listeners().is_empty() {
+            return bad("at least one listen or tls_listen address is needed");
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return bad("cert_file and key_file go together");
+        }
+        if !self.tls_listen.is_empty() && self.cert_file.is_none() {
+            return bad("tls_listen needs cert_file and key_file");
+        }
+        if self.client_ca_file.is_some() && self.cert_file.is_none() {
+            return bad("client_ca_file needs cert_file and key_file");
+        }
+        if self.use_identity_as_username && self.client_ca_file.is_none() {
+            return bad("use_identity_as_username needs client_ca_file");
         }
         if self.workers > crate::broker::WORKERS_MAX {
             return bad("workers must be at most 64");
@@ -122,6 +181,9 @@ impl Config {
         }
         if self.max_inflight == 0 {
             return bad("max_inflight must be at least 1");
+        }
+        if !(1..=65_535).contains(&self.max_inbound_qos2) {
+            return bad("max_inbound_qos2 must be between 1 and 65535");
         }
         if self.max_queued_messages == 0 {
             return bad("max_queued_messages must be at least 1");
@@ -165,6 +227,16 @@ impl Config {
                 .min(crate::broker::WORKERS_MAX)
         } else {
             self.workers
+        }
+    }
+
+    /// The TLS listener addresses: `tls_listen`, or `127.0.0.1:8883` when only the
+    /// certificate and key are given; empty without a certificate.
+    pub fn tls_listeners(&self) -> Vec<SocketAddr> {
+        match (&self.cert_file, self.tls_listen.is_empty()) {
+            (None, _) => Vec::new(),
+            (Some(_), true) => vec![SocketAddr::from(([127, 0, 0, 1], 8883))],
+            (Some(_), false) => self.tls_listen.clone(),
         }
     }
 
@@ -239,6 +311,32 @@ mod tests {
         assert_eq!(cfg.acl_file, Some(PathBuf::from("acl")));
         assert_eq!(cfg.allow_anonymous, Some(false));
         assert_eq!(Config::default().allow_anonymous, None);
+    }
+
+    #[test]
+    fn tls_settings_are_checked_and_default_to_port_8883() {
+        let tls: Config = toml::from_str(
+            "cert_file = \"c.pem\"\nkey_file = \"k.pem\"\nclient_ca_file = \"ca.pem\"\nuse_identity_as_username = true",
+        )
+        .unwrap();
+        tls.validate().unwrap();
+        assert_eq!(tls.tls_listeners()[0].port(), 8883);
+        assert_eq!(tls.listen[0].port(), 1883, "the plain listener stays");
+        assert!(Config::default().tls_listeners().is_empty());
+        let bad = [
+            "tls_listen = [\"127.0.0.1:8883\"]",
+            "cert_file = \"c.pem\"",
+            "client_ca_file = \"ca.pem\"",
+            "cert_file = \"c.pem\"\nkey_file = \"k.pem\"\nuse_identity_as_username = true",
+            "listen = []",
+        ];
+        for text in bad {
+            let cfg: Config = toml::from_str(text).unwrap();
+            assert!(cfg.validate().is_err(), "{text}");
+        }
+        let tls_only: Config =
+            toml::from_str("listen = []\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"").unwrap();
+        tls_only.validate().unwrap();
     }
 
     #[test]

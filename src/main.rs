@@ -23,6 +23,22 @@ struct Cli {
     /// Listen address (repeatable). Default 127.0.0.1:1883.
     #[arg(long)]
     listen: Vec<SocketAddr>,
+    /// TLS listen address (repeatable). Default 127.0.0.1:8883 when --cert and --key
+    /// are given, none otherwise.
+    #[arg(long)]
+    tls_listen: Vec<SocketAddr>,
+    /// PEM certificate chain of the TLS listeners (server certificate first).
+    #[arg(long)]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// PEM CA certificates: TLS clients must present a certificate signed by one.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// Use the client certificate's subject CN as the MQTT user name (needs --client-ca).
+    #[arg(long)]
+    use_identity_as_username: bool,
     /// Worker threads (0 = one per core). Default 0.
     #[arg(long)]
     workers: Option<usize>,
@@ -77,6 +93,21 @@ impl Cli {
         };
         if !self.listen.is_empty() {
             cfg.listen = self.listen;
+        }
+        if !self.tls_listen.is_empty() {
+            cfg.tls_listen = self.tls_listen;
+        }
+        if let Some(v) = self.cert {
+            cfg.cert_file = Some(v);
+        }
+        if let Some(v) = self.key {
+            cfg.key_file = Some(v);
+        }
+        if let Some(v) = self.client_ca {
+            cfg.client_ca_file = Some(v);
+        }
+        if self.use_identity_as_username {
+            cfg.use_identity_as_username = true;
         }
         if let Some(v) = self.workers {
             cfg.workers = v;

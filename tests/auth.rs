@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use ternmq::auth::hash::PasswordHash;
-use ternmq::protocol::{ConnectReturnCode, Packet};
+use ternmq::protocol::{Packet, ReasonCode};
 use ternmq::runtime::BrokerHandle;
 
 /// A fresh directory for one test's files.
@@ -378,7 +378,7 @@ fn reload_applies_new_rules_without_dropping_connections() {
 }
 
 /// A raw CONNECT from a chosen source address; returns the CONNACK code.
-fn connect_from(src: &str, addr: SocketAddr, user: &str, pass: &str) -> ConnectReturnCode {
+fn connect_from(src: &str, addr: SocketAddr, user: &str, pass: &str) -> ReasonCode {
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let from: SocketAddr = format!("{src}:0").parse().unwrap();
     sock.bind(&from.into()).unwrap();
@@ -404,24 +404,24 @@ fn failed_logins_back_off_per_address() {
     for _ in 0..=ternmq::auth::backoff::FREE_FAILURES {
         assert_eq!(
             connect_from("127.0.0.2", addr, "alice", "guess"),
-            ConnectReturnCode::BadUserNameOrPassword
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD
         );
     }
     // Blocked now: even the right password is refused (0x03, try later)...
     assert_eq!(
         connect_from("127.0.0.2", addr, "alice", "secret"),
-        ConnectReturnCode::ServerUnavailable
+        ReasonCode::SERVER_UNAVAILABLE
     );
     // ...while another address is unaffected.
     assert_eq!(
         connect_from("127.0.0.3", addr, "alice", "secret"),
-        ConnectReturnCode::Accepted
+        ReasonCode::SUCCESS
     );
     // The block ends (the first lasts one second).
     std::thread::sleep(ternmq::auth::backoff::BLOCK_BASE + Duration::from_millis(100));
     assert_eq!(
         connect_from("127.0.0.2", addr, "alice", "secret"),
-        ConnectReturnCode::Accepted
+        ReasonCode::SUCCESS
     );
 }
 

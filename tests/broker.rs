@@ -8,14 +8,15 @@ use bytes::Bytes;
 use common::*;
 use rumqttc::{Event, Packet as RPacket, QoS as RQoS};
 use std::time::Duration;
-use ternmq::protocol::{ConnectReturnCode, Packet, QoS, Subscribe, TopicFilter, TopicName, Will};
+use ternmq::protocol::{Packet, QoS, ReasonCode, Subscribe, TopicFilter, TopicName, Will};
 
 use common::publish_packet as raw_publish;
 
 fn raw_subscribe(raw: &mut Raw, filter: &str, qos: QoS) {
     raw.send(&Packet::Subscribe(Subscribe {
         packet_id: pid(1),
-        filters: vec![(TopicFilter::new(filter).unwrap(), qos)],
+        filters: vec![(TopicFilter::new(filter).unwrap(), qos.into())],
+        props: Default::default(),
     }));
     match raw.recv() {
         Some(Packet::SubAck(_)) => {}
@@ -78,6 +79,7 @@ fn will_is_published_on_keep_alive_expiry() {
         payload: Bytes::from_static(b"lost"),
         qos: QoS::AtLeastOnce,
         retain: false,
+        props: Default::default(),
     });
     dying.send(&Packet::Connect(c));
     assert!(matches!(dying.recv(), Some(Packet::ConnAck(_))));
@@ -98,12 +100,12 @@ fn offline_queue_is_delivered_on_reconnect() {
     let b = broker(2);
     let mut sub = Raw::mqtt(b.addr(), "persist", false);
     raw_subscribe(&mut sub, "q/#", QoS::AtLeastOnce);
-    sub.send(&Packet::Disconnect);
+    sub.send(&Packet::disconnect());
     drop(sub);
     let mut publ = Raw::mqtt(b.addr(), "pub", true);
     for i in 1..=5u16 {
         publ.send(&raw_publish("q/x", QoS::AtLeastOnce, i, &[i as u8], false));
-        assert_eq!(publ.recv(), Some(Packet::PubAck(pid(i))));
+        assert_eq!(publ.recv(), Some(Packet::puback(pid(i))));
     }
     // Reconnect: probably on the other worker, so the session moves with its queue.
     let mut sub = Raw::connect(b.addr());
@@ -116,7 +118,7 @@ fn offline_queue_is_delivered_on_reconnect() {
         match sub.recv() {
             Some(Packet::Publish(p)) => {
                 assert_eq!(&p.payload[..], &[i], "queued messages keep their order");
-                sub.send(&Packet::PubAck(p.packet_id.unwrap()));
+                sub.send(&Packet::puback(p.packet_id.unwrap()));
             }
             other => panic!("expected queued message {i}, got {other:?}"),
         }
@@ -133,7 +135,7 @@ fn takeover_across_workers_closes_old_connection() {
     second.send(&Packet::Connect(connect_packet("same-id", false)));
     match second.recv() {
         Some(Packet::ConnAck(a)) => {
-            assert_eq!(a.code, ConnectReturnCode::Accepted);
+            assert_eq!(a.code, ReasonCode::SUCCESS);
             assert!(a.session_present);
         }
         other => panic!("{other:?}"),
@@ -157,7 +159,7 @@ fn qos2_exactly_once_across_a_reconnect_mid_flow() {
     let mut publ = Raw::mqtt(b.addr(), "q2pub", false);
     // Inbound: PUBLISH, PUBREC, then the publisher drops before PUBREL.
     publ.send(&raw_publish("x", QoS::ExactlyOnce, 42, b"once", false));
-    assert_eq!(publ.recv(), Some(Packet::PubRec(pid(42))));
+    assert_eq!(publ.recv(), Some(Packet::pubrec(pid(42))));
     drop(publ);
     // Outbound: the subscriber gets it and drops before PUBREC.
     let first = match sub.recv() {
@@ -174,9 +176,9 @@ fn qos2_exactly_once_across_a_reconnect_mid_flow() {
         p.dup = true;
     }
     publ.send(&again);
-    assert_eq!(publ.recv(), Some(Packet::PubRec(pid(42))));
-    publ.send(&Packet::PubRel(pid(42)));
-    assert_eq!(publ.recv(), Some(Packet::PubComp(pid(42))));
+    assert_eq!(publ.recv(), Some(Packet::pubrec(pid(42))));
+    publ.send(&Packet::pubrel(pid(42)));
+    assert_eq!(publ.recv(), Some(Packet::pubcomp(pid(42))));
     // The subscriber resumes: the same message again with DUP, then nothing more.
     let mut sub = Raw::connect(b.addr());
     sub.send(&Packet::Connect(connect_packet("q2sub", false)));
@@ -185,12 +187,12 @@ fn qos2_exactly_once_across_a_reconnect_mid_flow() {
         Some(Packet::Publish(p)) => {
             assert!(p.dup, "[MQTT-4.4.0-1]");
             assert_eq!(p.packet_id, first.packet_id);
-            sub.send(&Packet::PubRec(p.packet_id.unwrap()));
+            sub.send(&Packet::pubrec(p.packet_id.unwrap()));
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(sub.recv(), Some(Packet::PubRel(first.packet_id.unwrap())));
-    sub.send(&Packet::PubComp(first.packet_id.unwrap()));
+    assert_eq!(sub.recv(), Some(Packet::pubrel(first.packet_id.unwrap())));
+    sub.send(&Packet::pubcomp(first.packet_id.unwrap()));
     sub.silent_for(Duration::from_millis(300));
 }
 
@@ -206,7 +208,7 @@ fn unsupported_protocol_level_gets_connack_1() {
     let (closed, got) = raw.closed();
     assert!(closed);
     assert!(
-        matches!(got.first(), Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::UnacceptableProtocolVersion),
+        matches!(got.first(), Some(Packet::ConnAck(a)) if a.code == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION),
         "{got:?}"
     );
 }
@@ -291,13 +293,13 @@ fn zero_length_client_id_rules() {
     let (closed, got) = raw.closed();
     assert!(closed);
     assert!(
-        matches!(got.first(), Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::IdentifierRejected),
+        matches!(got.first(), Some(Packet::ConnAck(a)) if a.code == ReasonCode::CLIENT_ID_NOT_VALID),
         "[MQTT-3.1.3-8] {got:?}"
     );
     let mut raw = Raw::connect(b.addr());
     raw.send(&Packet::Connect(connect_packet("", true)));
     assert!(
-        matches!(raw.recv(), Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Accepted),
+        matches!(raw.recv(), Some(Packet::ConnAck(a)) if a.code == ReasonCode::SUCCESS),
         "[MQTT-3.1.3-6]"
     );
 }

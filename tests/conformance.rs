@@ -16,8 +16,8 @@ use bytes::Bytes;
 use common::*;
 use std::time::{Duration, Instant};
 use ternmq::protocol::{
-    ConnAck, Connect, ConnectReturnCode, Packet, Publish, QoS, SubAckCode, Subscribe, TopicFilter,
-    TopicName, Unsubscribe, Will,
+    ConnAck, Connect, Packet, Publish, QoS, ReasonCode, Subscribe, TopicFilter, TopicName,
+    Unsubscribe, Will,
 };
 
 /// How long a negative check waits for something that must not arrive.
@@ -26,13 +26,14 @@ const QUIET: Duration = Duration::from_millis(300);
 use common::publish_packet as publish;
 
 /// SUBSCRIBE with packet id `id`; returns the SUBACK codes after checking the id.
-fn subscribe_id(raw: &mut Raw, id: u16, filters: &[(&str, QoS)]) -> Vec<SubAckCode> {
+fn subscribe_id(raw: &mut Raw, id: u16, filters: &[(&str, QoS)]) -> Vec<ReasonCode> {
     raw.send(&Packet::Subscribe(Subscribe {
         packet_id: pid(id),
         filters: filters
             .iter()
-            .map(|(f, q)| (TopicFilter::new(*f).unwrap(), *q))
+            .map(|(f, q)| (TopicFilter::new(*f).unwrap(), (*q).into()))
             .collect(),
+        props: Default::default(),
     }));
     match raw.recv() {
         Some(Packet::SubAck(a)) => {
@@ -45,7 +46,7 @@ fn subscribe_id(raw: &mut Raw, id: u16, filters: &[(&str, QoS)]) -> Vec<SubAckCo
 
 fn subscribe(raw: &mut Raw, filter: &str, qos: QoS) {
     let codes = subscribe_id(raw, 1, &[(filter, qos)]);
-    assert_eq!(codes, vec![SubAckCode::Granted(qos)]);
+    assert_eq!(codes, vec![ReasonCode::granted(qos)]);
 }
 
 fn expect_publish(raw: &mut Raw) -> Publish {
@@ -58,11 +59,11 @@ fn expect_publish(raw: &mut Raw) -> Publish {
 /// QoS 1 publish, waiting for its PUBACK.
 fn publish_acked(raw: &mut Raw, topic: &str, id: u16, payload: &[u8], retain: bool) {
     raw.send(&publish(topic, QoS::AtLeastOnce, id, payload, retain));
-    assert_eq!(raw.recv(), Some(Packet::PubAck(pid(id))), "[MQTT-4.3.2-2]");
+    assert_eq!(raw.recv(), Some(Packet::puback(pid(id))), "[MQTT-4.3.2-2]");
 }
 
 /// TCP connect and CONNECT; returns the connection and the CONNACK.
-fn connect_with(addr: std::net::SocketAddr, c: Connect) -> (Raw, ConnAck) {
+fn connect_with(addr: std::net::SocketAddr, c: Box<Connect>) -> (Raw, ConnAck) {
     let mut raw = Raw::connect(addr);
     raw.send(&Packet::Connect(c));
     match raw.recv() {
@@ -75,7 +76,7 @@ fn connect_with(addr: std::net::SocketAddr, c: Connect) -> (Raw, ConnAck) {
 /// session-present flag.
 fn session(addr: std::net::SocketAddr, id: &str, clean: bool) -> (Raw, bool) {
     let (raw, ack) = connect_with(addr, connect_packet(id, clean));
-    assert_eq!(ack.code, ConnectReturnCode::Accepted, "[MQTT-3.1.4-4]");
+    assert_eq!(ack.code, ReasonCode::SUCCESS, "[MQTT-3.1.4-4]");
     (raw, ack.session_present)
 }
 
@@ -86,13 +87,14 @@ fn with_will(
     payload: &[u8],
     qos: QoS,
     retain: bool,
-) -> Connect {
+) -> Box<Connect> {
     let mut c = connect_packet(id, clean);
     c.will = Some(Will {
         topic: TopicName::new(topic).unwrap(),
         payload: Bytes::copy_from_slice(payload),
         qos,
         retain,
+        props: Default::default(),
     });
     c
 }
@@ -285,10 +287,11 @@ fn mqtt_2_3_1_6_and_7_acks_echo_the_packet_id() {
     c.send(&Packet::Unsubscribe(Unsubscribe {
         packet_id: pid(0xCAFE),
         filters: vec![TopicFilter::new("ids").unwrap()],
+        props: Default::default(),
     }));
     assert_eq!(
         c.recv(),
-        Some(Packet::UnsubAck(pid(0xCAFE))),
+        Some(Packet::unsuback(pid(0xCAFE))),
         "[MQTT-2.3.1-7]"
     );
     // [MQTT-2.3.1-6] [MQTT-3.3.4-1]: PUBACK for QoS 1, PUBREC/PUBCOMP for QoS 2, no
@@ -297,19 +300,19 @@ fn mqtt_2_3_1_6_and_7_acks_echo_the_packet_id() {
     c.send(&publish("ids", QoS::AtLeastOnce, 0x1234, b"1", false));
     assert_eq!(
         c.recv(),
-        Some(Packet::PubAck(pid(0x1234))),
+        Some(Packet::puback(pid(0x1234))),
         "[MQTT-3.3.4-1]"
     );
     c.send(&publish("ids", QoS::ExactlyOnce, 0xFFFF, b"2", false));
     assert_eq!(
         c.recv(),
-        Some(Packet::PubRec(pid(0xFFFF))),
+        Some(Packet::pubrec(pid(0xFFFF))),
         "[MQTT-3.3.4-1]"
     );
-    c.send(&Packet::PubRel(pid(0xFFFF)));
+    c.send(&Packet::pubrel(pid(0xFFFF)));
     assert_eq!(
         c.recv(),
-        Some(Packet::PubComp(pid(0xFFFF))),
+        Some(Packet::pubcomp(pid(0xFFFF))),
         "[MQTT-2.3.1-6]"
     );
 }
@@ -341,7 +344,7 @@ fn mqtt_2_3_1_2_and_4_server_packet_ids_are_unused_and_non_zero() {
         assert!(in_flight.len() <= 4, "window respected: {in_flight:?}");
         for _ in 0..2.min(in_flight.len()) {
             let (id, _) = in_flight.remove(0);
-            sub.send(&Packet::PubAck(pid(id)));
+            sub.send(&Packet::puback(pid(id)));
         }
     }
 }
@@ -386,7 +389,7 @@ fn mqtt_3_1_2_2_unsupported_level_gets_connack_0x01() {
     // [MQTT-3.1.2-2] for levels other than the one already tested in tests/broker.rs;
     // [MQTT-3.2.2-4] [MQTT-3.2.2-5]: session present 0, then close.
     let b = broker(1);
-    for level in [0u8, 5, 255] {
+    for level in [0u8, 6, 255] {
         let mut raw = Raw::connect(b.addr());
         raw.send_bytes(&connect_raw(b"MQTT", level, 0x02, &field(b"x")));
         let (closed, got) = raw.closed();
@@ -395,7 +398,8 @@ fn mqtt_3_1_2_2_unsupported_level_gets_connack_0x01() {
             got,
             vec![Packet::ConnAck(ConnAck {
                 session_present: false,
-                code: ConnectReturnCode::UnacceptableProtocolVersion
+                code: ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+                props: Default::default(),
             })],
             "[MQTT-3.1.2-2] level {level}"
         );
@@ -480,7 +484,7 @@ fn mqtt_3_1_2_4_5_6_and_3_2_2_1_2_3_session_present_and_clean_session() {
     let (mut s, present) = session(b.addr(), "dev", false);
     assert!(!present, "[MQTT-3.2.2-3] no stored session yet");
     subscribe(&mut s, "cs/#", QoS::AtLeastOnce);
-    s.send(&Packet::Disconnect);
+    s.send(&Packet::disconnect());
     assert!(s.closed().0);
     // Worker 1: messages for the offline session.
     let mut publ = Raw::mqtt(b.addr(), "pub", true);
@@ -494,15 +498,15 @@ fn mqtt_3_1_2_4_5_6_and_3_2_2_1_2_3_session_present_and_clean_session() {
     // ([MQTT-3.1.2-4] resumed, [MQTT-3.1.2-5] stored while offline).
     let p = expect_publish(&mut s);
     assert_eq!(&p.payload[..], b"kept", "[MQTT-3.1.2-5]");
-    s.send(&Packet::PubAck(p.packet_id.unwrap()));
-    s.send(&Packet::Disconnect);
+    s.send(&Packet::puback(p.packet_id.unwrap()));
+    s.send(&Packet::disconnect());
     assert!(s.closed().0);
     // Worker 0: clean session discards the stored one.
     publish_acked(&mut publ, "cs/1", 2, b"dropped", false);
     let (mut s, present) = session(b.addr(), "dev", true);
     assert!(!present, "[MQTT-3.2.2-1]");
     s.silent_for(QUIET); // [MQTT-3.1.2-6]: nothing of the old session is delivered
-    s.send(&Packet::Disconnect);
+    s.send(&Packet::disconnect());
     assert!(s.closed().0);
     // Worker 1: the clean session did not outlive its connection.
     let (mut s, present) = session(b.addr(), "dev", false);
@@ -592,7 +596,7 @@ fn mqtt_3_1_2_7_retained_messages_outlive_sessions() {
     let b = broker(2);
     let (mut p, _) = session(b.addr(), "publisher", true); // worker 0
     publish_acked(&mut p, "keep/me", 1, b"stay", true);
-    p.send(&Packet::Disconnect);
+    p.send(&Packet::disconnect());
     assert!(p.closed().0);
     let mut s = Raw::mqtt(b.addr(), "late", true); // worker 1
     subscribe(&mut s, "keep/#", QoS::AtMostOnce);
@@ -620,13 +624,13 @@ fn mqtt_3_1_2_8_9_12_16_will_published_only_without_disconnect() {
     );
     assert_eq!(p.qos, QoS::AtLeastOnce, "[MQTT-3.1.2-9]");
     assert!(!p.retain, "[MQTT-3.1.2-16]");
-    watcher.send(&Packet::PubAck(p.packet_id.unwrap()));
+    watcher.send(&Packet::puback(p.packet_id.unwrap()));
     // Worker 0: DISCONNECT discards the will ([MQTT-3.14.4-3]).
     let (mut polite, _) = connect_with(
         b.addr(),
         with_will("polite", true, "w/polite", b"no", QoS::AtMostOnce, false),
     );
-    polite.send(&Packet::Disconnect);
+    polite.send(&Packet::disconnect());
     assert!(polite.closed().0);
     // Worker 1: no will flag, connection lost: nothing ([MQTT-3.1.2-12]).
     drop(Raw::mqtt(b.addr(), "nowill", true));
@@ -757,7 +761,8 @@ fn mqtt_3_1_3_9_rejected_client_id_gets_connack_0x02() {
         got,
         vec![Packet::ConnAck(ConnAck {
             session_present: false, // [MQTT-3.2.2-4]
-            code: ConnectReturnCode::IdentifierRejected
+            code: ReasonCode::CLIENT_ID_NOT_VALID,
+            props: Default::default(),
         })],
         "[MQTT-3.1.3-9]"
     );
@@ -782,7 +787,7 @@ fn mqtt_3_1_4_5_nothing_after_a_refused_connect_is_processed() {
         matches!(
             got[..],
             [Packet::ConnAck(ConnAck {
-                code: ConnectReturnCode::IdentifierRejected,
+                code: ReasonCode::CLIENT_ID_NOT_VALID,
                 ..
             })]
         ),
@@ -812,7 +817,7 @@ fn mqtt_3_3_1_1_2_3_dup_flag_is_the_servers_own() {
         p.dup = true;
     }
     publ.send(&again);
-    assert_eq!(publ.recv(), Some(Packet::PubAck(pid(7))));
+    assert_eq!(publ.recv(), Some(Packet::puback(pid(7))));
     let first = expect_publish(&mut q1);
     assert!(
         !first.dup,
@@ -832,7 +837,7 @@ fn mqtt_3_3_1_1_2_3_dup_flag_is_the_servers_own() {
     let re = expect_publish(&mut q1);
     assert!(re.dup, "[MQTT-3.3.1-1] [MQTT-4.4.0-1]");
     assert_eq!(re.packet_id, first.packet_id, "[MQTT-2.3.1-3]");
-    q1.send(&Packet::PubAck(re.packet_id.unwrap()));
+    q1.send(&Packet::puback(re.packet_id.unwrap()));
     q1.silent_for(QUIET);
 }
 
@@ -850,7 +855,7 @@ fn mqtt_3_3_1_5_to_12_retain_rules() {
         !p.retain,
         "[MQTT-3.3.1-9] established subscription: RETAIN 0"
     );
-    live.send(&Packet::PubAck(p.packet_id.unwrap()));
+    live.send(&Packet::puback(p.packet_id.unwrap()));
     // [MQTT-3.3.1-6] [MQTT-3.3.1-8]: a new subscription gets it with RETAIN 1.
     let mut s = Raw::mqtt(b.addr(), "s1", true); // worker 0
     subscribe(&mut s, "rt/+", QoS::ExactlyOnce);
@@ -867,7 +872,7 @@ fn mqtt_3_3_1_5_to_12_retain_rules() {
     publish_acked(&mut publ, "rt/b", 3, b"not kept", false);
     for _ in 0..2 {
         let p = expect_publish(&mut live);
-        live.send(&Packet::PubAck(p.packet_id.unwrap()));
+        live.send(&Packet::puback(p.packet_id.unwrap()));
     }
     let mut s = Raw::mqtt(b.addr(), "s2", true); // worker 1
     subscribe(&mut s, "rt/#", QoS::AtMostOnce);
@@ -899,7 +904,7 @@ fn mqtt_3_3_1_5_to_12_retain_rules() {
     publish_acked(&mut publ, "rt/a", 4, b"", true);
     let p = expect_publish(&mut live);
     assert!(p.payload.is_empty() && !p.retain, "[MQTT-3.3.1-10]");
-    live.send(&Packet::PubAck(p.packet_id.unwrap()));
+    live.send(&Packet::puback(p.packet_id.unwrap()));
     for name in ["s4", "s5"] {
         // Both workers' replicas.
         let mut s = Raw::mqtt(b.addr(), name, true);
@@ -940,9 +945,9 @@ fn mqtt_3_3_5_1_and_3_8_4_6_delivery_qos() {
     subscribe(&mut low, "q/x", QoS::AtLeastOnce);
     let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 0
     publ.send(&publish("q/x", QoS::ExactlyOnce, 1, b"2", false));
-    assert_eq!(publ.recv(), Some(Packet::PubRec(pid(1))));
-    publ.send(&Packet::PubRel(pid(1)));
-    assert_eq!(publ.recv(), Some(Packet::PubComp(pid(1))));
+    assert_eq!(publ.recv(), Some(Packet::pubrec(pid(1))));
+    publ.send(&Packet::pubrel(pid(1)));
+    assert_eq!(publ.recv(), Some(Packet::pubcomp(pid(1))));
     // Overlapping subscriptions: the highest granted QoS wins.
     let p = expect_publish(&mut s);
     assert_eq!(p.qos, QoS::ExactlyOnce, "[MQTT-3.3.5-1]");
@@ -973,7 +978,7 @@ fn mqtt_3_3_5_2_refused_publish_is_acknowledged_not_forwarded() {
     let mut publ = Raw::mqtt(b.addr(), "pub", true);
     publish_acked(&mut publ, "$SYS/fake", 1, b"x", true);
     publ.send(&publish("$SYS/fake", QoS::ExactlyOnce, 2, b"x", false));
-    assert_eq!(publ.recv(), Some(Packet::PubRec(pid(2))), "[MQTT-3.3.5-2]");
+    assert_eq!(publ.recv(), Some(Packet::pubrec(pid(2))), "[MQTT-3.3.5-2]");
     s.silent_for(QUIET);
     let mut late = Raw::mqtt(b.addr(), "late", true);
     subscribe(&mut late, "$SYS/#", QoS::AtLeastOnce);
@@ -1001,10 +1006,10 @@ fn mqtt_3_8_4_1_2_4_5_and_3_9_3_1_2_suback() {
     assert_eq!(
         codes,
         vec![
-            SubAckCode::Granted(QoS::ExactlyOnce),
-            SubAckCode::Granted(QoS::AtMostOnce),
-            SubAckCode::Granted(QoS::AtLeastOnce),
-            SubAckCode::Granted(QoS::AtMostOnce),
+            ReasonCode::granted(QoS::ExactlyOnce),
+            ReasonCode::granted(QoS::AtMostOnce),
+            ReasonCode::granted(QoS::AtLeastOnce),
+            ReasonCode::granted(QoS::AtMostOnce),
         ],
         "[MQTT-3.8.4-1] [MQTT-3.8.4-5] [MQTT-3.9.3-1]"
     );
@@ -1016,17 +1021,17 @@ fn mqtt_3_8_4_1_2_4_5_and_3_9_3_1_2_suback() {
         ("z", QoS::AtLeastOnce),
     ] {
         publ.send(&publish(t, QoS::ExactlyOnce, 9, b"p", false));
-        assert_eq!(publ.recv(), Some(Packet::PubRec(pid(9))));
-        publ.send(&Packet::PubRel(pid(9)));
-        assert_eq!(publ.recv(), Some(Packet::PubComp(pid(9))));
+        assert_eq!(publ.recv(), Some(Packet::pubrec(pid(9))));
+        publ.send(&Packet::pubrel(pid(9)));
+        assert_eq!(publ.recv(), Some(Packet::pubcomp(pid(9))));
         let p = expect_publish(&mut s);
         assert_eq!((p.topic.as_str(), p.qos), (t, q), "[MQTT-3.8.4-4]");
         match q {
-            QoS::AtLeastOnce => s.send(&Packet::PubAck(p.packet_id.unwrap())),
+            QoS::AtLeastOnce => s.send(&Packet::puback(p.packet_id.unwrap())),
             QoS::ExactlyOnce => {
-                s.send(&Packet::PubRec(p.packet_id.unwrap()));
-                assert_eq!(s.recv(), Some(Packet::PubRel(p.packet_id.unwrap())));
-                s.send(&Packet::PubComp(p.packet_id.unwrap()));
+                s.send(&Packet::pubrec(p.packet_id.unwrap()));
+                assert_eq!(s.recv(), Some(Packet::pubrel(p.packet_id.unwrap())));
+                s.send(&Packet::pubcomp(p.packet_id.unwrap()));
             }
             QoS::AtMostOnce => {}
         }
@@ -1081,7 +1086,7 @@ fn mqtt_4_7_1_2_and_3_invalid_wildcards_are_never_subscribed() {
             Some(Packet::SubAck(a)) => {
                 assert_eq!(
                     a.codes,
-                    vec![SubAckCode::Failure],
+                    vec![ReasonCode::UNSPECIFIED_ERROR],
                     "[MQTT-4.7.1-2] [MQTT-4.7.1-3] {filter}"
                 )
             }
@@ -1099,14 +1104,14 @@ fn mqtt_3_8_4_3_resubscribe_replaces_and_resends_retained() {
     subscribe(&mut s, "re", QoS::ExactlyOnce);
     let p = expect_publish(&mut s);
     assert!(p.retain);
-    s.send(&Packet::PubAck(p.packet_id.unwrap()));
+    s.send(&Packet::puback(p.packet_id.unwrap()));
     // Same filter again with QoS 0: replaces, and the retained message comes again.
     subscribe(&mut s, "re", QoS::AtMostOnce);
     let p = expect_publish(&mut s);
     assert!(p.retain && p.qos == QoS::AtMostOnce, "[MQTT-3.8.4-3] {p:?}");
     // One subscription, at the new QoS.
     publ.send(&publish("re", QoS::ExactlyOnce, 2, b"new", false));
-    assert_eq!(publ.recv(), Some(Packet::PubRec(pid(2))));
+    assert_eq!(publ.recv(), Some(Packet::pubrec(pid(2))));
     let p = expect_publish(&mut s);
     assert_eq!(
         (p.qos, &p.payload[..]),
@@ -1140,18 +1145,20 @@ fn mqtt_3_10_4_1_2_4_5_6_unsubscribe() {
             .iter()
             .map(|f| TopicFilter::new(*f).unwrap())
             .collect(),
+        props: Default::default(),
     }));
     assert_eq!(
         s.recv(),
-        Some(Packet::UnsubAck(pid(77))),
+        Some(Packet::unsuback(pid(77))),
         "[MQTT-3.10.4-4] [MQTT-3.10.4-5]"
     );
     // [MQTT-3.10.4-5]: UNSUBACK even when nothing matched.
     s.send(&Packet::Unsubscribe(Unsubscribe {
         packet_id: pid(78),
         filters: vec![TopicFilter::new("never").unwrap()],
+        props: Default::default(),
     }));
-    assert_eq!(s.recv(), Some(Packet::UnsubAck(pid(78))), "[MQTT-3.10.4-5]");
+    assert_eq!(s.recv(), Some(Packet::unsuback(pid(78))), "[MQTT-3.10.4-5]");
     // [MQTT-3.10.4-2]: "v/#" delivers nothing more; "u/+" still delivers, once.
     publ.send(&publish("v/x", QoS::AtMostOnce, 0, b"v", false));
     publ.send(&publish("u/a", QoS::AtMostOnce, 0, b"u", false));
@@ -1170,17 +1177,18 @@ fn mqtt_3_10_4_3_in_flight_delivery_completes_after_unsubscribe() {
     subscribe(&mut s, "fl", QoS::ExactlyOnce);
     let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 1
     publ.send(&publish("fl", QoS::ExactlyOnce, 1, b"x", false));
-    assert_eq!(publ.recv(), Some(Packet::PubRec(pid(1))));
+    assert_eq!(publ.recv(), Some(Packet::pubrec(pid(1))));
     let p = expect_publish(&mut s);
     let id = p.packet_id.unwrap();
     s.send(&Packet::Unsubscribe(Unsubscribe {
         packet_id: pid(2),
         filters: vec![TopicFilter::new("fl").unwrap()],
+        props: Default::default(),
     }));
-    assert_eq!(s.recv(), Some(Packet::UnsubAck(pid(2))));
-    s.send(&Packet::PubRec(id));
-    assert_eq!(s.recv(), Some(Packet::PubRel(id)), "[MQTT-3.10.4-3]");
-    s.send(&Packet::PubComp(id));
+    assert_eq!(s.recv(), Some(Packet::unsuback(pid(2))));
+    s.send(&Packet::pubrec(id));
+    assert_eq!(s.recv(), Some(Packet::pubrel(id)), "[MQTT-3.10.4-3]");
+    s.send(&Packet::pubcomp(id));
     s.silent_for(QUIET);
 }
 
@@ -1217,26 +1225,26 @@ fn mqtt_4_3_3_2_qos2_receiver_method_b() {
     subscribe(&mut s, "e", QoS::AtMostOnce);
     let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 1
     publ.send(&publish("e", QoS::ExactlyOnce, 9, b"first", false));
-    assert_eq!(publ.recv(), Some(Packet::PubRec(pid(9))), "[MQTT-4.3.3-2]");
+    assert_eq!(publ.recv(), Some(Packet::pubrec(pid(9))), "[MQTT-4.3.3-2]");
     // A retransmission before PUBREL: PUBREC again, no second delivery.
     let mut dup = publish("e", QoS::ExactlyOnce, 9, b"first", false);
     if let Packet::Publish(p) = &mut dup {
         p.dup = true;
     }
     publ.send(&dup);
-    assert_eq!(publ.recv(), Some(Packet::PubRec(pid(9))), "[MQTT-4.3.3-2]");
-    publ.send(&Packet::PubRel(pid(9)));
-    assert_eq!(publ.recv(), Some(Packet::PubComp(pid(9))), "[MQTT-4.3.3-2]");
+    assert_eq!(publ.recv(), Some(Packet::pubrec(pid(9))), "[MQTT-4.3.3-2]");
+    publ.send(&Packet::pubrel(pid(9)));
+    assert_eq!(publ.recv(), Some(Packet::pubcomp(pid(9))), "[MQTT-4.3.3-2]");
     // After PUBREL the id starts a new message.
     publ.send(&publish("e", QoS::ExactlyOnce, 9, b"second", false));
-    assert_eq!(publ.recv(), Some(Packet::PubRec(pid(9))));
-    publ.send(&Packet::PubRel(pid(9)));
-    assert_eq!(publ.recv(), Some(Packet::PubComp(pid(9))));
+    assert_eq!(publ.recv(), Some(Packet::pubrec(pid(9))));
+    publ.send(&Packet::pubrel(pid(9)));
+    assert_eq!(publ.recv(), Some(Packet::pubcomp(pid(9))));
     // PUBREL for an id the server does not hold still gets PUBCOMP.
-    publ.send(&Packet::PubRel(pid(10)));
+    publ.send(&Packet::pubrel(pid(10)));
     assert_eq!(
         publ.recv(),
-        Some(Packet::PubComp(pid(10))),
+        Some(Packet::pubcomp(pid(10))),
         "[MQTT-4.3.3-2]"
     );
     assert_eq!(&expect_publish(&mut s).payload[..], b"first");
@@ -1255,12 +1263,12 @@ fn mqtt_4_3_3_1_and_4_4_0_1_server_qos2_flow_resends_pubrel_not_publish() {
     subscribe(&mut s, "q2", QoS::ExactlyOnce);
     let mut publ = Raw::mqtt(b.addr(), "pub", true); // worker 1
     publ.send(&publish("q2", QoS::ExactlyOnce, 1, b"x", false));
-    assert_eq!(publ.recv(), Some(Packet::PubRec(pid(1))));
+    assert_eq!(publ.recv(), Some(Packet::pubrec(pid(1))));
     let p = expect_publish(&mut s);
     assert!(!p.dup && p.qos == QoS::ExactlyOnce, "[MQTT-4.3.3-1]");
     let id = p.packet_id.unwrap();
-    s.send(&Packet::PubRec(id));
-    assert_eq!(s.recv(), Some(Packet::PubRel(id)), "[MQTT-4.3.3-1]");
+    s.send(&Packet::pubrec(id));
+    assert_eq!(s.recv(), Some(Packet::pubrel(id)), "[MQTT-4.3.3-1]");
     // Lost before PUBCOMP; resume on worker 1.
     drop(s);
     let _filler = Raw::mqtt(b.addr(), "filler", true); // worker 0
@@ -1268,10 +1276,10 @@ fn mqtt_4_3_3_1_and_4_4_0_1_server_qos2_flow_resends_pubrel_not_publish() {
     assert!(present);
     assert_eq!(
         s.recv(),
-        Some(Packet::PubRel(id)),
+        Some(Packet::pubrel(id)),
         "[MQTT-4.4.0-1] [MQTT-4.3.3-1] PUBREL, not PUBLISH"
     );
-    s.send(&Packet::PubComp(id));
+    s.send(&Packet::pubcomp(id));
     s.silent_for(QUIET);
 }
 
@@ -1286,20 +1294,20 @@ fn mqtt_4_6_0_message_and_acknowledgement_order() {
         publ.send(&publish("o/1", QoS::AtLeastOnce, i, &[i as u8], false));
     }
     for i in 1..=10u16 {
-        assert_eq!(publ.recv(), Some(Packet::PubAck(pid(i))), "[MQTT-4.6.0-2]");
+        assert_eq!(publ.recv(), Some(Packet::puback(pid(i))), "[MQTT-4.6.0-2]");
     }
     // QoS 2 back to back: PUBRECs [MQTT-4.6.0-3], then PUBCOMPs, in order.
     for i in 11..=20u16 {
         publ.send(&publish("o/2", QoS::ExactlyOnce, i, &[i as u8], false));
     }
     for i in 11..=20u16 {
-        assert_eq!(publ.recv(), Some(Packet::PubRec(pid(i))), "[MQTT-4.6.0-3]");
+        assert_eq!(publ.recv(), Some(Packet::pubrec(pid(i))), "[MQTT-4.6.0-3]");
     }
     for i in 11..=20u16 {
-        publ.send(&Packet::PubRel(pid(i)));
+        publ.send(&Packet::pubrel(pid(i)));
     }
     for i in 11..=20u16 {
-        assert_eq!(publ.recv(), Some(Packet::PubComp(pid(i))));
+        assert_eq!(publ.recv(), Some(Packet::pubcomp(pid(i))));
     }
     // Delivered per topic in the order received [MQTT-4.6.0-5] [MQTT-4.6.0-6].
     let mut ids = Vec::new();
@@ -1312,22 +1320,22 @@ fn mqtt_4_6_0_message_and_acknowledgement_order() {
     // that order [MQTT-4.6.0-4].
     for (q, id) in &ids {
         match q {
-            QoS::AtLeastOnce => s.send(&Packet::PubAck(*id)),
-            _ => s.send(&Packet::PubRec(*id)),
+            QoS::AtLeastOnce => s.send(&Packet::puback(*id)),
+            _ => s.send(&Packet::pubrec(*id)),
         }
     }
     for (q, id) in &ids {
         if *q == QoS::ExactlyOnce {
-            assert_eq!(s.recv(), Some(Packet::PubRel(*id)), "[MQTT-4.6.0-4]");
+            assert_eq!(s.recv(), Some(Packet::pubrel(*id)), "[MQTT-4.6.0-4]");
         }
     }
     for (_, id) in ids.iter().filter(|(q, _)| *q == QoS::ExactlyOnce) {
-        s.send(&Packet::PubComp(*id));
+        s.send(&Packet::pubcomp(*id));
     }
     // Unacknowledged messages are re-sent in their original order [MQTT-4.6.0-1].
     for i in 1..=5u16 {
         publ.send(&publish("o/3", QoS::AtLeastOnce, i, &[i as u8], false));
-        assert_eq!(publ.recv(), Some(Packet::PubAck(pid(i))));
+        assert_eq!(publ.recv(), Some(Packet::puback(pid(i))));
     }
     let first: Vec<Publish> = (0..5).map(|_| expect_publish(&mut s)).collect();
     drop(s);

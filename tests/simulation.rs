@@ -41,8 +41,8 @@ use ternmq::broker::shard::Shard;
 use ternmq::broker::ConnId;
 use ternmq::config::Config;
 use ternmq::protocol::{
-    decode_one, ConnectReturnCode, Packet, PacketId, ProtocolVersion, Publish, QoS, SubAckCode,
-    Subscribe, TopicFilter, TopicName, Unsubscribe,
+    decode_one, Packet, PacketId, ProtocolVersion, Publish, QoS, ReasonCode, Subscribe,
+    TopicFilter, TopicName, Unsubscribe,
 };
 
 const WORKERS: usize = 3;
@@ -240,6 +240,13 @@ fn mesh_summary(b: &Batch) -> String {
             }
             MeshMsg::Interest { filter, add } => {
                 let _ = write!(s, "Interest({} {}) ", filter.as_str(), add);
+            }
+            MeshMsg::SharedMember { group, add } => {
+                let _ = write!(s, "SharedMember({} {} {add}) ", group.0, group.1);
+            }
+            MeshMsg::Shared { group, msg, .. } => {
+                let id = parse_payload(&msg.payload).map_or(u64::MAX, |p| p.0);
+                let _ = write!(s, "Shared({} m{id}) ", group.0);
             }
             MeshMsg::Takeover { client_id, to, .. } => {
                 let _ = write!(s, "Takeover({client_id} -> {to:?}) ");
@@ -556,10 +563,11 @@ impl Sim {
             will: None,
             username: None,
             password: None,
+            props: Default::default(),
         };
         self.shards[w].open(self.now, id);
         self.collect(w);
-        self.send(l, Packet::Connect(connect));
+        self.send(l, Packet::Connect(Box::new(connect)));
     }
 
     /// The client closes link `l`: `fin` lets the broker read what was sent first.
@@ -597,7 +605,7 @@ impl Sim {
             return self.client_close(l, false);
         }
         trace!(self, "{} sends DISCONNECT on L{l}", self.clients[c].name);
-        self.send(l, Packet::Disconnect);
+        self.send(l, Packet::disconnect());
         self.client_close(l, true);
     }
 
@@ -640,6 +648,7 @@ impl Sim {
                 topic: TopicName::new(TOPICS[topic]).unwrap(),
                 packet_id,
                 payload: payload(msg, l as u32),
+                props: Default::default(),
             }),
         );
     }
@@ -662,8 +671,9 @@ impl Sim {
                 packet_id: p,
                 filters: filters
                     .iter()
-                    .map(|&(f, q)| (TopicFilter::new(FILTERS[f]).unwrap(), q))
+                    .map(|&(f, q)| (TopicFilter::new(FILTERS[f]).unwrap(), q.into()))
                     .collect(),
+                props: Default::default(),
             }),
         );
     }
@@ -687,6 +697,7 @@ impl Sim {
                     .iter()
                     .map(|&f| TopicFilter::new(FILTERS[f]).unwrap())
                     .collect(),
+                props: Default::default(),
             }),
         );
     }
@@ -758,7 +769,7 @@ impl Sim {
                 }
                 check!(
                     self,
-                    a.code == ConnectReturnCode::Accepted,
+                    a.code == ReasonCode::SUCCESS,
                     "{name}: CONNACK refused: {a:?}"
                 );
                 let cl = &mut self.clients[c];
@@ -791,7 +802,7 @@ impl Sim {
                 let resend: Vec<Out> = cl.out.clone();
                 for o in resend {
                     let p = if o.released {
-                        Packet::PubRel(o.pid)
+                        Packet::pubrel(o.pid)
                     } else {
                         Packet::Publish(Publish {
                             dup: true,
@@ -800,6 +811,7 @@ impl Sim {
                             topic: TopicName::new(TOPICS[o.topic]).unwrap(),
                             packet_id: Some(o.pid),
                             payload: payload(o.msg, l as u32),
+                            props: Default::default(),
                         })
                     };
                     self.send(l, p);
@@ -812,7 +824,7 @@ impl Sim {
                 }
             }
             Packet::Publish(p) => self.on_publish(c, l, p),
-            Packet::PubAck(id) => {
+            Packet::PubAck(ternmq::protocol::Ack { packet_id: id, .. }) => {
                 let cl = &mut self.clients[c];
                 match cl.out.iter().position(|o| o.pid == id) {
                     Some(i) if cl.out[i].qos == QoS::AtLeastOnce => {
@@ -822,19 +834,19 @@ impl Sim {
                     _ => self.fail(format!("{name}: PUBACK for unknown id {id}")),
                 }
             }
-            Packet::PubRec(id) => {
+            Packet::PubRec(ternmq::protocol::Ack { packet_id: id, .. }) => {
                 let cl = &mut self.clients[c];
                 match cl.out.iter_mut().find(|o| o.pid == id) {
                     Some(o) if o.qos == QoS::ExactlyOnce => {
                         o.released = true;
                         let m = o.msg as usize;
                         self.msgs[m].acked = true;
-                        self.send(l, Packet::PubRel(id));
+                        self.send(l, Packet::pubrel(id));
                     }
                     _ => self.fail(format!("{name}: PUBREC for unknown id {id}")),
                 }
             }
-            Packet::PubComp(id) => {
+            Packet::PubComp(ternmq::protocol::Ack { packet_id: id, .. }) => {
                 let cl = &mut self.clients[c];
                 match cl.out.iter().position(|o| o.pid == id) {
                     Some(i) if cl.out[i].released => {
@@ -843,18 +855,18 @@ impl Sim {
                     _ => self.fail(format!("{name}: PUBCOMP for unknown id {id}")),
                 }
             }
-            Packet::PubRel(id) => {
+            Packet::PubRel(ternmq::protocol::Ack { packet_id: id, .. }) => {
                 // Method B: the message was delivered on PUBLISH; forget the id now.
                 self.clients[c].held.remove(&id.get());
-                self.send(l, Packet::PubComp(id));
+                self.send(l, Packet::pubcomp(id));
             }
             Packet::SubAck(s) => {
                 let Some(req) = self.clients[c].ctl.remove(&s.packet_id.get()) else {
                     self.fail(format!("{name}: SUBACK for unknown id {}", s.packet_id));
                 };
-                let want: Vec<SubAckCode> = req
+                let want: Vec<ReasonCode> = req
                     .iter()
-                    .map(|&(_, q)| SubAckCode::Granted(q.unwrap()))
+                    .map(|&(_, q)| ReasonCode::granted(q.unwrap()))
                     .collect();
                 check!(
                     self,
@@ -866,7 +878,7 @@ impl Sim {
                     self.clients[c].subacked = true;
                 }
             }
-            Packet::UnsubAck(id) => {
+            Packet::UnsubAck(ternmq::protocol::UnsubAck { packet_id: id, .. }) => {
                 if self.clients[c].ctl.remove(&id.get()).is_none() {
                     self.fail(format!("{name}: UNSUBACK for unknown id {id}"));
                 }
@@ -922,7 +934,7 @@ impl Sim {
         let fresh = match (p.qos, p.packet_id) {
             (QoS::AtMostOnce, _) => true,
             (QoS::AtLeastOnce, Some(id)) => {
-                self.send(l, Packet::PubAck(id));
+                self.send(l, Packet::puback(id));
                 true
             }
             (QoS::ExactlyOnce, Some(id)) => {
@@ -932,7 +944,7 @@ impl Sim {
                         "{name}: new QoS 2 PUBLISH (DUP=0) m{msg} reuses id {id} still awaiting PUBREL"
                     ));
                 }
-                self.send(l, Packet::PubRec(id));
+                self.send(l, Packet::pubrec(id));
                 first
             }
             _ => self.fail(format!("{name}: QoS>0 PUBLISH without id")),
@@ -1391,10 +1403,10 @@ fn packet_summary(p: &Packet) -> String {
         ),
         Packet::Connect(c) => format!("CONNECT {} clean={}", c.client_id, c.clean_session),
         Packet::ConnAck(a) => format!("CONNACK present={}", a.session_present),
-        Packet::PubAck(i) => format!("PUBACK {i}"),
-        Packet::PubRec(i) => format!("PUBREC {i}"),
-        Packet::PubRel(i) => format!("PUBREL {i}"),
-        Packet::PubComp(i) => format!("PUBCOMP {i}"),
+        Packet::PubAck(ternmq::protocol::Ack { packet_id: i, .. }) => format!("PUBACK {i}"),
+        Packet::PubRec(ternmq::protocol::Ack { packet_id: i, .. }) => format!("PUBREC {i}"),
+        Packet::PubRel(ternmq::protocol::Ack { packet_id: i, .. }) => format!("PUBREL {i}"),
+        Packet::PubComp(ternmq::protocol::Ack { packet_id: i, .. }) => format!("PUBCOMP {i}"),
         p => format!("{p:?}"),
     }
 }

@@ -49,7 +49,7 @@ fn stats_reads_counters_and_latency_histograms() {
     // The stats client itself is connected.
     assert!(s.num("clients/connected").unwrap() >= 1);
     assert!(s.num("publish/messages/received").unwrap() >= r.received);
-    assert_eq!(s.dropped().len(), 3);
+    assert_eq!(s.dropped().len(), 6);
     let lat = s.latency();
     let names: Vec<&str> = lat.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names[0], "publish_ns", "{names:?}");

@@ -127,12 +127,12 @@ fn retained_op() -> impl Strategy<Value = RetainedOp> {
 }
 
 fn message(t: &str, payload_len: u8) -> Message {
-    Message {
-        topic: topic(t),
-        payload: Bytes::from(vec![b'x'; usize::from(payload_len)]),
-        qos: QoS::AtMostOnce,
-        retain: true,
-    }
+    Message::new(
+        topic(t),
+        Bytes::from(vec![b'x'; usize::from(payload_len)]),
+        QoS::AtMostOnce,
+        true,
+    )
 }
 
 proptest! {

@@ -59,6 +59,8 @@ pub enum Refusal {
 pub struct ConnAuth {
     /// The peer's address, for the back-off; None when the runtime did not say.
     pub peer: Option<IpAddr>,
+    /// The runtime vouched for the user name (TLS client certificate).
+    pub certified: bool,
     /// Set by a successful login.
     identity: Option<Identity>,
     /// The rules generation `acl` was compiled from.

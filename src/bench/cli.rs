@@ -100,6 +100,13 @@ pub struct BenchArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Connect over TLS (1.2 or 1.3, rustls); needs --cafile. The broker's certificate
+    /// must name the --host IP address.
+    #[arg(long, requires = "cafile")]
+    pub tls: bool,
+    /// PEM CA certificates that the broker's TLS certificate is checked against.
+    #[arg(long, value_name = "FILE", requires = "tls")]
+    pub cafile: Option<PathBuf>,
 }
 
 /// `ternmq bench`: a run (`ternmq bench <scenario> ...`) or a helper subcommand.
@@ -218,6 +225,10 @@ impl BenchArgs {
             keep_alive_secs: self.keep_alive,
             broker_pid: self.broker_pid,
             progress: !self.quiet,
+            tls: match &self.cafile {
+                Some(path) if self.tls => Some(tls_client_config(path)?),
+                _ => None,
+            },
         };
         if let Some(r) = self.ramp {
             if !(r > 0.0 && r.is_finite()) {
@@ -263,6 +274,32 @@ impl BenchArgs {
         }
         Ok(report)
     }
+}
+
+/// A rustls client configuration (ring provider, TLS 1.2 and 1.3) trusting the CA
+/// certificates of the PEM file `path`.
+fn tls_client_config(
+    path: &std::path::Path,
+) -> Result<std::sync::Arc<rustls::ClientConfig>, BenchError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let bad = |e: String| BenchError::Config(format!("--cafile {}: {e}", path.display()));
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        roots
+            .add(cert.map_err(|e| bad(e.to_string()))?)
+            .map_err(|e| bad(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("no CA certificate".into()));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 #[cfg(test)]

@@ -3,6 +3,10 @@
 //! SUBSCRIBE/SUBACK, publish at QoS 0/1/2 with a packet-id pool, and the QoS 1/2
 //! acknowledgement flows on both sides.
 //!
+//! Optionally over TLS (rustls, `ternmq bench --tls`): the handshake starts once TCP
+//! is up, CONNECT waits in rustls until it completes, and reads and flushes go
+//! through the `ClientConnection`.
+//!
 //! A connection never blocks and never writes by itself: packets are appended to its
 //! write buffer and the event loop ([`super::worker`]) flushes each dirty connection
 //! once per turn. Nothing read from the network is trusted: every unexpected packet or
@@ -10,14 +14,17 @@
 
 use super::payload::Header;
 use crate::protocol::{
-    decode_one, encode_packet, encode_publish, CodecError, Connect, ConnectReturnCode, Packet,
-    PacketId, ProtocolVersion, QoS, SubAckCode, Subscribe, TopicFilter,
+    decode_one, encode_packet, encode_publish, CodecError, Connect, Packet, PacketId,
+    ProtocolVersion, QoS, ReasonCode, SubOptions, Subscribe, TopicFilter,
 };
 use bytes::BytesMut;
 use bytestring::ByteString;
 use mio::net::TcpStream;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 /// Largest packet the generator accepts from a broker.
 const MAX_PACKET: usize = 1 << 20;
@@ -32,7 +39,7 @@ pub enum ClientError {
     #[error("cannot decode the broker's bytes: {0}")]
     Codec(#[from] CodecError),
     #[error("connection refused by the broker: {0:?}")]
-    Refused(ConnectReturnCode),
+    Refused(ReasonCode),
     #[error("subscription to {0} refused")]
     SubscribeRefused(String),
     #[error("invalid topic filter {0}")]
@@ -41,6 +48,8 @@ pub enum ClientError {
     Unexpected(&'static str),
     #[error("connection closed by the broker")]
     Closed,
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
 }
 
 /// Where a connection is in its life.
@@ -140,6 +149,8 @@ pub(crate) struct Conn {
     pub ids: IdPool,
     /// Filter to subscribe to after CONNACK, if any.
     pub filter: Option<String>,
+    /// The TLS session, with `--tls` (boxed: absent on plain runs).
+    pub tls: Option<Box<ClientConnection>>,
 }
 
 impl Conn {
@@ -154,6 +165,7 @@ impl Conn {
             more_to_read: false,
             ids: IdPool::new(),
             filter,
+            tls: None,
         }
     }
 
@@ -186,16 +198,19 @@ impl Conn {
         self.wbuf.clear();
         self.ids.clear();
         self.more_to_read = false;
+        self.tls = None;
         Ok(self.stream.insert(TcpStream::from_std(std)))
     }
 
     /// Called on a writable event while connecting: true once TCP is up, after
-    /// which CONNECT has been queued.
+    /// which CONNECT has been queued (and, with `tls`, the TLS handshake started;
+    /// the server's certificate must name the broker's IP address).
     pub fn check_connected(
         &mut self,
         client_id: &str,
         clean_session: bool,
         keep_alive_secs: u16,
+        tls: Option<&Arc<ClientConfig>>,
     ) -> Result<bool, ClientError> {
         let Some(s) = &self.stream else {
             return Ok(false);
@@ -208,6 +223,10 @@ impl Conn {
             Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(false),
             Err(e) => return Err(e.into()),
         }
+        if let Some(config) = tls {
+            let name = ServerName::IpAddress(s.peer_addr()?.ip().into());
+            self.tls = Some(Box::new(ClientConnection::new(config.clone(), name)?));
+        }
         let connect = Connect {
             version: ProtocolVersion::V3_1_1,
             clean_session,
@@ -216,8 +235,9 @@ impl Conn {
             will: None,
             username: None,
             password: None,
+            props: Default::default(),
         };
-        encode_packet(&Packet::Connect(connect), &mut self.wbuf);
+        encode_packet(&Packet::Connect(Box::new(connect)), &mut self.wbuf);
         self.state = State::AwaitConnAck;
         self.dirty = true;
         Ok(true)
@@ -237,7 +257,7 @@ impl Conn {
 
     /// Appends DISCONNECT (the connection is closed after the next flush).
     pub fn disconnect(&mut self) {
-        encode_packet(&Packet::Disconnect, &mut self.wbuf);
+        encode_packet(&Packet::disconnect(), &mut self.wbuf);
         self.dirty = true;
     }
 
@@ -249,6 +269,12 @@ impl Conn {
         };
         let mut total = 0;
         self.more_to_read = false;
+        if let Some(tls) = &mut self.tls {
+            let open = read_tls(tls, s, scratch, &mut self.rbuf, &mut self.more_to_read)?;
+            // Handshake records or alerts to answer.
+            self.dirty |= tls.wants_write();
+            return Ok(open);
+        }
         loop {
             match s.read(scratch) {
                 Ok(0) => return Ok(false),
@@ -284,7 +310,7 @@ impl Conn {
     fn handle(&mut self, packet: Packet, qos: QoS) -> Result<Incoming, ClientError> {
         match packet {
             Packet::ConnAck(a) if self.state == State::AwaitConnAck => {
-                if a.code != ConnectReturnCode::Accepted {
+                if a.code != ReasonCode::SUCCESS {
                     return Err(ClientError::Refused(a.code));
                 }
                 let Some(filter) = self.filter.clone() else {
@@ -296,13 +322,14 @@ impl Conn {
                 let id = PacketId::MIN;
                 self.reply(Packet::Subscribe(Subscribe {
                     packet_id: id,
-                    filters: vec![(f, qos)],
+                    filters: vec![(f, SubOptions::qos(qos))],
+                    props: Default::default(),
                 }));
                 self.state = State::AwaitSubAck;
                 Ok(Incoming::Nothing)
             }
             Packet::SubAck(s) if self.state == State::AwaitSubAck => {
-                if s.codes.contains(&SubAckCode::Failure) || s.codes.is_empty() {
+                if s.codes.iter().any(|c| !c.is_success()) || s.codes.is_empty() {
                     return Err(ClientError::SubscribeRefused(
                         self.filter.clone().unwrap_or_default(),
                     ));
@@ -312,28 +339,28 @@ impl Conn {
             }
             Packet::Publish(p) => {
                 match (p.qos, p.packet_id) {
-                    (QoS::AtLeastOnce, Some(id)) => self.reply(Packet::PubAck(id)),
-                    (QoS::ExactlyOnce, Some(id)) => self.reply(Packet::PubRec(id)),
+                    (QoS::AtLeastOnce, Some(id)) => self.reply(Packet::puback(id)),
+                    (QoS::ExactlyOnce, Some(id)) => self.reply(Packet::pubrec(id)),
                     _ => {}
                 }
                 Ok(Incoming::Message(Header::read(&p.payload)))
             }
-            Packet::PubRel(id) => {
-                self.reply(Packet::PubComp(id));
+            Packet::PubRel(a) => {
+                self.reply(Packet::pubcomp(a.packet_id));
                 Ok(Incoming::Nothing)
             }
-            Packet::PubAck(id) if qos == QoS::AtLeastOnce => Ok(if self.ids.free(id) {
+            Packet::PubAck(a) if qos == QoS::AtLeastOnce => Ok(if self.ids.free(a.packet_id) {
                 Incoming::Acked
             } else {
                 Incoming::Nothing
             }),
-            Packet::PubRec(id) if qos == QoS::ExactlyOnce => {
-                if self.ids.is_used(id) {
-                    self.reply(Packet::PubRel(id));
+            Packet::PubRec(a) if qos == QoS::ExactlyOnce => {
+                if self.ids.is_used(a.packet_id) {
+                    self.reply(Packet::pubrel(a.packet_id));
                 }
                 Ok(Incoming::Nothing)
             }
-            Packet::PubComp(id) if qos == QoS::ExactlyOnce => Ok(if self.ids.free(id) {
+            Packet::PubComp(a) if qos == QoS::ExactlyOnce => Ok(if self.ids.free(a.packet_id) {
                 Incoming::Acked
             } else {
                 Incoming::Nothing
@@ -343,6 +370,11 @@ impl Conn {
         }
     }
 
+    /// Something waits to be written: packets, or TLS records.
+    pub fn has_output(&self) -> bool {
+        !self.wbuf.is_empty() || self.tls.as_ref().is_some_and(|t| t.wants_write())
+    }
+
     /// One write of the pending bytes. Returns true when everything is written.
     pub fn flush(&mut self) -> Result<bool, ClientError> {
         self.dirty = false;
@@ -350,6 +382,31 @@ impl Conn {
             self.wbuf.clear();
             return Ok(true);
         };
+        if let Some(tls) = &mut self.tls {
+            // Plaintext into rustls (which takes at most its buffer limit, and holds it
+            // until the handshake is done), then as many records as the socket takes;
+            // again until everything is written or the socket is full (a writable
+            // event then resumes: a partly taken buffer on an idle socket would stall).
+            loop {
+                let n = tls.writer().write(&self.wbuf)?;
+                self.wbuf.drain(..n);
+                let mut blocked = false;
+                while tls.wants_write() {
+                    match tls.write_tls(s) {
+                        Ok(_) => {}
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            blocked = true;
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if blocked || self.wbuf.is_empty() || n == 0 {
+                    return Ok(!self.has_output());
+                }
+            }
+        }
         if self.wbuf.is_empty() || self.state == State::Connecting {
             return Ok(self.wbuf.is_empty());
         }
@@ -362,6 +419,48 @@ impl Conn {
             Err(e) => return Err(e.into()),
         }
         Ok(self.wbuf.is_empty())
+    }
+}
+
+/// Reads ciphertext from `s` until it would block or [`READ_BUDGET`] is spent, and
+/// appends the plaintext to `rbuf`. Returns false on end of stream.
+fn read_tls(
+    tls: &mut ClientConnection,
+    s: &mut TcpStream,
+    scratch: &mut [u8],
+    rbuf: &mut BytesMut,
+    more_to_read: &mut bool,
+) -> Result<bool, ClientError> {
+    let mut total = 0;
+    loop {
+        let n = match tls.read_tls(s) {
+            Ok(0) => return Ok(false),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e.into()),
+        };
+        let state = tls.process_new_packets()?;
+        let mut left = state.plaintext_bytes_to_read();
+        while left > 0 {
+            match tls.reader().read(scratch) {
+                Ok(0) => break,
+                Ok(got) => {
+                    rbuf.extend_from_slice(&scratch[..got]);
+                    left = left.saturating_sub(got);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if state.peer_has_closed() {
+            return Ok(false);
+        }
+        total += n;
+        if total >= READ_BUDGET {
+            *more_to_read = true;
+            return Ok(true);
+        }
     }
 }
 
@@ -407,7 +506,7 @@ mod tests {
             PacketId::new(9),
             &payload,
         );
-        encode_packet(&Packet::PubRel(PacketId::new(3).unwrap()), &mut wire);
+        encode_packet(&Packet::pubrel(PacketId::new(3).unwrap()), &mut wire);
         c.rbuf.extend_from_slice(&wire);
         assert_eq!(
             c.next_incoming(QoS::AtLeastOnce).unwrap(),
@@ -419,8 +518,8 @@ mod tests {
         );
         assert_eq!(c.next_incoming(QoS::AtLeastOnce).unwrap(), None);
         let mut expect = Vec::new();
-        encode_packet(&Packet::PubAck(PacketId::new(9).unwrap()), &mut expect);
-        encode_packet(&Packet::PubComp(PacketId::new(3).unwrap()), &mut expect);
+        encode_packet(&Packet::puback(PacketId::new(9).unwrap()), &mut expect);
+        encode_packet(&Packet::pubcomp(PacketId::new(3).unwrap()), &mut expect);
         assert_eq!(c.wbuf, expect);
     }
 

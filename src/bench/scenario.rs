@@ -91,6 +91,9 @@ pub struct BenchConfig {
     pub broker_pid: Option<u32>,
     /// Print a progress line on stderr every second.
     pub progress: bool,
+    /// Connect over TLS with this client configuration (None = plain TCP). The
+    /// broker's certificate must name its IP address (`broker`'s).
+    pub tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 }
 
 impl Default for BenchConfig {
@@ -119,6 +122,7 @@ impl Default for BenchConfig {
             keep_alive_secs: 0,
             broker_pid: None,
             progress: false,
+            tls: None,
         }
     }
 }

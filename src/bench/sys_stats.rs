@@ -7,7 +7,7 @@
 //! live update) for a fixed time. Works against Mosquitto too (no latency section).
 
 use crate::protocol::{
-    decode_one, encode_packet, Connect, ConnectReturnCode, Packet, PacketId, ProtocolVersion, QoS,
+    decode_one, encode_packet, Connect, Packet, PacketId, ProtocolVersion, QoS, SubOptions,
     Subscribe, TopicFilter,
 };
 use bytes::BytesMut;
@@ -243,7 +243,7 @@ pub fn collect(addr: SocketAddr, wait: Duration) -> Result<SysStats, StatsError>
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
     stream.set_nodelay(true)?;
     let mut buf = BytesMut::with_capacity(16384);
-    let connect = Packet::Connect(Connect {
+    let connect = Packet::Connect(Box::new(Connect {
         version: ProtocolVersion::V3_1_1,
         clean_session: true,
         keep_alive_secs: 30,
@@ -251,11 +251,12 @@ pub fn collect(addr: SocketAddr, wait: Duration) -> Result<SysStats, StatsError>
         will: None,
         username: None,
         password: None,
-    });
+        props: Default::default(),
+    }));
     send(&mut stream, &connect)?;
     let deadline = Instant::now() + Duration::from_secs(5);
     match read_packets(&mut stream, &mut buf, deadline)?.first() {
-        Some(Packet::ConnAck(a)) if a.code == ConnectReturnCode::Accepted => {}
+        Some(Packet::ConnAck(a)) if a.code.is_success() => {}
         Some(Packet::ConnAck(a)) => {
             return Err(StatsError::Protocol(format!(
                 "CONNACK refused: {:?}",
@@ -275,7 +276,8 @@ pub fn collect(addr: SocketAddr, wait: Duration) -> Result<SysStats, StatsError>
         &mut stream,
         &Packet::Subscribe(Subscribe {
             packet_id: PacketId::new(1).expect("nonzero"),
-            filters: vec![(filter, QoS::AtMostOnce)],
+            filters: vec![(filter, SubOptions::qos(QoS::AtMostOnce))],
+            props: Default::default(),
         }),
     )?;
     let mut stats = SysStats::default();
@@ -290,7 +292,7 @@ pub fn collect(addr: SocketAddr, wait: Duration) -> Result<SysStats, StatsError>
             }
         }
     }
-    let _ = send(&mut stream, &Packet::Disconnect);
+    let _ = send(&mut stream, &Packet::disconnect());
     if stats.values.is_empty() {
         return Err(StatsError::Empty(wait));
     }

@@ -94,6 +94,19 @@ pub enum MeshMsg {
         client_id: Arc<str>,
         origin: WorkerId,
     },
+    /// The sender gained (`add`) or lost a member of a shared subscription group.
+    SharedMember {
+        group: crate::broker::shard::GroupKey,
+        add: bool,
+    },
+    /// Deliver to one local member of a shared subscription group (or pass it on:
+    /// `visited` are the workers that had no connected member for it).
+    Shared {
+        group: crate::broker::shard::GroupKey,
+        msg: Message,
+        origin: Option<Origin>,
+        visited: u64,
+    },
     /// Stop reading from `conn` until `until`: a subscriber it feeds is congested.
     Pause { conn: ConnId, until: Instant },
     /// Read from `conn` again: the subscriber that paused it has drained.

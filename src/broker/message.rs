@@ -4,8 +4,10 @@
 //! Must not: hold anything per subscriber. The topic and payload are reference-counted
 //! (`ByteString`/`Bytes`), so cloning a [`Message`] never copies message bytes.
 
-use crate::protocol::{QoS, TopicName};
+use crate::protocol::{Properties, QoS, TopicName};
 use bytes::Bytes;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// An application message: what was published, independent of any packet id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,9 +18,60 @@ pub struct Message {
     pub qos: QoS,
     /// The RETAIN flag as published.
     pub retain: bool,
+    /// MQTT 5 properties forwarded to subscribers unchanged (payload format, content
+    /// type, response topic, correlation data, user properties, in order). Never a
+    /// topic alias, subscription identifier or expiry: those are per delivery.
+    pub props: Option<Arc<Properties>>,
+    /// When the message expires (MQTT 5 Message Expiry Interval); `None`: never.
+    pub expires_at: Option<Instant>,
+    /// The shared subscription group it was delivered through, if any (so that a
+    /// departing member's unacknowledged copy can go to another member).
+    pub shared: Option<crate::broker::shard::GroupKey>,
 }
 
 impl Message {
+    /// A message without MQTT 5 properties that never expires.
+    pub fn new(topic: TopicName, payload: Bytes, qos: QoS, retain: bool) -> Message {
+        Message {
+            topic,
+            payload,
+            qos,
+            retain,
+            props: None,
+            expires_at: None,
+            shared: None,
+        }
+    }
+
+    /// Takes the forwardable properties out of a PUBLISH's (or will's) property set:
+    /// the expiry becomes a deadline, and the per-hop ones (topic alias, subscription
+    /// identifiers) are dropped ([MQTT-3.3.2-7], [MQTT-3.3.4-6]).
+    pub fn with_props(mut self, now: Instant, mut props: Properties) -> Message {
+        self.expires_at = props
+            .message_expiry_interval
+            .take()
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        props.topic_alias = None;
+        props.subscription_identifiers.clear();
+        props.will_delay_interval = None;
+        self.props = (!props.is_empty()).then(|| Arc::new(props));
+        self
+    }
+
+    /// True once the message's expiry interval has passed (3.3.2.3.3).
+    pub fn expired(&self, now: Instant) -> bool {
+        self.expires_at.is_some_and(|t| t <= now)
+    }
+
+    /// The expiry interval left at `now`, rounded up, for the PUBLISH to a subscriber.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        self.expires_at.map(|t| {
+            let left = t.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            u32::try_from(secs).unwrap_or(u32::MAX)
+        })
+    }
+
     /// Bytes this message pins in memory, for queue accounting.
     pub fn weight_bytes(&self) -> usize {
         self.topic.as_str().len() + self.payload.len()

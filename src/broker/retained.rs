@@ -280,12 +280,12 @@ mod tests {
     use bytes::Bytes;
 
     fn msg(topic: &str, payload: &'static str) -> Message {
-        Message {
-            topic: TopicName::new(topic.to_owned()).expect("valid topic"),
-            payload: Bytes::from_static(payload.as_bytes()),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-        }
+        Message::new(
+            TopicName::new(topic.to_owned()).expect("valid topic"),
+            Bytes::from_static(payload.as_bytes()),
+            QoS::AtLeastOnce,
+            true,
+        )
     }
 
     fn t(s: &str) -> TopicName {

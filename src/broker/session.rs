@@ -9,8 +9,78 @@
 
 use super::message::Message;
 use super::ConnId;
-use crate::protocol::{PacketId, QoS, TopicFilter};
+use crate::protocol::{PacketId, QoS, RetainHandling, SubOptions, TopicFilter, Will};
 use std::collections::{HashSet, VecDeque};
+use std::time::Instant;
+
+/// One subscription's options packed in four bytes (it is stored per subscriber in the
+/// topic index): QoS (bits 0-1), No Local (2), Retain As Published (3), and the MQTT 5
+/// subscription identifier (bits 4-31, 0 = none; identifiers are at most 2^28 - 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Grant(u32);
+
+impl Grant {
+    /// Options with a subscription identifier (`0`: none).
+    pub fn new(opts: SubOptions, sub_id: u32) -> Grant {
+        debug_assert!(sub_id <= crate::protocol::properties::VARINT_MAX);
+        Grant(
+            u32::from(opts.qos.as_u8())
+                | (u32::from(opts.no_local) << 2)
+                | (u32::from(opts.retain_as_published) << 3)
+                | (sub_id << 4),
+        )
+    }
+
+    /// A plain MQTT 3.1.1 subscription.
+    pub fn qos(qos: QoS) -> Grant {
+        Grant::new(SubOptions::qos(qos), 0)
+    }
+
+    pub fn max_qos(self) -> QoS {
+        QoS::from_u8((self.0 & 3) as u8).unwrap_or(QoS::AtMostOnce)
+    }
+
+    pub fn no_local(self) -> bool {
+        self.0 & 4 != 0
+    }
+
+    pub fn retain_as_published(self) -> bool {
+        self.0 & 8 != 0
+    }
+
+    pub fn sub_id(self) -> Option<u32> {
+        let id = self.0 >> 4;
+        (id != 0).then_some(id)
+    }
+
+    /// The options as SUBSCRIBE carries them (retain handling is not stored: it only
+    /// matters at subscribe time).
+    pub fn options(self) -> SubOptions {
+        SubOptions {
+            qos: self.max_qos(),
+            no_local: self.no_local(),
+            retain_as_published: self.retain_as_published(),
+            retain_handling: RetainHandling::OnSubscribe,
+        }
+    }
+}
+
+/// What MQTT 5 adds to a session, boxed since 3.1.1 sessions never have it.
+#[derive(Debug, Clone, Default)]
+pub struct SessionV5 {
+    /// Session Expiry Interval (seconds; `u32::MAX`: never) once offline.
+    pub expiry_secs: u32,
+    /// When the offline session expires.
+    pub expires_at: Option<Instant>,
+    /// A will waiting out its Will Delay Interval, and when it is due.
+    pub pending_will: Option<(Instant, Will)>,
+    /// The client's Receive Maximum: QoS 1/2 deliveries in flight at most.
+    pub receive_max: u16,
+    /// The client's Maximum Packet Size (bytes; 0: no limit of its own).
+    pub max_packet: u32,
+    /// True when any subscription carries an identifier (deliveries look them up).
+    pub has_sub_ids: bool,
+}
 
 /// Where an outbound QoS 1/2 message is in its flow (4.3.2, 4.3.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -128,8 +198,8 @@ pub struct Session {
     pub client_id: std::sync::Arc<str>,
     /// Clean session flag of the connection that owns it (3.1.2.4).
     pub clean: bool,
-    /// Subscriptions with their granted QoS, in subscription order.
-    pub subscriptions: Vec<(TopicFilter, QoS)>,
+    /// Subscriptions with their granted options, in subscription order.
+    pub subscriptions: Vec<(TopicFilter, Grant)>,
     /// Sent and not yet completed, in send order.
     pub inflight: LazyDeque<Inflight>,
     /// Waiting for the window, in arrival order.
@@ -146,6 +216,8 @@ pub struct Session {
     /// Set for a while after the session arrived from another worker: see
     /// [`Settle`](crate::broker::settle::Settle).
     pub moved_in: Option<Box<crate::broker::settle::Settle>>,
+    /// MQTT 5 session state, if the session was created or resumed by an MQTT 5 client.
+    pub v5: Option<Box<SessionV5>>,
     next_packet_id: u16,
 }
 
@@ -160,12 +232,42 @@ impl Session {
             inbound_qos2: None,
             conn: None,
             moved_in: None,
+            v5: None,
             next_packet_id: 1,
         }
     }
 
-    /// Records a subscription; returns the previous granted QoS if it replaced one.
-    pub fn add_subscription(&mut self, filter: &TopicFilter, qos: QoS) -> Option<QoS> {
+    /// In-flight window: the broker's limit, or the client's Receive Maximum if lower.
+    pub fn window(&self, max_inflight: usize) -> usize {
+        match &self.v5 {
+            Some(v5) if v5.receive_max > 0 => max_inflight.min(usize::from(v5.receive_max)),
+            _ => max_inflight,
+        }
+    }
+
+    /// The identifiers of this session's subscriptions matching `topic`, in
+    /// subscription order (3.3.4: every matching one is sent).
+    pub fn sub_ids_for(&self, topic: &crate::protocol::TopicName, out: &mut Vec<u32>) {
+        out.clear();
+        if !self.v5.as_ref().is_some_and(|v| v.has_sub_ids) {
+            return;
+        }
+        for (f, g) in &self.subscriptions {
+            if let Some(id) = g.sub_id() {
+                let inner = match f.shared() {
+                    Some(Ok((_, inner))) => inner,
+                    Some(Err(())) => continue,
+                    None => f.clone(),
+                };
+                if inner.matches(topic) && !out.contains(&id) {
+                    out.push(id);
+                }
+            }
+        }
+    }
+
+    /// Records a subscription; returns the previous options if it replaced one.
+    pub fn add_subscription(&mut self, filter: &TopicFilter, qos: Grant) -> Option<Grant> {
         if let Some(entry) = self.subscriptions.iter_mut().find(|(f, _)| f == filter) {
             let prev = entry.1;
             entry.1 = qos;
@@ -192,6 +294,11 @@ impl Session {
             .insert(id)
     }
 
+    /// True while an inbound QoS 2 packet id awaits its PUBREL.
+    pub fn inbound_qos2_contains(&self, id: PacketId) -> bool {
+        self.inbound_qos2.as_ref().is_some_and(|s| s.contains(&id))
+    }
+
     /// PUBREL: forgets an inbound QoS 2 packet id.
     pub fn inbound_qos2_remove(&mut self, id: PacketId) {
         if let Some(set) = &mut self.inbound_qos2 {
@@ -202,9 +309,43 @@ impl Session {
         }
     }
 
-    /// True when the window has room for another message.
+    /// True when the window (see [`Session::window`]) has room for another message.
     pub fn window_open(&self, max_inflight: usize) -> bool {
-        self.inflight.len() < max_inflight
+        self.inflight.len() < self.window(max_inflight)
+    }
+
+    /// Removes and returns what a departing shared-subscription member had not
+    /// completed: QoS 1 messages in flight and every queued message that came through
+    /// a shared subscription. QoS 2 messages in flight stay (MQTT 5 4.8.2).
+    pub fn take_shared_unacked(&mut self) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.inflight.len() {
+            let m = &self.inflight[i];
+            if m.msg.shared.is_some() && m.qos == QoS::AtLeastOnce {
+                if let Some(m) = self.inflight.remove(i) {
+                    out.push(m.msg);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        let mut i = 0;
+        while i < self.queue.len() {
+            if self.queue[i].msg.shared.is_some() {
+                if let Some(q) = self.queue.remove(i) {
+                    out.push(q.msg);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        out
+    }
+
+    /// Inbound QoS 2 messages received and not yet released.
+    pub fn inbound_qos2_len(&self) -> usize {
+        self.inbound_qos2.as_ref().map_or(0, |s| s.len())
     }
 
     /// Allocates the next free packet id. The caller guarantees the window is open and
@@ -320,12 +461,12 @@ mod tests {
     use bytes::Bytes;
 
     fn msg(n: u8) -> Message {
-        Message {
-            topic: TopicName::new("t").unwrap(),
-            payload: Bytes::from(vec![n]),
-            qos: QoS::ExactlyOnce,
-            retain: false,
-        }
+        Message::new(
+            TopicName::new("t").unwrap(),
+            Bytes::from(vec![n]),
+            QoS::ExactlyOnce,
+            false,
+        )
     }
 
     #[test]
@@ -394,10 +535,10 @@ mod tests {
     fn subscriptions_replace() {
         let mut s = Session::new("c".into(), false);
         let f = TopicFilter::new("a/+").unwrap();
-        assert_eq!(s.add_subscription(&f, QoS::AtMostOnce), None);
+        assert_eq!(s.add_subscription(&f, Grant::qos(QoS::AtMostOnce)), None);
         assert_eq!(
-            s.add_subscription(&f, QoS::ExactlyOnce),
-            Some(QoS::AtMostOnce)
+            s.add_subscription(&f, Grant::qos(QoS::ExactlyOnce)),
+            Some(Grant::qos(QoS::AtMostOnce))
         );
         assert_eq!(s.subscriptions.len(), 1);
         assert!(s.remove_subscription(&f));

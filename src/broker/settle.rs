@@ -122,12 +122,12 @@ mod tests {
     use bytes::Bytes;
 
     fn msg() -> Message {
-        Message {
-            topic: TopicName::new("t").unwrap(),
-            payload: Bytes::from_static(b"x"),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-        }
+        Message::new(
+            TopicName::new("t").unwrap(),
+            Bytes::from_static(b"x"),
+            QoS::AtLeastOnce,
+            false,
+        )
     }
 
     fn stamp(worker: WorkerId, seq: u64, targets: u64) -> Stamp {

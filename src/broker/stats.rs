@@ -42,6 +42,15 @@ pub struct Stats {
     pub acl_denied_subscribe: u64,
     /// Deliveries (retained and queued ones too) not made: the ACL denies reading.
     pub acl_denied_read: u64,
+    /// Deliveries not made because the packet exceeded the client's Maximum Packet
+    /// Size (MQTT 5, [MQTT-3.1.2-25]).
+    pub dropped_too_large: u64,
+    /// Messages not delivered because their Message Expiry Interval had passed.
+    pub dropped_expired: u64,
+    /// Messages for a shared subscription group that had no member left to take them.
+    pub dropped_shared_no_member: u64,
+    /// Offline MQTT 5 sessions removed when their Session Expiry Interval passed.
+    pub sessions_expired: u64,
 }
 
 impl Stats {
@@ -68,10 +77,19 @@ impl Stats {
         self.acl_denied_publish += o.acl_denied_publish;
         self.acl_denied_subscribe += o.acl_denied_subscribe;
         self.acl_denied_read += o.acl_denied_read;
+        self.dropped_too_large += o.dropped_too_large;
+        self.dropped_expired += o.dropped_expired;
+        self.sessions_expired += o.sessions_expired;
+        self.dropped_shared_no_member += o.dropped_shared_no_member;
     }
 
     /// Total messages dropped for any reason.
     pub fn dropped(&self) -> u64 {
-        self.dropped_qos0_slow + self.dropped_qos0_offline + self.dropped_queue_full
+        self.dropped_qos0_slow
+            + self.dropped_qos0_offline
+            + self.dropped_queue_full
+            + self.dropped_too_large
+            + self.dropped_expired
+            + self.dropped_shared_no_member
     }
 }

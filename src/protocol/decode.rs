@@ -9,9 +9,11 @@
 //! CONNECT, authorization): those live in `broker/`.
 
 use super::frame::{parse_header, FrameError};
+use super::properties::Allowed;
 use super::{
-    ConnAck, Connect, ConnectReturnCode, Packet, PacketId, ProtocolVersion, Publish, QoS, SubAck,
-    SubAckCode, Subscribe, TopicError, TopicFilter, TopicName, Unsubscribe, Will,
+    Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketId, Properties, Props, ProtocolVersion,
+    Publish, QoS, ReasonCode, RetainHandling, SubAck, SubOptions, Subscribe, TopicError,
+    TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
 };
 use bytes::{Buf, Bytes};
 use bytestring::ByteString;
@@ -95,6 +97,27 @@ pub enum DecodeError {
     /// SUBACK return code other than 0, 1, 2 or 0x80 ([MQTT-3.9.3-2]).
     #[error("invalid SUBACK return code {0:#04x}")]
     InvalidSubAckCode(u8),
+    /// MQTT 5: a reason code the packet type does not define.
+    #[error("reason code {code:#04x} is not defined for packet type {packet_type}")]
+    InvalidReasonCode { packet_type: u8, code: u8 },
+    /// MQTT 5: a Variable Byte Integer longer than four bytes (1.5.5).
+    #[error("malformed variable byte integer")]
+    MalformedVarint,
+    /// MQTT 5: a property identifier the specification does not define.
+    #[error("unknown property identifier {0:#04x}")]
+    UnknownProperty(u32),
+    /// MQTT 5: a property the packet type does not allow.
+    #[error("property {0:#04x} not allowed in this packet")]
+    PropertyNotAllowed(u8),
+    /// MQTT 5: a property that may appear once appears twice.
+    #[error("property {0:#04x} appears more than once")]
+    DuplicateProperty(u8),
+    /// MQTT 5: a property value out of its range (a flag above 1, a zero maximum...).
+    #[error("invalid value for property {0:#04x}")]
+    InvalidPropertyValue(u8),
+    /// MQTT 5: PUBLISH with an empty topic name and no topic alias (3.3.2.1).
+    #[error("PUBLISH with an empty topic and no topic alias")]
+    EmptyTopicWithoutAlias,
 }
 
 impl DecodeError {
@@ -103,14 +126,35 @@ impl DecodeError {
     pub fn is_unsupported_protocol_level(&self) -> bool {
         matches!(self, DecodeError::UnsupportedProtocolLevel(_))
     }
+
+    /// The MQTT 5 reason code for this error: Protocol Error (0x82) for a rule about
+    /// what a packet may contain, Malformed Packet (0x81) for bytes that do not parse.
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            DecodeError::UnsupportedProtocolLevel(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            DecodeError::PropertyNotAllowed(_)
+            | DecodeError::DuplicateProperty(_)
+            | DecodeError::InvalidPropertyValue(_)
+            | DecodeError::EmptyTopicWithoutAlias
+            | DecodeError::ReservedPacketType(_) => ReasonCode::PROTOCOL_ERROR,
+            DecodeError::InvalidTopic(TopicError::WildcardInName) => ReasonCode::TOPIC_NAME_INVALID,
+            _ => ReasonCode::MALFORMED_PACKET,
+        }
+    }
 }
 
 type Result<T> = std::result::Result<T, DecodeError>;
 
+/// [`decode_packet_v`] with the MQTT 3.1.1 layout.
+pub fn decode_packet(frame: Bytes) -> Result<Packet> {
+    decode_packet_v(frame, ProtocolVersion::V3_1_1)
+}
+
 /// Decodes exactly one whole packet; `frame` holds the fixed header and the whole body
 /// (as located by [`super::check_frame`]). Strings and payloads are zero-copy slices of
-/// `frame`.
-pub fn decode_packet(frame: Bytes) -> Result<Packet> {
+/// `frame`. `version` is the connection's protocol: it selects the MQTT 5 layout
+/// (reason codes and properties) or the 3.x one. CONNECT describes itself.
+pub fn decode_packet_v(frame: Bytes, version: ProtocolVersion) -> Result<Packet> {
     let header = match parse_header(&frame) {
         Ok(Some(h)) => h,
         Ok(None) => return Err(DecodeError::IncompleteHeader),
@@ -132,6 +176,7 @@ pub fn decode_packet(frame: Bytes) -> Result<Packet> {
     body.advance(header.header_len); // header_len <= total_len == len, checked above
     let packet_type = header.first_byte >> 4;
     let flags = header.first_byte & 0x0F;
+    let v5 = version.is_v5();
 
     let expect_flags = |want: u8| {
         if flags == want {
@@ -144,44 +189,44 @@ pub fn decode_packet(frame: Bytes) -> Result<Packet> {
     let packet = match packet_type {
         1 => {
             expect_flags(0)?;
-            Packet::Connect(decode_connect(&mut body)?)
+            Packet::Connect(Box::new(decode_connect(&mut body)?))
         }
         2 => {
             expect_flags(0)?;
-            Packet::ConnAck(decode_connack(&mut body)?)
+            Packet::ConnAck(decode_connack(&mut body, v5)?)
         }
-        3 => Packet::Publish(decode_publish(flags, &mut body)?),
+        3 => Packet::Publish(decode_publish(flags, &mut body, v5)?),
         4 => {
             expect_flags(0)?;
-            Packet::PubAck(packet_id(&mut body)?)
+            Packet::PubAck(decode_ack(packet_type, &mut body, v5)?)
         }
         5 => {
             expect_flags(0)?;
-            Packet::PubRec(packet_id(&mut body)?)
+            Packet::PubRec(decode_ack(packet_type, &mut body, v5)?)
         }
         6 => {
             expect_flags(0b0010)?;
-            Packet::PubRel(packet_id(&mut body)?)
+            Packet::PubRel(decode_ack(packet_type, &mut body, v5)?)
         }
         7 => {
             expect_flags(0)?;
-            Packet::PubComp(packet_id(&mut body)?)
+            Packet::PubComp(decode_ack(packet_type, &mut body, v5)?)
         }
         8 => {
             expect_flags(0b0010)?;
-            Packet::Subscribe(decode_subscribe(&mut body)?)
+            Packet::Subscribe(decode_subscribe(&mut body, v5)?)
         }
         9 => {
             expect_flags(0)?;
-            Packet::SubAck(decode_suback(&mut body)?)
+            Packet::SubAck(decode_suback(&mut body, v5)?)
         }
         10 => {
             expect_flags(0b0010)?;
-            Packet::Unsubscribe(decode_unsubscribe(&mut body)?)
+            Packet::Unsubscribe(decode_unsubscribe(&mut body, v5)?)
         }
         11 => {
             expect_flags(0)?;
-            Packet::UnsubAck(packet_id(&mut body)?)
+            Packet::UnsubAck(decode_unsuback(&mut body, v5)?)
         }
         12 => {
             expect_flags(0)?;
@@ -193,7 +238,13 @@ pub fn decode_packet(frame: Bytes) -> Result<Packet> {
         }
         14 => {
             expect_flags(0)?;
-            Packet::Disconnect
+            let (reason, props) = reason_and_props(14, &mut body, v5, Allowed::DISCONNECT)?;
+            Packet::Disconnect(Disconnect { reason, props })
+        }
+        15 if v5 => {
+            expect_flags(0)?;
+            let (reason, props) = reason_and_props(15, &mut body, v5, Allowed::AUTH)?;
+            Packet::Auth(Auth { reason, props })
         }
         other => return Err(DecodeError::ReservedPacketType(other)),
     };
@@ -245,20 +296,59 @@ fn packet_id(buf: &mut Bytes) -> Result<PacketId> {
     PacketId::new(read_u16(buf)?).ok_or(DecodeError::ZeroPacketId)
 }
 
+fn props(buf: &mut Bytes, v5: bool, allowed: Allowed) -> Result<Props> {
+    if v5 {
+        Ok(Props::new(Properties::decode(buf, allowed)?))
+    } else {
+        Ok(Props::default())
+    }
+}
+
+fn reason(packet_type: u8, code: u8) -> Result<ReasonCode> {
+    let r = ReasonCode(code);
+    if r.allowed_in(packet_type) {
+        Ok(r)
+    } else {
+        Err(DecodeError::InvalidReasonCode { packet_type, code })
+    }
+}
+
+/// The optional reason code and properties that end DISCONNECT and AUTH on MQTT 5: an
+/// empty body means Success and no properties (3.14.2.1, 3.15.2.1).
+fn reason_and_props(
+    packet_type: u8,
+    buf: &mut Bytes,
+    v5: bool,
+    allowed: Allowed,
+) -> Result<(ReasonCode, Props)> {
+    if !v5 || !buf.has_remaining() {
+        return Ok((ReasonCode::SUCCESS, Props::default()));
+    }
+    let code = reason(packet_type, read_u8(buf)?)?;
+    let props = if buf.has_remaining() {
+        props(buf, true, allowed)?
+    } else {
+        Props::default()
+    };
+    Ok((code, props))
+}
+
 // ---- per packet ----
 
 fn decode_connect(buf: &mut Bytes) -> Result<Connect> {
     let name = read_binary(buf)?;
     let level = read_u8(buf)?;
     let version = match (&name[..], level) {
+        (b"MQTT", 5) => ProtocolVersion::V5,
         (b"MQTT", 4) => ProtocolVersion::V3_1_1,
         (b"MQIsdp", 3) => ProtocolVersion::V3_1,
         (b"MQTT" | b"MQIsdp", other) => {
-            // Stop here: the rest may follow another version's layout (MQTT 5).
+            // Stop here: the rest may follow another version's layout.
             return Err(DecodeError::UnsupportedProtocolLevel(other));
         }
         _ => return Err(DecodeError::InvalidProtocolName),
     };
+    let v5 = version.is_v5();
     let flags = read_u8(buf)?;
     if flags & 0x01 != 0 {
         return Err(DecodeError::ReservedConnectFlag); // [MQTT-3.1.2-3]
@@ -276,13 +366,16 @@ fn decode_connect(buf: &mut Bytes) -> Result<Connect> {
     } else {
         QoS::AtMostOnce
     };
-    if password_flag && !username_flag {
+    if password_flag && !username_flag && !v5 {
+        // MQTT 5 allows a password without a user name (3.1.2.9).
         return Err(DecodeError::PasswordWithoutUsername); // [MQTT-3.1.2-22]
     }
     let keep_alive_secs = read_u16(buf)?;
+    let connect_props = props(buf, v5, Allowed::CONNECT)?;
 
     let client_id = read_string(buf)?;
     let will = if will_flag {
+        let will_props = props(buf, v5, Allowed::WILL)?;
         let topic = TopicName::new(read_string(buf)?)?;
         let payload = read_binary(buf)?;
         Some(Will {
@@ -290,6 +383,7 @@ fn decode_connect(buf: &mut Bytes) -> Result<Connect> {
             payload,
             qos: will_qos,
             retain: will_retain,
+            props: will_props,
         })
     } else {
         None
@@ -312,39 +406,53 @@ fn decode_connect(buf: &mut Bytes) -> Result<Connect> {
         will,
         username,
         password,
+        props: connect_props,
     })
 }
 
-fn decode_connack(buf: &mut Bytes) -> Result<ConnAck> {
+fn decode_connack(buf: &mut Bytes, v5: bool) -> Result<ConnAck> {
     let flags = read_u8(buf)?;
-    let code = read_u8(buf)?;
+    let raw = read_u8(buf)?;
     if flags & !0x01 != 0 {
         return Err(DecodeError::InvalidConnAckFlags(flags)); // 3.2.2.1: bits 7-1 reserved
     }
-    let code =
-        ConnectReturnCode::from_u8(code).ok_or(DecodeError::InvalidConnectReturnCode(code))?;
+    let code = if v5 {
+        reason(2, raw)?
+    } else {
+        ReasonCode::from_v3_connack(raw).ok_or(DecodeError::InvalidConnectReturnCode(raw))?
+    };
     let session_present = flags & 0x01 != 0;
-    if session_present && code != ConnectReturnCode::Accepted {
+    if session_present && code != ReasonCode::SUCCESS {
         return Err(DecodeError::InvalidConnAckFlags(flags)); // [MQTT-3.2.2-4]
     }
     Ok(ConnAck {
         session_present,
         code,
+        props: props(buf, v5, Allowed::CONNACK)?,
     })
 }
 
-fn decode_publish(flags: u8, buf: &mut Bytes) -> Result<Publish> {
+fn decode_publish(flags: u8, buf: &mut Bytes, v5: bool) -> Result<Publish> {
     let dup = flags & 0x08 != 0;
     let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(DecodeError::InvalidPublishQoS)?; // [MQTT-3.3.1-4]
     let retain = flags & 0x01 != 0;
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::DupOnQoS0); // [MQTT-3.3.1-2]
     }
-    let topic = TopicName::new(read_string(buf)?)?; // [MQTT-3.3.2-1], [MQTT-3.3.2-2]
+    let raw_topic = read_string(buf)?;
     let packet_id = if qos == QoS::AtMostOnce {
         None
     } else {
         Some(packet_id(buf)?)
+    };
+    let props = props(buf, v5, Allowed::PUBLISH)?;
+    let topic = if v5 && raw_topic.is_empty() {
+        if props.topic_alias.is_none() {
+            return Err(DecodeError::EmptyTopicWithoutAlias);
+        }
+        TopicName::alias_only()
+    } else {
+        TopicName::new(raw_topic)? // [MQTT-3.3.2-1], [MQTT-3.3.2-2]
     };
     let payload = std::mem::take(buf);
     Ok(Publish {
@@ -354,40 +462,88 @@ fn decode_publish(flags: u8, buf: &mut Bytes) -> Result<Publish> {
         topic,
         packet_id,
         payload,
+        props,
     })
 }
 
-fn decode_subscribe(buf: &mut Bytes) -> Result<Subscribe> {
+fn decode_ack(packet_type: u8, buf: &mut Bytes, v5: bool) -> Result<Ack> {
     let packet_id = packet_id(buf)?;
+    // 3.4.2.1: a remaining length of 2 means Success and no properties.
+    let (reason, props) = reason_and_props(packet_type, buf, v5, Allowed::ACK)?;
+    Ok(Ack {
+        packet_id,
+        reason,
+        props,
+    })
+}
+
+fn decode_subscribe(buf: &mut Bytes, v5: bool) -> Result<Subscribe> {
+    let packet_id = packet_id(buf)?;
+    let props = props(buf, v5, Allowed::SUBSCRIBE)?;
     let mut filters = Vec::new();
     while buf.has_remaining() {
         let filter = TopicFilter::new(read_string(buf)?)?;
         let options = read_u8(buf)?;
-        // [MQTT-3.8.3-4]: upper six bits reserved, QoS 3 malformed.
-        let qos = match (options & 0xFC, QoS::from_u8(options & 0x03)) {
-            (0, Some(qos)) => qos,
-            _ => return Err(DecodeError::InvalidSubscriptionOptions(options)),
+        let bad = || DecodeError::InvalidSubscriptionOptions(options);
+        // [MQTT-3.8.3-4] (3.1.1: upper six bits reserved), [MQTT-3.8.3-5] (5: bits 6-7
+        // reserved, Retain Handling 3 is a Protocol Error); QoS 3 is malformed in both.
+        let reserved = if v5 { 0xC0 } else { 0xFC };
+        if options & reserved != 0 {
+            return Err(bad());
+        }
+        let qos = QoS::from_u8(options & 0x03).ok_or_else(bad)?;
+        let retain_handling = match (options >> 4) & 0x03 {
+            0 => RetainHandling::OnSubscribe,
+            1 => RetainHandling::OnNewSubscription,
+            2 => RetainHandling::Never,
+            _ => return Err(bad()),
         };
-        filters.push((filter, qos));
+        filters.push((
+            filter,
+            SubOptions {
+                qos,
+                no_local: options & 0x04 != 0,
+                retain_as_published: options & 0x08 != 0,
+                retain_handling,
+            },
+        ));
     }
     if filters.is_empty() {
         return Err(DecodeError::NoTopicFilters); // [MQTT-3.8.3-3]
     }
-    Ok(Subscribe { packet_id, filters })
+    Ok(Subscribe {
+        packet_id,
+        filters,
+        props,
+    })
 }
 
-fn decode_suback(buf: &mut Bytes) -> Result<SubAck> {
+fn decode_suback(buf: &mut Bytes, v5: bool) -> Result<SubAck> {
     let packet_id = packet_id(buf)?;
+    let props = props(buf, v5, Allowed::ACK)?;
     let mut codes = Vec::with_capacity(buf.remaining());
     while buf.has_remaining() {
         let code = buf.get_u8();
-        codes.push(SubAckCode::from_u8(code).ok_or(DecodeError::InvalidSubAckCode(code))?);
+        let ok = if v5 {
+            ReasonCode(code).allowed_in(9)
+        } else {
+            matches!(code, 0 | 1 | 2 | 0x80)
+        };
+        if !ok {
+            return Err(DecodeError::InvalidSubAckCode(code));
+        }
+        codes.push(ReasonCode(code));
     }
-    Ok(SubAck { packet_id, codes })
+    Ok(SubAck {
+        packet_id,
+        codes,
+        props,
+    })
 }
 
-fn decode_unsubscribe(buf: &mut Bytes) -> Result<Unsubscribe> {
+fn decode_unsubscribe(buf: &mut Bytes, v5: bool) -> Result<Unsubscribe> {
     let packet_id = packet_id(buf)?;
+    let props = props(buf, v5, Allowed::UNSUBSCRIBE)?;
     let mut filters = Vec::new();
     while buf.has_remaining() {
         filters.push(TopicFilter::new(read_string(buf)?)?);
@@ -395,7 +551,32 @@ fn decode_unsubscribe(buf: &mut Bytes) -> Result<Unsubscribe> {
     if filters.is_empty() {
         return Err(DecodeError::NoTopicFilters); // [MQTT-3.10.3-2]
     }
-    Ok(Unsubscribe { packet_id, filters })
+    Ok(Unsubscribe {
+        packet_id,
+        filters,
+        props,
+    })
+}
+
+fn decode_unsuback(buf: &mut Bytes, v5: bool) -> Result<UnsubAck> {
+    let packet_id = packet_id(buf)?;
+    if !v5 {
+        return Ok(UnsubAck {
+            packet_id,
+            codes: Vec::new(),
+            props: Props::default(),
+        });
+    }
+    let props = props(buf, true, Allowed::ACK)?;
+    let mut codes = Vec::with_capacity(buf.remaining());
+    while buf.has_remaining() {
+        codes.push(reason(11, buf.get_u8())?);
+    }
+    Ok(UnsubAck {
+        packet_id,
+        codes,
+        props,
+    })
 }
 
 #[cfg(test)]
@@ -472,7 +653,7 @@ mod tests {
         bad(0xC1, &[]);
         bad(0xD8, &[]);
         bad(0xE2, &[]);
-        assert_eq!(dec(0x62, &[0, 1]), Ok(Packet::PubRel(id(1))));
+        assert_eq!(dec(0x62, &[0, 1]), Ok(Packet::pubrel(id(1))));
     }
 
     #[test]
@@ -662,8 +843,8 @@ mod tests {
         assert_eq!(s.packet_id, id(7));
         assert_eq!(s.filters.len(), 2);
         assert_eq!(s.filters[0].0.as_str(), "#");
-        assert_eq!(s.filters[0].1, QoS::ExactlyOnce);
-        assert_eq!(s.filters[1].1, QoS::AtLeastOnce);
+        assert_eq!(s.filters[0].1.qos, QoS::ExactlyOnce);
+        assert_eq!(s.filters[1].1.qos, QoS::AtLeastOnce);
     }
 
     #[test]
@@ -678,8 +859,8 @@ mod tests {
             Err(DecodeError::InvalidProtocolName)
         );
         // [MQTT-3.1.2-2]: known name, unsupported level; CONNACK 0x01 follows.
-        let e = connect(b"MQTT", 5, 0x02, &[b"id"]).unwrap_err();
-        assert_eq!(e, DecodeError::UnsupportedProtocolLevel(5));
+        let e = connect(b"MQTT", 6, 0x02, &[b"id"]).unwrap_err();
+        assert_eq!(e, DecodeError::UnsupportedProtocolLevel(6));
         assert!(e.is_unsupported_protocol_level());
         assert_eq!(
             connect(b"MQTT", 3, 0x02, &[b"id"]),
@@ -689,11 +870,16 @@ mod tests {
             connect(b"MQIsdp", 4, 0x02, &[b"id"]),
             Err(DecodeError::UnsupportedProtocolLevel(4))
         );
-        // An MQTT 5 CONNECT is identified before its properties would fail parsing.
+        // An MQTT 5 CONNECT carries properties after the keep alive.
         let mut b = Vec::new();
         s(&mut b, b"MQTT");
         b.extend_from_slice(&[5, 0x02, 0, 60, 0x05, 0x11, 0, 0, 0, 10]);
-        assert_eq!(dec(0x10, &b), Err(DecodeError::UnsupportedProtocolLevel(5)));
+        s(&mut b, b"id");
+        let Ok(Packet::Connect(c)) = dec(0x10, &b) else {
+            panic!("MQTT 5 CONNECT")
+        };
+        assert_eq!(c.version, ProtocolVersion::V5);
+        assert_eq!(c.props.session_expiry_interval, Some(10));
         assert!(!DecodeError::InvalidProtocolName.is_unsupported_protocol_level());
 
         let Ok(Packet::Connect(c)) = connect(b"MQIsdp", 3, 0x02, &[b"id"]) else {
@@ -785,7 +971,8 @@ mod tests {
             dec(0x20, &[1, 0]),
             Ok(Packet::ConnAck(ConnAck {
                 session_present: true,
-                code: ConnectReturnCode::Accepted
+                code: ReasonCode::SUCCESS,
+                props: Default::default(),
             }))
         );
         // 3.2.2.1: bits 7-1 of the acknowledge flags are reserved.
@@ -806,11 +993,12 @@ mod tests {
             Ok(Packet::SubAck(SubAck {
                 packet_id: id(1),
                 codes: vec![
-                    SubAckCode::Granted(QoS::AtMostOnce),
-                    SubAckCode::Granted(QoS::AtLeastOnce),
-                    SubAckCode::Granted(QoS::ExactlyOnce),
-                    SubAckCode::Failure
-                ]
+                    ReasonCode::granted(QoS::AtMostOnce),
+                    ReasonCode::granted(QoS::AtLeastOnce),
+                    ReasonCode::granted(QoS::ExactlyOnce),
+                    ReasonCode::UNSPECIFIED_ERROR
+                ],
+                props: Default::default(),
             }))
         );
         // [MQTT-3.9.3-2]
@@ -826,18 +1014,19 @@ mod tests {
 
     #[test]
     fn simple_packets() {
-        assert_eq!(dec(0x40, &[0, 1]), Ok(Packet::PubAck(id(1))));
-        assert_eq!(dec(0x50, &[1, 0]), Ok(Packet::PubRec(id(256))));
-        assert_eq!(dec(0x70, &[0xFF, 0xFF]), Ok(Packet::PubComp(id(65535))));
-        assert_eq!(dec(0xB0, &[0, 2]), Ok(Packet::UnsubAck(id(2))));
+        assert_eq!(dec(0x40, &[0, 1]), Ok(Packet::puback(id(1))));
+        assert_eq!(dec(0x50, &[1, 0]), Ok(Packet::pubrec(id(256))));
+        assert_eq!(dec(0x70, &[0xFF, 0xFF]), Ok(Packet::pubcomp(id(65535))));
+        assert_eq!(dec(0xB0, &[0, 2]), Ok(Packet::unsuback(id(2))));
         assert_eq!(dec(0xC0, &[]), Ok(Packet::PingReq));
         assert_eq!(dec(0xD0, &[]), Ok(Packet::PingResp));
-        assert_eq!(dec(0xE0, &[]), Ok(Packet::Disconnect));
+        assert_eq!(dec(0xE0, &[]), Ok(Packet::disconnect()));
         assert_eq!(
             dec(0xA2, &[0, 3, 0, 1, b'+']),
             Ok(Packet::Unsubscribe(Unsubscribe {
                 packet_id: id(3),
-                filters: vec![TopicFilter::new("+").unwrap()]
+                filters: vec![TopicFilter::new("+").unwrap()],
+                props: Default::default(),
             }))
         );
     }

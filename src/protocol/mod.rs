@@ -14,15 +14,22 @@
 pub mod decode;
 pub mod encode;
 pub mod frame;
+pub mod properties;
+pub mod reason;
 pub mod topic;
 
 use bytes::Bytes;
 use bytestring::ByteString;
 use std::num::NonZeroU16;
 
-pub use decode::{decode_packet, DecodeError};
-pub use encode::{encode_packet, encode_publish, encoded_len};
+pub use decode::{decode_packet, decode_packet_v, DecodeError};
+pub use encode::{
+    encode_packet, encode_packet_v, encode_publish, encode_publish_v5, encoded_len, encoded_len_v,
+    PublishExtras,
+};
 pub use frame::{check_frame, Frame, FrameError, MAX_REMAINING_LENGTH};
+pub use properties::Properties;
+pub use reason::ReasonCode;
 pub use topic::{TopicError, TopicFilter, TopicName};
 
 /// Anything that stops [`decode_one`] from yielding a packet: the connection is done
@@ -40,16 +47,28 @@ impl CodecError {
     pub fn is_unsupported_protocol_level(&self) -> bool {
         matches!(self, CodecError::Decode(e) if e.is_unsupported_protocol_level())
     }
+
+    /// The MQTT 5 reason code that tells a client why its packet was refused:
+    /// Packet too large (0x95), Protocol Error (0x82) or Malformed Packet (0x81).
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            CodecError::Frame(FrameError::PacketTooLarge { .. }) => ReasonCode::PACKET_TOO_LARGE,
+            CodecError::Frame(FrameError::MalformedRemainingLength) => ReasonCode::MALFORMED_PACKET,
+            CodecError::Decode(e) => e.reason_code(),
+        }
+    }
 }
 
 /// Takes one packet off the front of `buf`: `Ok(None)` (leaving `buf` untouched) until
-/// a whole packet is buffered, then splits that packet's bytes off and decodes them.
+/// a whole packet is buffered, then splits that packet's bytes off and decodes them
+/// with the layout of `version` (CONNECT describes itself whatever `version` says).
 /// A packet larger than `max_packet_bytes` is refused from its fixed header alone.
 /// After an error the offending bytes may or may not have been consumed; the caller
 /// must close the connection.
-pub fn decode_one(
+pub fn decode_one_v(
     buf: &mut bytes::BytesMut,
     max_packet_bytes: usize,
+    version: ProtocolVersion,
 ) -> Result<Option<Packet>, CodecError> {
     let Some(frame) = check_frame(buf, max_packet_bytes)? else {
         return Ok(None);
@@ -58,19 +77,30 @@ pub fn decode_one(
         return Ok(None);
     }
     let bytes = buf.split_to(frame.total_len()).freeze();
-    Ok(Some(decode_packet(bytes)?))
+    Ok(Some(decode_packet_v(bytes, version)?))
+}
+
+/// [`decode_one_v`] with the MQTT 3.1.1 layout.
+pub fn decode_one(
+    buf: &mut bytes::BytesMut,
+    max_packet_bytes: usize,
+) -> Result<Option<Packet>, CodecError> {
+    decode_one_v(buf, max_packet_bytes, ProtocolVersion::V3_1_1)
 }
 
 /// A packet identifier. Zero is never a valid id ([MQTT-2.3.1-1]), so the type forbids it.
 pub type PacketId = NonZeroU16;
 
-/// The protocol level a client announced in CONNECT.
+/// The protocol level a client announced in CONNECT. It selects the wire layout of
+/// every later packet on that connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ProtocolVersion {
     /// MQTT 3.1: protocol name `MQIsdp`, level 3.
     V3_1,
     /// MQTT 3.1.1: protocol name `MQTT`, level 4.
     V3_1_1,
+    /// MQTT 5.0: protocol name `MQTT`, level 5.
+    V5,
 }
 
 impl ProtocolVersion {
@@ -79,7 +109,12 @@ impl ProtocolVersion {
         match self {
             ProtocolVersion::V3_1 => 3,
             ProtocolVersion::V3_1_1 => 4,
+            ProtocolVersion::V5 => 5,
         }
+    }
+
+    pub fn is_v5(self) -> bool {
+        self == ProtocolVersion::V5
     }
 }
 
@@ -108,23 +143,26 @@ impl QoS {
     }
 }
 
-/// The 14 control packets of MQTT 3.1/3.1.1.
+/// The control packets of MQTT 3.1/3.1.1 (14) and MQTT 5 (15, with AUTH). Fields that
+/// exist only in MQTT 5 (reason codes, properties) are at their defaults on 3.x
+/// connections and are not written there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
-    Connect(Connect),
+    Connect(Box<Connect>),
     ConnAck(ConnAck),
     Publish(Publish),
-    PubAck(PacketId),
-    PubRec(PacketId),
-    PubRel(PacketId),
-    PubComp(PacketId),
+    PubAck(Ack),
+    PubRec(Ack),
+    PubRel(Ack),
+    PubComp(Ack),
     Subscribe(Subscribe),
     SubAck(SubAck),
     Unsubscribe(Unsubscribe),
-    UnsubAck(PacketId),
+    UnsubAck(UnsubAck),
     PingReq,
     PingResp,
-    Disconnect,
+    Disconnect(Disconnect),
+    Auth(Auth),
 }
 
 impl Packet {
@@ -144,22 +182,133 @@ impl Packet {
             Packet::UnsubAck(_) => "UNSUBACK",
             Packet::PingReq => "PINGREQ",
             Packet::PingResp => "PINGRESP",
-            Packet::Disconnect => "DISCONNECT",
+            Packet::Disconnect(_) => "DISCONNECT",
+            Packet::Auth(_) => "AUTH",
         }
+    }
+
+    /// PUBACK with reason Success and no properties.
+    pub fn puback(id: PacketId) -> Packet {
+        Packet::PubAck(Ack::new(id))
+    }
+    /// PUBREC with reason Success and no properties.
+    pub fn pubrec(id: PacketId) -> Packet {
+        Packet::PubRec(Ack::new(id))
+    }
+    /// PUBREL with reason Success and no properties.
+    pub fn pubrel(id: PacketId) -> Packet {
+        Packet::PubRel(Ack::new(id))
+    }
+    /// PUBCOMP with reason Success and no properties.
+    pub fn pubcomp(id: PacketId) -> Packet {
+        Packet::PubComp(Ack::new(id))
+    }
+    /// UNSUBACK as MQTT 3.1.1 knows it: a packet id only.
+    pub fn unsuback(id: PacketId) -> Packet {
+        Packet::UnsubAck(UnsubAck {
+            packet_id: id,
+            codes: Vec::new(),
+            props: Props::default(),
+        })
+    }
+    /// DISCONNECT with reason Normal disconnection and no properties.
+    pub fn disconnect() -> Packet {
+        Packet::Disconnect(Disconnect::default())
     }
 }
 
-/// CONNECT (3.1).
+/// The properties of one packet: absent (no allocation) or a boxed [`Properties`].
+/// Reads through `Deref` see an empty set when absent; `DerefMut` allocates on first
+/// write. Equality compares contents, so absent equals present-but-empty.
+#[derive(Debug, Clone, Default)]
+pub struct Props(Option<Box<Properties>>);
+
+pub(crate) static NO_PROPERTIES: Properties = Properties {
+    payload_format_indicator: None,
+    message_expiry_interval: None,
+    content_type: None,
+    response_topic: None,
+    correlation_data: None,
+    subscription_identifiers: Vec::new(),
+    session_expiry_interval: None,
+    assigned_client_identifier: None,
+    server_keep_alive: None,
+    authentication_method: None,
+    authentication_data: None,
+    request_problem_information: None,
+    will_delay_interval: None,
+    request_response_information: None,
+    response_information: None,
+    server_reference: None,
+    reason_string: None,
+    receive_maximum: None,
+    topic_alias_maximum: None,
+    topic_alias: None,
+    maximum_qos: None,
+    retain_available: None,
+    user_properties: Vec::new(),
+    maximum_packet_size: None,
+    wildcard_subscription_available: None,
+    subscription_identifier_available: None,
+    shared_subscription_available: None,
+};
+
+impl Props {
+    /// Wraps a property set, keeping "empty" unallocated.
+    pub fn new(p: Properties) -> Props {
+        if p.is_empty() {
+            Props(None)
+        } else {
+            Props(Some(Box::new(p)))
+        }
+    }
+
+    /// True when no property is set.
+    pub fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(|p| p.is_empty())
+    }
+}
+
+impl std::ops::Deref for Props {
+    type Target = Properties;
+    fn deref(&self) -> &Properties {
+        self.0.as_deref().unwrap_or(&NO_PROPERTIES)
+    }
+}
+
+impl std::ops::DerefMut for Props {
+    fn deref_mut(&mut self) -> &mut Properties {
+        self.0.get_or_insert_with(Box::default)
+    }
+}
+
+impl PartialEq for Props {
+    fn eq(&self, other: &Props) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Props {}
+
+impl From<Properties> for Props {
+    fn from(p: Properties) -> Props {
+        Props::new(p)
+    }
+}
+
+/// CONNECT (3.1). `clean_session` is MQTT 5's Clean Start.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect {
     pub version: ProtocolVersion,
     pub clean_session: bool,
     pub keep_alive_secs: u16,
-    /// May be empty (3.1.1 only); the broker decides what that means.
+    /// May be empty; the broker decides what that means.
     pub client_id: ByteString,
     pub will: Option<Will>,
     pub username: Option<ByteString>,
     pub password: Option<Bytes>,
+    /// MQTT 5 CONNECT properties ([`properties::Allowed::CONNECT`]).
+    pub props: Props,
 }
 
 /// The Will message carried in CONNECT.
@@ -169,41 +318,32 @@ pub struct Will {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
+    /// MQTT 5 will properties ([`properties::Allowed::WILL`]).
+    pub props: Props,
 }
 
-/// CONNACK return codes of MQTT 3.1.1 (3.2.2.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectReturnCode {
-    Accepted = 0,
-    UnacceptableProtocolVersion = 1,
-    IdentifierRejected = 2,
-    ServerUnavailable = 3,
-    BadUserNameOrPassword = 4,
-    NotAuthorized = 5,
+/// CONNACK (3.2). `code` is an MQTT 5 reason code; on 3.x connections it is written as
+/// the nearest 3.1.1 return code ([`ReasonCode::to_v3_connack`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnAck {
+    pub session_present: bool,
+    pub code: ReasonCode,
+    pub props: Props,
 }
 
-impl ConnectReturnCode {
-    pub fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            0 => Self::Accepted,
-            1 => Self::UnacceptableProtocolVersion,
-            2 => Self::IdentifierRejected,
-            3 => Self::ServerUnavailable,
-            4 => Self::BadUserNameOrPassword,
-            5 => Self::NotAuthorized,
-            _ => return None,
-        })
+impl ConnAck {
+    /// A CONNACK without properties.
+    pub fn new(session_present: bool, code: ReasonCode) -> ConnAck {
+        ConnAck {
+            session_present,
+            code,
+            props: Props::default(),
+        }
     }
 }
 
-/// CONNACK (3.2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConnAck {
-    pub session_present: bool,
-    pub code: ConnectReturnCode,
-}
-
-/// PUBLISH (3.3). `packet_id` is `Some` exactly when `qos > 0`.
+/// PUBLISH (3.3). `packet_id` is `Some` exactly when `qos > 0`. On MQTT 5 the topic
+/// may be [`TopicName::alias_only`] when `props.topic_alias` names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Publish {
     pub dup: bool,
@@ -212,43 +352,88 @@ pub struct Publish {
     pub topic: TopicName,
     pub packet_id: Option<PacketId>,
     pub payload: Bytes,
+    pub props: Props,
+}
+
+/// PUBACK, PUBREC, PUBREL and PUBCOMP (3.4 to 3.7).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ack {
+    pub packet_id: PacketId,
+    /// Success (0) on 3.x.
+    pub reason: ReasonCode,
+    pub props: Props,
+}
+
+impl Ack {
+    /// Reason Success, no properties.
+    pub fn new(packet_id: PacketId) -> Ack {
+        Ack {
+            packet_id,
+            reason: ReasonCode::SUCCESS,
+            props: Props::default(),
+        }
+    }
+}
+
+/// Retain Handling of an MQTT 5 subscription (3.8.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum RetainHandling {
+    /// 0: send retained messages at subscribe time.
+    #[default]
+    OnSubscribe = 0,
+    /// 1: send them only if the subscription did not exist.
+    OnNewSubscription = 1,
+    /// 2: never send them at subscribe time.
+    Never = 2,
+}
+
+/// The options byte of one SUBSCRIBE filter. On 3.x only `qos` can be set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SubOptions {
+    pub qos: QoS,
+    pub no_local: bool,
+    pub retain_as_published: bool,
+    pub retain_handling: RetainHandling,
+}
+
+impl SubOptions {
+    /// Options with only a maximum QoS (all that MQTT 3.1.1 has).
+    pub fn qos(qos: QoS) -> SubOptions {
+        SubOptions {
+            qos,
+            ..SubOptions::default()
+        }
+    }
+
+    pub fn as_u8(self) -> u8 {
+        self.qos.as_u8()
+            | (u8::from(self.no_local) << 2)
+            | (u8::from(self.retain_as_published) << 3)
+            | ((self.retain_handling as u8) << 4)
+    }
+}
+
+impl From<QoS> for SubOptions {
+    fn from(qos: QoS) -> SubOptions {
+        SubOptions::qos(qos)
+    }
 }
 
 /// SUBSCRIBE (3.8): at least one filter ([MQTT-3.8.3-3]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscribe {
     pub packet_id: PacketId,
-    pub filters: Vec<(TopicFilter, QoS)>,
+    pub filters: Vec<(TopicFilter, SubOptions)>,
+    pub props: Props,
 }
 
-/// One SUBACK return code: the granted QoS, or failure (0x80).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubAckCode {
-    Granted(QoS),
-    Failure,
-}
-
-impl SubAckCode {
-    pub fn as_u8(self) -> u8 {
-        match self {
-            SubAckCode::Granted(q) => q.as_u8(),
-            SubAckCode::Failure => 0x80,
-        }
-    }
-
-    pub fn from_u8(v: u8) -> Option<Self> {
-        match v {
-            0x80 => Some(SubAckCode::Failure),
-            v => QoS::from_u8(v).map(SubAckCode::Granted),
-        }
-    }
-}
-
-/// SUBACK (3.9).
+/// SUBACK (3.9): one reason code per filter. 3.x knows 0, 1, 2 and 0x80; any MQTT 5
+/// failure code is written as 0x80 there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubAck {
     pub packet_id: PacketId,
-    pub codes: Vec<SubAckCode>,
+    pub codes: Vec<ReasonCode>,
+    pub props: Props,
 }
 
 /// UNSUBSCRIBE (3.10): at least one filter ([MQTT-3.10.3-2]).
@@ -256,6 +441,38 @@ pub struct SubAck {
 pub struct Unsubscribe {
     pub packet_id: PacketId,
     pub filters: Vec<TopicFilter>,
+    pub props: Props,
+}
+
+/// UNSUBACK (3.11): MQTT 5 carries one reason code per filter; 3.x none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsubAck {
+    pub packet_id: PacketId,
+    pub codes: Vec<ReasonCode>,
+    pub props: Props,
+}
+
+/// DISCONNECT (3.14). 3.x has neither reason nor properties.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Disconnect {
+    pub reason: ReasonCode,
+    pub props: Props,
+}
+
+impl Disconnect {
+    pub fn new(reason: ReasonCode) -> Disconnect {
+        Disconnect {
+            reason,
+            props: Props::default(),
+        }
+    }
+}
+
+/// AUTH (3.15, MQTT 5 only).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Auth {
+    pub reason: ReasonCode,
+    pub props: Props,
 }
 
 #[cfg(test)]
@@ -272,10 +489,15 @@ mod tests {
                 topic: TopicName::new("a/b").unwrap(),
                 packet_id: PacketId::new(5),
                 payload: Bytes::from(vec![9u8; 200]),
+                props: Props::default(),
             }),
             Packet::Subscribe(Subscribe {
                 packet_id: PacketId::new(6).unwrap(),
-                filters: vec![(TopicFilter::new("x/#").unwrap(), QoS::ExactlyOnce)],
+                filters: vec![(
+                    TopicFilter::new("x/#").unwrap(),
+                    SubOptions::qos(QoS::ExactlyOnce),
+                )],
+                props: Props::default(),
             }),
             Packet::PingReq,
         ]
@@ -331,7 +553,7 @@ mod tests {
         );
         let mut b = vec![0x10, 10, 0, 4];
         b.extend_from_slice(b"MQTT");
-        b.extend_from_slice(&[5, 2, 0, 0]);
+        b.extend_from_slice(&[6, 2, 0, 0]);
         let err = decode_one(&mut BytesMut::from(&b[..]), 1024).unwrap_err();
         assert!(err.is_unsupported_protocol_level());
     }

@@ -71,6 +71,18 @@ impl TopicName {
         TopicName(ByteString::from(&*self.0))
     }
 
+    /// The empty topic of an MQTT 5 PUBLISH that names its topic by alias alone
+    /// (3.3.2.3.4). Only the decoder and clients build it; the broker replaces it with
+    /// the aliased topic before routing, so no routed message has an empty topic.
+    pub fn alias_only() -> TopicName {
+        TopicName(ByteString::new())
+    }
+
+    /// True only for [`TopicName::alias_only`].
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Topics starting with `$` are reserved for the server ([MQTT-4.7.2-1]).
     pub fn is_dollar(&self) -> bool {
         self.0.starts_with('$')
@@ -122,6 +134,27 @@ impl TopicFilter {
 
     pub fn as_bytestring(&self) -> &ByteString {
         &self.0
+    }
+
+    /// A shared subscription `$share/{group}/{filter}` (4.8.2) split into its share
+    /// name and inner filter. `None` when the filter does not start with `$share/`;
+    /// `Some(Err(()))` when it does but breaks [MQTT-4.8.2-1]/[MQTT-4.8.2-2] (empty
+    /// share name, or no `/` and filter after it).
+    #[allow(clippy::result_unit_err)]
+    pub fn shared(&self) -> Option<Result<(&str, TopicFilter), ()>> {
+        let rest = self.0.strip_prefix("$share/")?;
+        let Some((group, filter)) = rest.split_once('/') else {
+            return Some(Err(()));
+        };
+        // '+' and '#' in the share name already fail TopicFilter::new unless they fill
+        // the level, which a share name may not do either.
+        if group.is_empty() || group.contains(['+', '#']) {
+            return Some(Err(()));
+        }
+        match TopicFilter::new(self.0.slice_ref(filter)) {
+            Ok(f) => Some(Ok((group, f))),
+            Err(_) => Some(Err(())),
+        }
     }
 
     /// True when the filter contains `+` or `#`.
@@ -203,6 +236,27 @@ mod tests {
             );
         }
         assert_eq!(TopicFilter::new(""), Err(TopicError::Empty));
+    }
+
+    #[test]
+    fn shared_filters() {
+        let f = TopicFilter::new("$share/g1/a/+").unwrap();
+        let (g, inner) = f.shared().unwrap().unwrap();
+        assert_eq!((g, inner.as_str()), ("g1", "a/+"));
+        assert!(TopicFilter::new("a/b").unwrap().shared().is_none());
+        assert!(TopicFilter::new("$sharex/g/a").unwrap().shared().is_none());
+        for bad in [
+            "$share/g",
+            "$share//a",
+            "$share/+/a",
+            "$share/#",
+            "$share/g/",
+        ] {
+            let Ok(f) = TopicFilter::new(bad) else {
+                continue;
+            };
+            assert_eq!(f.shared(), Some(Err(())), "{bad}");
+        }
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! The runtime: the only code that performs IO, spawns threads or reads the clock.
 //!
-//! Owns: the worker threads (one core-pinned `mio` event loop each), the listeners,
-//! the channel mesh between workers with one `Waker` per worker, and the lifecycle
+//! Owns: the worker threads (one core-pinned `mio` event loop each), the listeners
+//! (plain and TLS, [`tls`]), the channel mesh between workers with one `Waker` per worker, and the lifecycle
 //! ([`start`], [`BrokerHandle::stop`]).
 //! Must not: make protocol decisions. It reads bytes, hands decoded packets to its
 //! worker's [`Shard`](crate::broker::shard::Shard), and carries out the effects the
 //! shard returns.
 
+mod cert_name;
 mod io;
+pub mod tls;
 mod worker;
 
 use crate::broker::latency::Latency;
@@ -38,8 +40,12 @@ pub(crate) enum Envelope {
     },
     /// An operator request, off the data path.
     Control(Control),
-    /// A freshly accepted connection handed to its worker.
-    NewConn(std::net::TcpStream),
+    /// A freshly accepted connection handed to its worker; `tls` when it came from a
+    /// TLS listener (the owning worker runs the handshake).
+    NewConn {
+        stream: std::net::TcpStream,
+        tls: bool,
+    },
 }
 
 /// Operator requests to a worker.
@@ -60,6 +66,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
     #[error("cannot create event loop: {0}")]
     Poll(std::io::Error),
     #[error("cannot spawn worker thread: {0}")]
@@ -70,7 +78,10 @@ pub enum StartError {
 
 /// A running broker. Dropping it stops the broker and joins its threads.
 pub struct BrokerHandle {
+    /// Plain listeners first, then TLS listeners.
     addrs: Vec<SocketAddr>,
+    /// How many of `addrs` are plain TCP.
+    plain_listeners: usize,
     wakers: Vec<Arc<Waker>>,
     senders: Vec<Sender<Envelope>>,
     shutdown: Arc<AtomicBool>,
@@ -95,9 +106,14 @@ impl BrokerHandle {
         &self.addrs
     }
 
-    /// The first listener's address.
+    /// The first listener's address (a plain one if there is any).
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// The bound TLS listener addresses.
+    pub fn tls_addrs(&self) -> &[SocketAddr] {
+        &self.addrs[self.plain_listeners..]
     }
 
     /// Every worker's latency histograms, merged (waits up to a second per worker).
@@ -177,9 +193,11 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
     let auth = crate::auth::AuthShared::load(&cfg)?;
     raise_fd_limit();
     let workers = cfg.effective_workers();
+    let tls_config = tls::server_config(&cfg)?;
     let mut listeners = Vec::new();
     let mut addrs = Vec::new();
-    for addr in &cfg.listen {
+    let plain_listeners = cfg.listen.len();
+    for addr in cfg.listen.iter().chain(&cfg.tls_listeners()) {
         let l = io::bind(*addr).map_err(|source| StartError::Listen {
             addr: *addr,
             source,
@@ -223,6 +241,11 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let (cfg, registry, stop) = (cfg.clone(), registry.clone(), shutdown.clone());
         let auth = auth.clone();
+        let listeners = worker::Listeners {
+            sockets: my_listeners,
+            plain: plain_listeners,
+            tls: tls_config.clone(),
+        };
         let t = std::thread::Builder::new()
             .name(format!("ternmq-w{id}"))
             .spawn(move || {
@@ -232,15 +255,7 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
                     }
                 }
                 let w = worker::Worker::new(
-                    id,
-                    workers,
-                    cfg,
-                    registry,
-                    stop,
-                    poll,
-                    mesh,
-                    my_listeners,
-                    auth,
+                    id, workers, cfg, registry, stop, poll, mesh, listeners, auth,
                 );
                 match w {
                     Ok(mut w) => w.run(),
@@ -266,9 +281,15 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
         };
         threads.push(t);
     }
-    tracing::info!(?addrs, workers, "ternmq listening");
+    tracing::info!(
+        plain = ?&addrs[..plain_listeners],
+        tls = ?&addrs[plain_listeners..],
+        workers,
+        "ternmq listening"
+    );
     Ok(BrokerHandle {
         addrs,
+        plain_listeners,
         wakers,
         senders,
         shutdown,

@@ -4,20 +4,28 @@
 //! inbox, read every readable connection (bounded per connection), fire timers, then
 //! carry out the shard's effects: one batch and one wake per destination worker,
 //! one write per dirty connection, closes last.
+//!
+//! TLS connections take the same path with one step more on each side: ciphertext
+//! goes through their [`TlsConn`] into the scratch buffer as plaintext before
+//! decoding, and their write buffer goes through it on flush. Their TLS state lives in
+//! a side table (`Worker::tls`), so plain connections pay nothing for it.
 
 use super::io::read_into_spare;
+use super::tls::TlsConn;
 use super::{Control, Envelope, LISTENER_TOKEN_BASE, WAKER_TOKEN};
 use crate::broker::mesh::MeshMsg;
 use crate::broker::registry::Registry;
 use crate::broker::shard::Shard;
 use crate::broker::{ConnId, WorkerId};
 use crate::config::Config;
-use crate::protocol::{decode_one, CodecError};
+use crate::protocol::{decode_one_v, CodecError, Packet};
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token, Waker};
+use rustls::ServerConfig;
 use slab::Slab;
+use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,6 +49,15 @@ pub(crate) struct Mesh {
     pub wakers: Vec<Arc<Waker>>,
 }
 
+/// The listeners a worker owns (worker 0 all of them, the others none) and the TLS
+/// configuration every worker needs to adopt TLS connections.
+pub(crate) struct Listeners {
+    pub sockets: Vec<TcpListener>,
+    /// The first `plain` sockets are plain TCP, the rest TLS.
+    pub plain: usize,
+    pub tls: Option<Arc<ServerConfig>>,
+}
+
 /// The IO side of one connection.
 struct IoConn {
     stream: TcpStream,
@@ -51,6 +68,9 @@ struct IoConn {
     paused_until: Option<Instant>,
     /// Data may be waiting that we did not read (budget or pause).
     read_pending: bool,
+    /// A TLS connection: its state is in `Worker::tls` under the same slot. (A bool
+    /// fits in the padding after `read_pending`; a pointer would grow every entry.)
+    tls: bool,
 }
 
 pub(crate) struct Worker {
@@ -60,8 +80,13 @@ pub(crate) struct Worker {
     poll: Poll,
     mesh: Mesh,
     listeners: Vec<TcpListener>,
+    /// Listeners at this index and after are TLS listeners.
+    first_tls_listener: usize,
+    tls_config: Option<Arc<ServerConfig>>,
     shard: Shard,
     conns: Slab<IoConn>,
+    /// The TLS state of TLS connections, by slot.
+    tls: HashMap<usize, TlsConn>,
     scratch: BytesMut,
     next_gen: u32,
     next_worker: usize,
@@ -85,9 +110,14 @@ impl Worker {
         shutdown: Arc<AtomicBool>,
         poll: Poll,
         mesh: Mesh,
-        mut listeners: Vec<TcpListener>,
+        listeners: Listeners,
         auth: Option<Arc<crate::auth::AuthShared>>,
     ) -> io::Result<Worker> {
+        let Listeners {
+            sockets: mut listeners,
+            plain: first_tls_listener,
+            tls: tls_config,
+        } = listeners;
         for (i, l) in listeners.iter_mut().enumerate() {
             poll.registry()
                 .register(l, Token(LISTENER_TOKEN_BASE - i), Interest::READABLE)?;
@@ -103,8 +133,11 @@ impl Worker {
             poll,
             mesh,
             listeners,
+            first_tls_listener,
+            tls_config,
             shard,
             conns: Slab::new(),
+            tls: HashMap::new(),
             scratch: BytesMut::with_capacity(SCRATCH_BYTES),
             next_gen: 0,
             next_worker: 0,
@@ -128,6 +161,9 @@ impl Worker {
                 }
             }
             if self.shutdown.load(Ordering::Acquire) {
+                // MQTT 5 clients are told why (DISCONNECT 0x8B), best effort.
+                self.shard.shutting_down();
+                self.apply_effects(Instant::now());
                 break;
             }
             let now = Instant::now();
@@ -260,7 +296,7 @@ impl Worker {
                     let _ = reply.send(self.shard.latency.clone());
                 }
                 Ok(Envelope::Control(Control::ResetLatency)) => self.shard.latency.reset(),
-                Ok(Envelope::NewConn(stream)) => self.adopt(now, stream),
+                Ok(Envelope::NewConn { stream, tls }) => self.adopt(now, stream, tls),
                 Err(TryRecvError::Empty) | Err(TryRecvError::Disconnected) => break,
             }
         }
@@ -285,13 +321,17 @@ impl Worker {
                     tracing::trace!(%peer, "accepted");
                     let target = self.next_worker % self.workers;
                     self.next_worker = self.next_worker.wrapping_add(1);
+                    let tls = i >= self.first_tls_listener;
                     if target == self.id {
-                        self.adopt_mio(now, stream);
+                        self.adopt_mio(now, stream, tls);
                     } else {
                         // SAFETY-free conversion: mio's stream wraps the std one.
                         let std_stream: std::net::TcpStream = stream.into();
                         if self.mesh.peers[target]
-                            .send(Envelope::NewConn(std_stream))
+                            .send(Envelope::NewConn {
+                                stream: std_stream,
+                                tls,
+                            })
                             .is_ok()
                         {
                             let _ = self.mesh.wakers[target].wake();
@@ -329,18 +369,32 @@ impl Worker {
         }
     }
 
-    fn adopt(&mut self, now: Instant, stream: std::net::TcpStream) {
+    fn adopt(&mut self, now: Instant, stream: std::net::TcpStream, tls: bool) {
         if let Err(e) = stream.set_nonblocking(true) {
             tracing::warn!(error = %e, "cannot make socket non-blocking");
             return;
         }
-        self.adopt_mio(now, TcpStream::from_std(stream));
+        self.adopt_mio(now, TcpStream::from_std(stream), tls);
     }
 
-    fn adopt_mio(&mut self, now: Instant, mut stream: TcpStream) {
+    fn adopt_mio(&mut self, now: Instant, mut stream: TcpStream, tls: bool) {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        let tls_conn = match (tls, &self.tls_config) {
+            (false, _) => None,
+            (true, Some(config)) => match TlsConn::new(config) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start TLS session");
+                    return;
+                }
+            },
+            (true, None) => {
+                debug_assert!(false, "TLS connection without a TLS configuration");
+                return;
+            }
+        };
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
         if let Err(e) = self.poll.registry().register(
@@ -359,7 +413,11 @@ impl Worker {
             partial: None,
             paused_until: None,
             read_pending: false,
+            tls,
         });
+        if let Some(t) = tls_conn {
+            self.tls.insert(slot, t);
+        }
         self.shard.open(
             now,
             ConnId {
@@ -443,6 +501,15 @@ impl Worker {
             if self.scratch.capacity() - self.scratch.len() < SCRATCH_BYTES / 4 {
                 self.scratch.reserve(SCRATCH_BYTES);
             }
+            if c.tls {
+                match self.read_tls(now, slot, id) {
+                    Some(n) => {
+                        budget = budget.saturating_sub(n);
+                        continue;
+                    }
+                    None => return,
+                }
+            }
             match read_into_spare(&c.stream, &mut self.scratch) {
                 Ok(0) => {
                     self.shard.closed(now, id);
@@ -469,6 +536,65 @@ impl Worker {
         }
     }
 
+    /// One read from a TLS connection: ciphertext in, plaintext decoded, handshake
+    /// records flushed. The ciphertext bytes read, or None when the connection would
+    /// block or is gone.
+    fn read_tls(&mut self, now: Instant, slot: usize, id: ConnId) -> Option<usize> {
+        let (Some(c), Some(t)) = (self.conns.get_mut(slot), self.tls.get_mut(&slot)) else {
+            return None;
+        };
+        let r = match t.read(&mut c.stream, &mut self.scratch) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+            Err(e) => {
+                // A TLS failure queues an alert: send it, best effort, then close.
+                tracing::debug!(?id, error = %e, "TLS read failed");
+                let _ = t.write_tls(&mut c.stream);
+                self.shard.closed(now, id);
+                self.remove(slot);
+                return None;
+            }
+        };
+        if !t.establish(self.cfg.use_identity_as_username) {
+            tracing::debug!(?id, "client certificate has no usable CN; closing");
+            self.shard.closed(now, id);
+            self.remove(slot);
+            return None;
+        }
+        let handshake_output = t.wants_write();
+        if r.plain_bytes > 0 {
+            self.shard.count_rx_bytes(r.plain_bytes);
+            let chunk = self.scratch.split();
+            if !self.decode(now, slot, id, chunk) {
+                return None;
+            }
+        }
+        if handshake_output {
+            self.flush(slot);
+        }
+        if r.closed {
+            if self.conns.get(slot).is_some_and(|c| c.gen == id.gen) {
+                self.shard.closed(now, id);
+                self.remove(slot);
+            }
+            return None;
+        }
+        Some(r.wire_bytes)
+    }
+
+    /// With `use_identity_as_username`, a CONNECT from a TLS connection carries the
+    /// client certificate's CN as its user name (whatever the client sent), so the
+    /// shard, and authentication, see the certificate's identity.
+    fn apply_identity(&mut self, slot: usize, id: ConnId, packet: &mut Packet) {
+        if let Some(identity) = self.tls.get(&slot).and_then(|t| t.identity.as_deref()) {
+            set_connect_username(packet, identity);
+            if matches!(packet, Packet::Connect(_)) {
+                // The certificate authenticated this user name: no password check.
+                self.shard.set_certified(id);
+            }
+        }
+    }
+
     /// Decodes every whole packet of `chunk` (after any saved partial one) and keeps
     /// the trailing partial packet. False when the connection is gone.
     fn decode(&mut self, now: Instant, slot: usize, id: ConnId, chunk: BytesMut) -> bool {
@@ -476,6 +602,7 @@ impl Worker {
             return false;
         };
         let owned = c.partial.is_some();
+        let tls = c.tls;
         let mut buf = match c.partial.take() {
             None => chunk,
             Some(p) => {
@@ -486,8 +613,11 @@ impl Worker {
         };
         loop {
             let max = self.shard.packet_limit(id);
-            match decode_one(&mut buf, max) {
-                Ok(Some(packet)) => {
+            match decode_one_v(&mut buf, max, self.shard.version(id)) {
+                Ok(Some(mut packet)) => {
+                    if tls {
+                        self.apply_identity(slot, id, &mut packet);
+                    }
                     self.shard.packet(now, id, packet);
                     if !self.shard.is_open(id) {
                         return false;
@@ -535,7 +665,12 @@ impl Worker {
         };
         let mut written = 0;
         let mut failed = false;
-        while written < tx.len() {
+        if c.tls {
+            if let Some(t) = self.tls.get_mut(&slot) {
+                (written, failed) = flush_tls(t, &mut c.stream, tx);
+            }
+        }
+        while !c.tls && written < tx.len() {
             match c.stream.write(&tx[written..]) {
                 Ok(0) => {
                     failed = true;
@@ -638,7 +773,12 @@ impl Worker {
                 continue;
             }
             if let Some(c) = self.conns.get_mut(slot) {
-                if !tx.is_empty() {
+                if let Some(t) = self.tls.get_mut(&slot).filter(|_| c.tls) {
+                    // Best effort, as below: the last packet, then close_notify.
+                    let _ = flush_tls(t, &mut c.stream, &tx);
+                    t.send_close_notify();
+                    let _ = t.write_tls(&mut c.stream);
+                } else if !tx.is_empty() {
                     let _ = c.stream.write(&tx); // best effort: the connection is ending
                 }
                 let _ = c.stream.shutdown(std::net::Shutdown::Write);
@@ -650,7 +790,72 @@ impl Worker {
     fn remove(&mut self, slot: usize) {
         if let Some(mut c) = self.conns.try_remove(slot) {
             let _ = self.poll.registry().deregister(&mut c.stream);
+            if c.tls {
+                self.tls.remove(&slot);
+            }
         }
+    }
+}
+
+/// Makes `user` the user name of `packet` if it is a CONNECT (the password, if any,
+/// is left as the client sent it).
+fn set_connect_username(packet: &mut Packet, user: &str) {
+    if let Packet::Connect(c) = packet {
+        c.username = Some(user.into());
+    }
+}
+
+/// Writes pending TLS records, then encrypts and writes `tx` until done or the socket
+/// is full. Returns (plaintext bytes of `tx` taken, whether the connection failed).
+fn flush_tls(t: &mut TlsConn, stream: &mut TcpStream, tx: &[u8]) -> (usize, bool) {
+    let mut written = 0;
+    loop {
+        match t.write_tls(stream) {
+            Ok(true) => {}
+            Ok(false) => return (written, false),
+            Err(e) => {
+                tracing::debug!(error = %e, "TLS write failed");
+                return (written, true);
+            }
+        }
+        if written == tx.len() || t.is_handshaking() {
+            // Nothing left, or not yet: the shard writes nothing before CONNECT, and
+            // CONNECT comes after the handshake.
+            return (written, false);
+        }
+        let n = t.write_plain(&tx[written..]);
+        if n == 0 {
+            return (written, false);
+        }
+        written += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::{Connect, Packet, ProtocolVersion};
+
+    #[test]
+    fn identity_replaces_the_connect_user_name_only() {
+        let mut connect = Packet::Connect(Box::new(Connect {
+            version: ProtocolVersion::V3_1_1,
+            clean_session: true,
+            keep_alive_secs: 0,
+            client_id: "c".into(),
+            will: None,
+            username: Some("claimed".into()),
+            password: Some(bytes::Bytes::from_static(b"pw")),
+            props: Default::default(),
+        }));
+        super::set_connect_username(&mut connect, "device-42");
+        let Packet::Connect(c) = &connect else {
+            panic!("still a CONNECT");
+        };
+        assert_eq!(c.username.as_deref(), Some("device-42"));
+        assert_eq!(c.password.as_deref(), Some(&b"pw"[..]));
+        let mut other = Packet::PingReq;
+        super::set_connect_username(&mut other, "device-42");
+        assert!(matches!(other, Packet::PingReq));
     }
 }
 
@@ -661,5 +866,9 @@ mod size_tests {
     fn io_conn_stays_small() {
         let entry = std::mem::size_of::<super::IoConn>();
         assert!(entry <= 48, "{entry}");
+        // TLS support adds no byte to a plain connection (its state is in a side table,
+        // its flag in padding). Debug builds of mio add a selector id to each stream.
+        let release_max = if cfg!(debug_assertions) { 48 } else { 40 };
+        assert!(entry <= release_max, "{entry}");
     }
 }

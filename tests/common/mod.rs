@@ -71,7 +71,7 @@ impl Raw {
         raw.send(&Packet::Connect(connect_packet(client_id, clean)));
         match raw.recv() {
             Some(Packet::ConnAck(a)) => {
-                assert_eq!(a.code, ternmq::protocol::ConnectReturnCode::Accepted)
+                assert_eq!(a.code, ternmq::protocol::ReasonCode::SUCCESS)
             }
             other => panic!("expected CONNACK, got {other:?}"),
         }
@@ -151,8 +151,8 @@ impl Raw {
     }
 }
 
-pub fn connect_packet(client_id: &str, clean: bool) -> Connect {
-    Connect {
+pub fn connect_packet(client_id: &str, clean: bool) -> Box<Connect> {
+    Box::new(Connect {
         version: ProtocolVersion::V3_1_1,
         clean_session: clean,
         keep_alive_secs: 60,
@@ -160,7 +160,8 @@ pub fn connect_packet(client_id: &str, clean: bool) -> Connect {
         will: None,
         username: None,
         password: None,
-    }
+        props: Default::default(),
+    })
 }
 
 /// An independent MQTT 3.1.1 client (rumqttc, synchronous API).
@@ -233,5 +234,6 @@ pub fn publish_packet(topic: &str, qos: QoS, id: u16, payload: &[u8], retain: bo
         topic: TopicName::new(topic).expect("valid topic"),
         packet_id: (qos != QoS::AtMostOnce).then(|| pid(id)),
         payload: Bytes::copy_from_slice(payload),
+        props: Default::default(),
     })
 }

@@ -320,9 +320,10 @@ impl<'a> Worker<'a> {
                 &spec.client_id,
                 self.cfg.clean_session,
                 self.cfg.keep_alive_secs,
+                self.cfg.tls.as_ref(),
             )
             .map_err(|e| client_err(&spec.client_id, e))?;
-        } else if !c.wbuf.is_empty() {
+        } else if c.has_output() {
             c.dirty = true;
         }
         self.mark(i);

@@ -9,41 +9,65 @@
 //! needs read access covering the filter (0x80 otherwise); every delivery, queued
 //! ones when they leave the queue included, needs read access to its topic.
 //! Must not: hold rules of its own, or cost anything when no authentication is
-//! configured (`Shard::gate` is None then, and every check is one branch).
+//! configured (`Shard::auth` is None then, and every check is one branch).
 
 use super::{Conn, Shard};
 use crate::auth::{Access, AuthShared, ConnAuth, Gate, Login, Refusal};
 use crate::broker::stats::Stats;
 use crate::broker::ConnId;
-use crate::protocol::{Connect, ConnectReturnCode};
+use crate::protocol::{Connect, ReasonCode, TopicFilter};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// The connection's auth state, if the connection exists (boxed on first use).
-fn conn_auth(conns: &mut [Option<Conn>], id: ConnId) -> Option<&mut ConnAuth> {
-    match conns.get_mut(id.slot as usize) {
-        Some(Some(c)) if c.gen == id.gen => Some(c.auth.get_or_insert_with(Default::default)),
-        _ => None,
+/// The worker's gate and each connection's auth state. The state lives in this
+/// side table by slot, not in `Conn`, so that connections stay small when
+/// authentication is off; an entry is replaced when its slot is reused by a newer
+/// generation and freed when its connection is dropped.
+#[derive(Debug)]
+pub(crate) struct AuthState {
+    gate: Gate,
+    conns: Vec<Option<(u32, Box<ConnAuth>)>>,
+}
+
+impl AuthState {
+    /// The gate and the state of connection `id` (fresh for a new generation).
+    fn conn(&mut self, id: ConnId) -> (&mut Gate, &mut ConnAuth) {
+        let slot = id.slot as usize;
+        if self.conns.len() <= slot {
+            self.conns.resize_with(slot + 1, || None);
+        }
+        let entry = &mut self.conns[slot];
+        if entry.as_ref().is_some_and(|(gen, _)| *gen != id.gen) {
+            *entry = None;
+        }
+        let (_, auth) = entry.get_or_insert_with(|| (id.gen, Box::default()));
+        (&mut self.gate, auth)
     }
+}
+
+/// True if the connection exists (the id is not stale).
+fn live(conns: &[Option<Conn>], id: ConnId) -> bool {
+    matches!(conns.get(id.slot as usize), Some(Some(c)) if c.gen == id.gen)
 }
 
 /// Read access of connection `id` to `topic`, counting a denial. A free function
 /// so that callers holding a session borrow can use it (disjoint fields).
 pub(super) fn may_read(
-    gate: &mut Option<Box<Gate>>,
-    conns: &mut [Option<Conn>],
+    auth: &mut Option<Box<AuthState>>,
+    conns: &[Option<Conn>],
     stats: &mut Stats,
     id: ConnId,
     topic: &str,
 ) -> bool {
-    let Some(gate) = gate.as_deref_mut() else {
+    let Some(state) = auth.as_deref_mut() else {
         return true;
     };
-    let Some(auth) = conn_auth(conns, id) else {
+    if !live(conns, id) {
         return true; // a stale id: the caller's own checks handle it
-    };
-    let ok = gate.allows(auth, topic, Access::Read);
+    }
+    let (gate, conn) = state.conn(id);
+    let ok = gate.allows(conn, topic, Access::Read);
     if !ok {
         stats.acl_denied_read += 1;
     }
@@ -54,19 +78,45 @@ impl Shard {
     /// Turns authentication on for this worker (the runtime calls it once, before
     /// any connection, when the configuration asks for it).
     pub fn set_auth(&mut self, shared: Arc<AuthShared>) {
-        self.gate = Some(Box::new(Gate::new(shared)));
+        self.auth = Some(Box::new(AuthState {
+            gate: Gate::new(shared),
+            conns: Vec::new(),
+        }));
     }
 
     /// True when [`set_peer`](Self::set_peer) is worth calling.
     pub fn wants_peer(&self) -> bool {
-        self.gate.is_some()
+        self.auth.is_some()
+    }
+
+    /// The live connection's auth state, if authentication is on.
+    fn auth_of(&mut self, id: ConnId) -> Option<(&mut Gate, &mut ConnAuth)> {
+        let state = self.auth.as_deref_mut()?;
+        live(&self.conns, id).then(|| state.conn(id))
     }
 
     /// The peer address of a new connection, for the failed-login back-off.
     pub fn set_peer(&mut self, id: ConnId, ip: IpAddr) {
-        if self.gate.is_some() {
-            if let Some(auth) = conn_auth(&mut self.conns, id) {
-                auth.peer = Some(ip);
+        if let Some((_, auth)) = self.auth_of(id) {
+            auth.peer = Some(ip);
+        }
+    }
+
+    /// The runtime vouches for the connection's user name (a TLS client certificate
+    /// with `use_identity_as_username`): its CONNECT skips the password check.
+    pub fn set_certified(&mut self, id: ConnId) {
+        if let Some((_, auth)) = self.auth_of(id) {
+            auth.certified = true;
+        }
+    }
+
+    /// Frees a dropped connection's auth state.
+    pub(super) fn forget_auth(&mut self, id: ConnId) {
+        if let Some(state) = self.auth.as_deref_mut() {
+            if let Some(entry) = state.conns.get_mut(id.slot as usize) {
+                if entry.as_ref().is_some_and(|(gen, _)| *gen == id.gen) {
+                    *entry = None;
+                }
             }
         }
     }
@@ -82,14 +132,17 @@ impl Shard {
         deadline: Instant,
         ticket: u64,
     ) -> Option<Connect> {
-        let Some(gate) = self.gate.as_deref_mut() else {
+        if self.auth.is_none() {
             return Some(c);
-        };
-        let auth = conn_auth(&mut self.conns, id)?;
+        }
+        let (gate, auth) = self.auth_of(id)?;
         if auth.admitted() {
             return Some(c); // a parked CONNECT replayed
         }
-        let login = gate.login(now, auth.peer, c.username.as_deref(), c.password.as_deref());
+        let login = match c.username.as_deref() {
+            Some(user) if auth.certified => Login::Accepted(Some(user.into())),
+            user => gate.login(now, auth.peer, user, c.password.as_deref()),
+        };
         let code = match login {
             Login::Accepted(user) => {
                 gate.admit(auth, user, client_id.clone());
@@ -99,11 +152,12 @@ impl Shard {
                 self.park_connect(now, id, c, deadline, ticket);
                 return None;
             }
-            Login::Refused(Refusal::BadCredentials) => ConnectReturnCode::BadUserNameOrPassword,
-            Login::Refused(Refusal::NotAuthorized) => ConnectReturnCode::NotAuthorized,
-            Login::Refused(Refusal::BackingOff) => ConnectReturnCode::ServerUnavailable,
+            Login::Refused(Refusal::BadCredentials) => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+            Login::Refused(Refusal::NotAuthorized) => ReasonCode::NOT_AUTHORIZED,
+            // 3.1.1: 0x03 server unavailable.
+            Login::Refused(Refusal::BackingOff) => ReasonCode::CONNECTION_RATE_EXCEEDED,
         };
-        tracing::debug!(?id, user = ?c.username, ?code, "login refused");
+        tracing::debug!(?id, user = ?c.username, %code, "login refused");
         self.stats.auth_refused += 1;
         self.refuse(id, code);
         None
@@ -111,23 +165,31 @@ impl Shard {
 
     /// May connection `id` publish to `topic` (PUBLISH or its Will)? Counts denials.
     pub(super) fn may_write(&mut self, id: ConnId, topic: &str) -> bool {
-        let Some(gate) = self.gate.as_deref_mut() else {
+        if self.auth.is_none() {
             return true;
-        };
-        let ok =
-            conn_auth(&mut self.conns, id).is_some_and(|a| gate.allows(a, topic, Access::Write));
+        }
+        let ok = self
+            .auth_of(id)
+            .is_some_and(|(gate, a)| gate.allows(a, topic, Access::Write));
         if !ok {
             self.stats.acl_denied_publish += 1;
         }
         ok
     }
 
-    /// May connection `id` subscribe to `filter`? Counts denials.
-    pub(super) fn may_subscribe(&mut self, id: ConnId, filter: &str) -> bool {
-        let Some(gate) = self.gate.as_deref_mut() else {
+    /// May connection `id` subscribe to `filter`? A shared subscription
+    /// (`$share/GROUP/FILTER`) is judged by its FILTER. Counts denials.
+    pub(super) fn may_subscribe(&mut self, id: ConnId, filter: &TopicFilter) -> bool {
+        if self.auth.is_none() {
             return true;
+        }
+        let inner = match filter.shared() {
+            Some(Ok((_, inner))) => inner,
+            _ => filter.clone(),
         };
-        let ok = conn_auth(&mut self.conns, id).is_some_and(|a| gate.allows_subscribe(a, filter));
+        let ok = self
+            .auth_of(id)
+            .is_some_and(|(gate, a)| gate.allows_subscribe(a, inner.as_str()));
         if !ok {
             self.stats.acl_denied_subscribe += 1;
         }
@@ -137,11 +199,11 @@ impl Shard {
     /// May the session's connection receive `topic`? An offline session may queue
     /// it: it is checked when it leaves the queue, against the connection then.
     pub(super) fn may_deliver(&mut self, key: usize, topic: &str) -> bool {
-        if self.gate.is_none() {
+        if self.auth.is_none() {
             return true;
         }
         match self.sessions.get(key).and_then(|s| s.conn) {
-            Some(id) => may_read(&mut self.gate, &mut self.conns, &mut self.stats, id, topic),
+            Some(id) => may_read(&mut self.auth, &self.conns, &mut self.stats, id, topic),
             None => true,
         }
     }
@@ -202,8 +264,10 @@ mod tests {
                 will: None,
                 username: Some(user.into()),
                 password: Some(Bytes::copy_from_slice(pass.as_bytes())),
+                props: Default::default(),
             };
-            self.shard.packet(self.now, id, Packet::Connect(c));
+            self.shard
+                .packet(self.now, id, Packet::Connect(Box::new(c)));
             id
         }
 
@@ -226,7 +290,7 @@ mod tests {
             out
         }
 
-        fn connack(&mut self, id: ConnId) -> Option<ConnectReturnCode> {
+        fn connack(&mut self, id: ConnId) -> Option<ReasonCode> {
             self.recv(id).into_iter().find_map(|p| match p {
                 Packet::ConnAck(a) => Some(a.code),
                 _ => None,
@@ -255,7 +319,7 @@ mod tests {
         assert_eq!(
             first
                 .iter()
-                .filter(|c| **c == Some(ConnectReturnCode::Accepted))
+                .filter(|c| **c == Some(ReasonCode::SUCCESS))
                 .count(),
             budget
         );
@@ -269,7 +333,7 @@ mod tests {
             .map(|(id, _)| *id)
             .collect();
         for id in late {
-            assert_eq!(h.connack(id), Some(ConnectReturnCode::Accepted));
+            assert_eq!(h.connack(id), Some(ReasonCode::SUCCESS));
         }
     }
 
@@ -278,17 +342,18 @@ mod tests {
         let pw = passwd(&[("a", "1")]);
         let mut h = H::new(&pw, "user a\ntopic readwrite a/#\n");
         let bad = h.connect("x", "a", "wrong");
-        assert_eq!(
-            h.connack(bad),
-            Some(ConnectReturnCode::BadUserNameOrPassword)
-        );
+        assert_eq!(h.connack(bad), Some(ReasonCode::BAD_USER_NAME_OR_PASSWORD));
         h.now += Duration::from_millis(1);
         let id = h.connect("ca", "a", "1");
-        assert_eq!(h.connack(id), Some(ConnectReturnCode::Accepted));
+        assert_eq!(h.connack(id), Some(ReasonCode::SUCCESS));
         let f = |s: &str| TopicFilter::new(s).unwrap();
         let sub = Subscribe {
             packet_id: PacketId::new(1).unwrap(),
-            filters: vec![(f("a/#"), QoS::AtMostOnce), (f("b/#"), QoS::AtMostOnce)],
+            filters: vec![
+                (f("a/#"), QoS::AtMostOnce.into()),
+                (f("b/#"), QoS::AtMostOnce.into()),
+            ],
+            props: Default::default(),
         };
         h.shard.packet(h.now, id, Packet::Subscribe(sub));
         let publish = |t: &str| {
@@ -299,6 +364,7 @@ mod tests {
                 topic: TopicName::new(t).unwrap(),
                 packet_id: PacketId::new(2),
                 payload: Bytes::from_static(b"x"),
+                props: Default::default(),
             })
         };
         h.shard.packet(h.now, id, publish("b/1"));
@@ -311,8 +377,8 @@ mod tests {
         assert_eq!(
             codes,
             Some(vec![
-                SubAckCode::Granted(QoS::AtMostOnce),
-                SubAckCode::Failure
+                ReasonCode::granted(QoS::AtMostOnce),
+                ReasonCode::UNSPECIFIED_ERROR
             ])
         );
         let topics: Vec<&str> = got

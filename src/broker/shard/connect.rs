@@ -3,15 +3,17 @@
 //! protocol errors, timeouts, socket loss) with their Last Will. Takeovers between
 //! workers are in `takeover.rs`.
 
-use super::{AwaitClaim, Conn, Phase, Shard};
+use super::{AwaitClaim, Conn, ConnV5, Phase, Shard};
 use crate::broker::mesh::MeshMsg;
 use crate::broker::message::Message;
 use crate::broker::registry::Refused;
-use crate::broker::session::{OutState, Session};
+use crate::broker::session::{OutState, Session, SessionV5};
 use crate::broker::ConnId;
 use crate::protocol::{
-    encode_publish, ConnAck, Connect, ConnectReturnCode, Packet, ProtocolVersion, QoS,
+    encode_publish, encode_publish_v5, ConnAck, Connect, Disconnect, Packet, ProtocolVersion,
+    PublishExtras, QoS, ReasonCode, Will,
 };
+use std::cmp::Reverse;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,13 +48,15 @@ impl Shard {
         deadline: Instant,
         ticket: u64,
     ) {
+        let topic_alias_max = self.cfg.max_topic_aliases;
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         conn.version = c.version;
         conn.keep_alive_limit = (c.keep_alive_secs > 0)
             .then(|| Duration::from_millis(u64::from(c.keep_alive_secs) * 1500)); // [MQTT-3.1.2-24]
-                                                                                  // Clients may not write the broker's own `$SYS` tree, not even by will.
+
+        // Clients may not write the broker's own `$SYS` tree, not even by will.
         conn.will = c
             .will
             .clone()
@@ -62,18 +66,37 @@ impl Shard {
                 w.topic = w.topic.compacted();
                 Box::new(w)
             });
+        if c.version.is_v5() {
+            conn.v5 = Some(Box::new(ConnV5 {
+                session_expiry: c.props.session_expiry_interval.unwrap_or(0),
+                receive_max: c.props.receive_maximum.unwrap_or(0),
+                max_packet: c.props.maximum_packet_size.unwrap_or(0),
+                aliases_in: vec![None; usize::from(topic_alias_max)],
+                aliases_out: Default::default(),
+                alias_max_out: c.props.topic_alias_maximum.unwrap_or(0),
+                assigned_id: false,
+            }));
+            if c.props.authentication_method.is_some() {
+                // 4.12: no enhanced authentication method is supported.
+                return self.refuse(id, ReasonCode::BAD_AUTHENTICATION_METHOD);
+            }
+        }
 
         let client_id: Arc<str> = if c.client_id.is_empty() {
-            if !c.clean_session || c.version == ProtocolVersion::V3_1 {
-                // [MQTT-3.1.3-8]: zero-length id with clean session 0 -> 0x02.
-                return self.refuse(id, ConnectReturnCode::IdentifierRejected);
+            // [MQTT-3.1.3-8]: a zero-length id with clean session 0 -> 0x02 (3.1.1);
+            // MQTT 5 assigns one whatever Clean Start says ([MQTT-3.1.3-6]).
+            if (!c.clean_session && !c.version.is_v5()) || c.version == ProtocolVersion::V3_1 {
+                return self.refuse(id, ReasonCode::CLIENT_ID_NOT_VALID);
             }
             // [MQTT-3.1.3-6]: assign a unique id.
             self.next_auto_id += 1;
+            if let Some(v5) = self.conn_mut(id).and_then(|c| c.v5.as_mut()) {
+                v5.assigned_id = true;
+            }
             format!("ternmq-auto-{}-{}", self.id, self.next_auto_id).into()
         } else {
             if c.version == ProtocolVersion::V3_1 && c.client_id.len() > V31_CLIENT_ID_LEN_MAX {
-                return self.refuse(id, ConnectReturnCode::IdentifierRejected);
+                return self.refuse(id, ReasonCode::CLIENT_ID_NOT_VALID);
             }
             Arc::from(&*c.client_id)
         };
@@ -151,22 +174,18 @@ impl Shard {
         } = *parked;
         if now >= deadline {
             tracing::warn!(?id, "client id stayed busy, refusing");
-            return self.refuse(id, ConnectReturnCode::ServerUnavailable);
+            return self.refuse(id, ReasonCode::SERVER_UNAVAILABLE);
         }
         // Replays the CONNECT: it claims again, or parks again if still busy.
         self.on_connect_until(now, id, connect, deadline, ticket);
     }
 
-    /// Answers CONNACK with a refusal and closes ([MQTT-3.2.2-5]).
-    pub(crate) fn refuse(&mut self, id: ConnId, code: ConnectReturnCode) {
-        tracing::debug!(?id, ?code, "connection refused");
-        self.write_packet(
-            id,
-            &Packet::ConnAck(ConnAck {
-                session_present: false, // [MQTT-3.2.2-4]
-                code,
-            }),
-        );
+    /// Answers CONNACK with a refusal and closes ([MQTT-3.2.2-5]); a 3.x client gets
+    /// the nearest 3.1.1 return code.
+    pub(crate) fn refuse(&mut self, id: ConnId, code: ReasonCode) {
+        tracing::debug!(?id, %code, "connection refused");
+        // [MQTT-3.2.2-4]: Session Present 0 on refusal.
+        self.write_packet(id, &Packet::ConnAck(ConnAck::new(false, code)));
         if let Some(conn) = self.conn_mut(id) {
             conn.will = None;
         }
@@ -182,7 +201,73 @@ impl Shard {
         };
         if let Some(old) = self.sessions.get(key).and_then(|s| s.conn) {
             tracing::debug!(?old, %client_id, "session taken over");
+            self.send_disconnect(old, ReasonCode::SESSION_TAKEN_OVER); // [MQTT-3.1.4-3]
             self.end_conn_inner(now, old, false);
+        }
+    }
+
+    /// Writes DISCONNECT with `code` to an accepted MQTT 5 connection (3.x has no
+    /// server DISCONNECT; those connections are just closed).
+    pub(crate) fn send_disconnect(&mut self, id: ConnId, code: ReasonCode) {
+        let v5_active = self
+            .conn(id)
+            .is_some_and(|c| c.version.is_v5() && matches!(c.phase, Phase::Active { .. }));
+        if v5_active {
+            self.write_packet(id, &Packet::Disconnect(Disconnect::new(code)));
+        }
+    }
+
+    /// Removes a session that ends (expired, or replaced by a clean start): a will
+    /// still waiting out its delay is published now (3.1.2.5).
+    pub(crate) fn discard_session(&mut self, now: Instant, key: usize) -> Option<Session> {
+        let will = self
+            .sessions
+            .get_mut(key)
+            .and_then(|s| s.v5.as_mut())
+            .and_then(|v| v.pending_will.take());
+        let s = self.remove_session(key);
+        if let Some((_, w)) = will {
+            self.publish_will(now, w);
+        }
+        s
+    }
+
+    /// Routes a will as an application message with its properties.
+    pub(crate) fn publish_will(&mut self, now: Instant, w: Will) {
+        let msg = Message::new(w.topic, w.payload, w.qos, w.retain);
+        let props = (*w.props).clone();
+        self.route(now, msg.with_props(now, props), None);
+    }
+
+    /// Fires offline sessions' deadlines: delayed wills, then expiry.
+    pub(crate) fn session_timers_due(&mut self, now: Instant) {
+        while let Some(&Reverse((at, key))) = self.session_timers.peek() {
+            if at > now {
+                break;
+            }
+            self.session_timers.pop();
+            let Some(s) = self.sessions.get_mut(key) else {
+                continue;
+            };
+            if s.conn.is_some() {
+                continue;
+            }
+            let Some(v5) = s.v5.as_mut() else { continue };
+            if v5.pending_will.as_ref().is_some_and(|(due, _)| *due <= now) {
+                if let Some((_, w)) = v5.pending_will.take() {
+                    self.publish_will(now, w);
+                }
+            }
+            let Some(v5) = self.sessions.get(key).and_then(|s| s.v5.as_ref()) else {
+                continue;
+            };
+            if v5.expires_at.is_some_and(|t| t <= now) {
+                self.stats.sessions_expired += 1;
+                if let Some(s) = self.discard_session(now, key) {
+                    tracing::debug!(client_id = %s.client_id, "session expired");
+                    self.registry.release(&s.client_id, self.id);
+                }
+            }
         }
     }
 
@@ -195,7 +280,15 @@ impl Shard {
             self.deferred_ready.push(session.client_id.clone());
         }
         for (filter, _) in &session.subscriptions {
-            self.index_remove(filter, key);
+            match filter.shared() {
+                Some(Ok((group, inner))) => {
+                    self.shared_unsubscribe(key, group, &inner);
+                }
+                Some(Err(())) => {}
+                None => {
+                    self.index_remove(filter, key);
+                }
+            }
         }
         Some(session)
     }
@@ -214,9 +307,18 @@ impl Shard {
         let subs = session.subscriptions.clone();
         let key = self.sessions.insert(session);
         self.by_client.insert(client_id.clone(), key);
-        for (filter, qos) in &subs {
-            self.index_insert(filter, key, *qos);
+        for (filter, grant) in &subs {
+            match filter.shared() {
+                Some(Ok((group, inner))) => {
+                    self.shared_subscribe(key, group, &inner, *grant);
+                }
+                Some(Err(())) => {}
+                None => {
+                    self.index_insert(filter, key, *grant);
+                }
+            }
         }
+        self.arm_session_timers(key);
         if let Some(stub_at) = stub_at {
             self.ping_for(&client_id, stub_at);
         }
@@ -232,50 +334,119 @@ impl Shard {
         clean: bool,
         existing: Option<usize>,
     ) {
-        let key = match existing {
-            Some(key) if !clean => {
-                if let Some(s) = self.sessions.get_mut(key) {
-                    s.clean = false;
-                }
-                key
-            }
-            Some(key) => {
-                self.remove_session(key);
-                self.sessions.insert(Session::new(client_id.clone(), clean))
-            }
-            None => self.sessions.insert(Session::new(client_id.clone(), clean)),
+        // MQTT 5 separates Clean Start (`clean`: discard what exists) from the
+        // Session Expiry Interval (0: the session ends with the connection); 3.1.1's
+        // clean session flag is both.
+        let expiry = match self.conn(id).and_then(|c| c.v5.as_ref()) {
+            Some(v5) => v5.session_expiry,
+            None if clean => 0,
+            None => u32::MAX,
         };
+        let key = match existing {
+            Some(key) if !clean => key,
+            Some(key) => {
+                self.discard_session(now, key);
+                self.sessions
+                    .insert(Session::new(client_id.clone(), expiry == 0))
+            }
+            None => self
+                .sessions
+                .insert(Session::new(client_id.clone(), expiry == 0)),
+        };
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.clean = expiry == 0;
+            // A new connection to the session: a delayed will is not sent
+            // ([MQTT-3.1.3-9]) and the session no longer expires while it is online.
+            if let Some(v5) = &mut s.v5 {
+                v5.pending_will = None;
+                v5.expires_at = None;
+            }
+        }
         self.by_client.insert(client_id, key);
         let session_present = existing.is_some() && !clean; // [MQTT-3.2.2-1..3]
         self.attach(now, id, key, session_present);
+    }
+
+    /// Arms the timers of an offline session (will delay, expiry) if it has any.
+    pub(crate) fn arm_session_timers(&mut self, key: usize) {
+        let Some(v5) = self.sessions.get(key).and_then(|s| s.v5.as_ref()) else {
+            return;
+        };
+        let will = v5.pending_will.as_ref().map(|(at, _)| *at);
+        for at in [will, v5.expires_at].into_iter().flatten() {
+            self.session_timers.push(Reverse((at, key)));
+        }
+    }
+
+    /// The CONNACK properties of an MQTT 5 connection: what the broker supports and
+    /// the limits it imposes (3.2.2.3).
+    fn connack_props(&self, id: ConnId, client_id: &str) -> crate::protocol::Properties {
+        let mut p = crate::protocol::Properties::default();
+        let Some(v5) = self.conn(id).and_then(|c| c.v5.as_ref()) else {
+            return p;
+        };
+        if v5.assigned_id {
+            p.assigned_client_identifier = Some(client_id.into());
+        }
+        p.receive_maximum = u16::try_from(self.cfg.max_inbound_qos2)
+            .ok()
+            .filter(|&m| m < u16::MAX);
+        p.maximum_packet_size = u32::try_from(self.cfg.max_packet_bytes).ok();
+        p.topic_alias_maximum = Some(self.cfg.max_topic_aliases);
+        // Retain, wildcard subscriptions, subscription identifiers, shared
+        // subscriptions and QoS 2 are all available: their defaults say so.
+        p
     }
 
     fn attach(&mut self, now: Instant, id: ConnId, key: usize, session_present: bool) {
         let Some(conn) = self.conn_mut(id) else {
             // The connection vanished while its session moved here: keep the session
             // if it is persistent, as if the client had disconnected.
-            self.session_gone_offline(key, true);
+            self.session_gone_offline(now, key, true);
             return;
         };
         conn.phase = Phase::Active { session: key };
         let keep_alive = conn.keep_alive_limit;
         let last_rx = conn.last_rx;
+        let v5 = conn.v5.as_ref().map(|v| SessionV5 {
+            expiry_secs: v.session_expiry,
+            receive_max: v.receive_max,
+            max_packet: v.max_packet,
+            ..SessionV5::default()
+        });
+        let mut client_id = None;
         if let Some(s) = self.sessions.get_mut(key) {
             s.conn = Some(id);
+            client_id = Some(s.client_id.clone());
+            match (v5, &mut s.v5) {
+                (Some(new), Some(old)) => {
+                    old.expiry_secs = new.expiry_secs;
+                    old.receive_max = new.receive_max;
+                    old.max_packet = new.max_packet;
+                }
+                (Some(new), slot @ None) => *slot = Some(Box::new(new)),
+                (None, slot) => {
+                    // A 3.1.1 client resumed a session an MQTT 5 client left: the v5
+                    // limits go, subscription identifiers stay with the subscriptions.
+                    if let Some(old) = slot {
+                        old.receive_max = 0;
+                        old.max_packet = 0;
+                        old.expiry_secs = u32::MAX;
+                    }
+                }
+            }
         }
         self.stats.clients_connected += 1;
-        self.write_packet(
-            id,
-            &Packet::ConnAck(ConnAck {
-                session_present,
-                code: ConnectReturnCode::Accepted,
-            }),
-        );
+        let mut ack = ConnAck::new(session_present, ReasonCode::SUCCESS);
+        if let Some(cid) = client_id {
+            ack.props = self.connack_props(id, &cid).into();
+        }
+        self.write_packet(id, &Packet::ConnAck(ack));
         if let Some(k) = keep_alive {
             self.schedule(id, last_rx + k);
         }
-        self.resend_inflight(id, key);
-        self.pump(id, key);
+        self.resend_inflight(now, id, key);
+        self.pump(now, id, key);
         // Packets the client sent before CONNACK, in order.
         let early = self.conn_mut(id).and_then(|c| c.early.take());
         for p in early.map(|e| *e).unwrap_or_default() {
@@ -288,38 +459,52 @@ impl Shard {
 
     /// [MQTT-4.4.0-1]: on a resumed session, unacknowledged PUBLISH (DUP set) and
     /// PUBREL go out again in their original order.
-    fn resend_inflight(&mut self, id: ConnId, key: usize) {
+    fn resend_inflight(&mut self, now: Instant, id: ConnId, key: usize) {
         let Some(session) = self.sessions.get(key) else {
             return;
         };
-        let Some(Some(conn)) = self.conns.get_mut(id.slot as usize) else {
+        if session.inflight.is_empty() {
             return;
-        };
-        for m in &session.inflight {
-            match m.state {
-                OutState::Published => encode_publish(
-                    &mut conn.tx,
-                    true,
-                    m.qos,
-                    m.retain,
-                    m.msg.topic.as_str(),
-                    Some(m.packet_id),
-                    &m.msg.payload,
-                ),
-                OutState::Released => {
-                    crate::protocol::encode_packet(&Packet::PubRel(m.packet_id), &mut conn.tx)
+        }
+        let pending: Vec<_> = session
+            .inflight
+            .iter()
+            .map(|m| (m.state, m.qos, m.retain, m.packet_id, m.msg.clone()))
+            .collect();
+        for (state, qos, retain, pid, msg) in pending {
+            match state {
+                OutState::Published => {
+                    self.encode_publish_to(now, id, &msg, qos, retain, Some(pid), true)
+                }
+                OutState::Released => self.write_packet(id, &Packet::pubrel(pid)),
+            }
+        }
+        self.mark_dirty(id);
+    }
+
+    /// DISCONNECT: the will is discarded ([MQTT-3.14.4-3]) unless an MQTT 5 client
+    /// asks for it (0x04), the session expiry may be changed, and the connection closes.
+    pub(super) fn on_disconnect(&mut self, now: Instant, id: ConnId, key: usize, d: Disconnect) {
+        if let Some(expiry) = d.props.session_expiry_interval {
+            let was = self
+                .conn(id)
+                .and_then(|c| c.v5.as_ref())
+                .map_or(0, |v| v.session_expiry);
+            if was == 0 && expiry != 0 {
+                // [MQTT-3.14.2-2]: from 0 to non-zero is a Protocol Error.
+                return self.protocol_error(now, id, "DISCONNECT", "session expiry raised from 0");
+            }
+            if let Some(s) = self.sessions.get_mut(key) {
+                s.clean = expiry == 0;
+                if let Some(v5) = &mut s.v5 {
+                    v5.expiry_secs = expiry;
                 }
             }
         }
-        if !session.inflight.is_empty() {
-            self.mark_dirty(id);
-        }
-    }
-
-    /// DISCONNECT: the will is discarded ([MQTT-3.14.4-3]) and the connection closed.
-    pub(super) fn on_disconnect(&mut self, now: Instant, id: ConnId) {
-        if let Some(conn) = self.conn_mut(id) {
-            conn.will = None;
+        if d.reason != ReasonCode::DISCONNECT_WITH_WILL {
+            if let Some(conn) = self.conn_mut(id) {
+                conn.will = None;
+            }
         }
         self.end_conn(now, id);
     }
@@ -332,21 +517,28 @@ impl Shard {
             reason = why,
             "protocol violation, closing"
         );
+        self.close_with(now, id, ReasonCode::PROTOCOL_ERROR);
+    }
+
+    /// Counts a protocol violation, tells an MQTT 5 client why (DISCONNECT `code`)
+    /// and closes, publishing the will.
+    pub(crate) fn close_with(&mut self, now: Instant, id: ConnId, code: ReasonCode) {
         self.stats.protocol_errors += 1;
+        self.send_disconnect(id, code);
         self.end_conn(now, id);
     }
 
     /// A malformed packet from the decoder. An unsupported protocol level gets
-    /// CONNACK 0x01 first ([MQTT-3.1.2-2]); everything else just closes.
+    /// CONNACK 0x01 first ([MQTT-3.1.2-2]); an MQTT 5 client gets DISCONNECT with
+    /// the reason (Malformed Packet, Protocol Error, Packet too large); then it closes.
     pub fn decode_error(&mut self, now: Instant, id: ConnId, err: &crate::protocol::CodecError) {
         let awaiting_connect = matches!(self.conn(id).map(|c| &c.phase), Some(Phase::AwaitConnect));
         if awaiting_connect && err.is_unsupported_protocol_level() {
             self.stats.protocol_errors += 1;
-            return self.refuse(id, ConnectReturnCode::UnacceptableProtocolVersion);
+            return self.refuse(id, ReasonCode::UNSUPPORTED_PROTOCOL_VERSION);
         }
         tracing::debug!(?id, error = %err, "malformed packet, closing");
-        self.stats.protocol_errors += 1;
-        self.end_conn(now, id);
+        self.close_with(now, id, err.reason_code());
     }
 
     /// The runtime saw the socket close or fail. The will is published unless the
@@ -380,6 +572,7 @@ impl Shard {
             Phase::Active { .. } => {
                 // [MQTT-3.1.2-24]: 1.5 x keep-alive without a packet.
                 tracing::debug!(?id, "keep-alive expired, closing");
+                self.send_disconnect(id, ReasonCode::KEEP_ALIVE_TIMEOUT);
                 self.end_conn(now, id);
             }
         }
@@ -402,36 +595,50 @@ impl Shard {
         // Only an accepted connection (CONNACK sent) has a will to publish.
         let will = will.filter(|_| matches!(phase, Phase::Active { .. }));
         let will = will.filter(|w| self.may_write(id, w.topic.as_str()));
+        let mut will = will.map(|w| *w);
         if let Phase::Active { session } = phase {
             self.stats.clients_connected = self.stats.clients_connected.saturating_sub(1);
             if let Some(s) = self.sessions.get_mut(session) {
                 s.conn = None;
+                // MQTT 5 Will Delay Interval: a session that outlives the connection
+                // holds the will until the delay or the session ends (3.1.3.2.2).
+                let delay = will
+                    .as_ref()
+                    .and_then(|w| w.props.will_delay_interval)
+                    .unwrap_or(0);
+                if let (false, true, Some(v5)) = (s.clean, delay > 0, s.v5.as_mut()) {
+                    let due = now + Duration::from_secs(u64::from(delay));
+                    v5.pending_will = will.take().map(|w| (due, w));
+                }
             }
-            self.session_gone_offline(session, release);
+            self.redistribute_shared(now, session);
+            self.session_gone_offline(now, session, release);
         }
         self.drop_conn(id);
         if let Some(w) = will {
-            let msg = Message {
-                topic: w.topic,
-                payload: w.payload,
-                qos: w.qos,
-                retain: w.retain,
-            };
-            self.route(now, msg, None);
+            self.publish_will(now, w);
         }
     }
 
-    /// A session lost its connection: a clean one is discarded ([MQTT-3.1.2-6]) and its
-    /// id released; a persistent one stays to collect QoS 1/2 messages.
-    fn session_gone_offline(&mut self, key: usize, release: bool) {
+    /// A session lost its connection: a clean one (expiry 0) is discarded
+    /// ([MQTT-3.1.2-6]) and its id released; a persistent one stays to collect QoS 1/2
+    /// messages until its Session Expiry Interval passes.
+    pub(crate) fn session_gone_offline(&mut self, now: Instant, key: usize, release: bool) {
         let clean = self.sessions.get(key).is_none_or(|s| s.clean);
         if clean {
-            if let Some(s) = self.remove_session(key) {
+            if let Some(s) = self.discard_session(now, key) {
                 if release {
                     self.registry.release(&s.client_id, self.id);
                 }
             }
+            return;
         }
+        if let Some(v5) = self.sessions.get_mut(key).and_then(|s| s.v5.as_mut()) {
+            if v5.expiry_secs != u32::MAX {
+                v5.expires_at = Some(now + Duration::from_secs(u64::from(v5.expiry_secs)));
+            }
+        }
+        self.arm_session_timers(key);
     }
 
     /// Forgets the connection and hands its unwritten bytes to the runtime to close.
@@ -443,6 +650,7 @@ impl Shard {
             return;
         };
         let Conn { tx, phase, .. } = conn;
+        self.forget_auth(id);
         if let Phase::AwaitHandover(p) = &phase {
             // The session is still expected: it will be kept here offline.
             if let Some(inb) = self.inbound.get_mut(&p.client_id) {
@@ -462,24 +670,93 @@ impl Shard {
     /// Appends a PUBLISH for a delivery to the connection's buffer.
     pub(crate) fn encode_delivery(
         &mut self,
+        now: Instant,
         id: ConnId,
         msg: &Message,
         qos: QoS,
         retain: bool,
         packet_id: Option<crate::protocol::PacketId>,
     ) {
-        let Some(conn) = self.conn_mut(id) else {
+        self.encode_publish_to(now, id, msg, qos, retain, packet_id, false);
+    }
+
+    /// Appends a PUBLISH in the connection's protocol: the 3.x hot path, or MQTT 5 with
+    /// the message's properties, its remaining expiry, the subscription identifiers
+    /// of the session's matching subscriptions and a topic alias when the client
+    /// allows them.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn encode_publish_to(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        msg: &Message,
+        qos: QoS,
+        retain: bool,
+        packet_id: Option<crate::protocol::PacketId>,
+        dup: bool,
+    ) {
+        let Some(conn) = self.conn(id) else {
             return;
         };
-        encode_publish(
-            &mut conn.tx,
-            false,
-            qos,
-            retain,
-            msg.topic.as_str(),
-            packet_id,
-            &msg.payload,
-        );
+        if conn.v5.is_none() {
+            let Some(conn) = self.conn_mut(id) else {
+                return;
+            };
+            encode_publish(
+                &mut conn.tx,
+                dup,
+                qos,
+                retain,
+                msg.topic.as_str(),
+                packet_id,
+                &msg.payload,
+            );
+        } else {
+            let phase_session = match conn.phase {
+                Phase::Active { session } => Some(session),
+                _ => None,
+            };
+            let mut sub_ids = std::mem::take(&mut self.sub_ids);
+            sub_ids.clear();
+            if let Some(session) = phase_session {
+                if let Some(s) = self.sessions.get(session) {
+                    s.sub_ids_for(&msg.topic, &mut sub_ids);
+                }
+            }
+            let Some(conn) = self.conn_mut(id) else {
+                return;
+            };
+            let Some(v5) = conn.v5.as_mut() else { return };
+            let (topic, alias) = match v5.aliases_out.get(&msg.topic) {
+                Some(&a) => ("", Some(a)),
+                None if (v5.aliases_out.len() as u64) < u64::from(v5.alias_max_out) => {
+                    let a = v5.aliases_out.len() as u16 + 1;
+                    v5.aliases_out.insert(msg.topic.clone(), a);
+                    (msg.topic.as_str(), Some(a))
+                }
+                None => (msg.topic.as_str(), None),
+            };
+            let extras = PublishExtras {
+                props: msg
+                    .props
+                    .as_deref()
+                    .unwrap_or(&crate::protocol::NO_PROPERTIES),
+                message_expiry: msg.remaining_expiry(now),
+                topic_alias: alias,
+                subscription_ids: &sub_ids,
+            };
+            encode_publish_v5(
+                &mut conn.tx,
+                dup,
+                qos,
+                retain,
+                topic,
+                packet_id,
+                &extras,
+                &msg.payload,
+            );
+            self.sub_ids = sub_ids;
+        }
         self.stats.messages_sent += 1;
         self.stats.publish_sent += 1;
         self.mark_dirty(id);

@@ -18,6 +18,7 @@ mod auth;
 mod connect;
 mod moved;
 mod route;
+mod shared;
 mod sys;
 mod takeover;
 
@@ -25,12 +26,12 @@ use super::latency::Latency;
 use super::mesh::{Batch, MeshMsg};
 use super::registry::Registry;
 use super::retained::RetainedStore;
-use super::session::Session;
+use super::session::{Grant, Session};
 use super::stats::Stats;
 use super::topic_index::TopicIndex;
 use super::{ConnId, WorkerId};
 use crate::config::Config;
-use crate::protocol::{Packet, ProtocolVersion, QoS, Will};
+use crate::protocol::{Disconnect, Packet, ProtocolVersion, ReasonCode, TopicName, Will};
 use slab::Slab;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub use connect::PendingConnect;
+pub use shared::GroupKey;
 
 /// What the runtime must do after feeding the shard some events.
 #[derive(Debug, Default)]
@@ -113,9 +115,27 @@ pub(crate) struct Conn {
     /// (boxed: almost always absent).
     #[allow(clippy::box_collection)]
     pub early: Option<Box<Vec<Packet>>>,
-    /// Peer address, identity and compiled ACL; only when authentication is
-    /// configured (boxed: absent otherwise).
-    pub auth: Option<Box<crate::auth::ConnAuth>>,
+    /// MQTT 5 connection state (boxed: absent on 3.x connections).
+    pub v5: Option<Box<ConnV5>>,
+}
+
+/// What an MQTT 5 connection negotiated in CONNECT, and its topic aliases.
+#[derive(Debug, Default)]
+pub(crate) struct ConnV5 {
+    /// Session Expiry Interval asked for in CONNECT (seconds).
+    pub session_expiry: u32,
+    /// The client's Receive Maximum (0: the default, 65535).
+    pub receive_max: u16,
+    /// The client's Maximum Packet Size (0: no limit).
+    pub max_packet: u32,
+    /// Topic aliases the client set for its PUBLISH packets (index = alias - 1).
+    pub aliases_in: Vec<Option<TopicName>>,
+    /// Topic aliases the broker set towards the client.
+    pub aliases_out: HashMap<TopicName, u16>,
+    /// The client's Topic Alias Maximum (aliases the broker may use).
+    pub alias_max_out: u16,
+    /// The broker assigned the client id (sent back in CONNACK).
+    pub assigned_id: bool,
 }
 
 /// The largest CONNECT there can be: fixed header, variable header and five
@@ -135,15 +155,20 @@ pub struct Shard {
     pub(crate) sessions: Slab<Session>,
     pub(crate) by_client: HashMap<Arc<str>, usize>,
     /// Local subscriptions: subscriber id = session key.
-    pub(crate) index: TopicIndex<QoS>,
+    pub(crate) index: TopicIndex<Grant>,
     /// Other workers' interest: subscriber id = worker id.
     pub(crate) interest: TopicIndex<()>,
+    /// Shared subscription groups: members here, member counts everywhere.
+    pub(crate) shared: shared::SharedGroups,
     pub(crate) retained: RetainedStore,
     /// The version of the last update applied per retained topic (see `route.rs`).
     pub(crate) retained_versions: HashMap<crate::protocol::TopicName, route::RetainVersion>,
     /// Deleted retained topics, oldest first, kept for a grace period.
     pub(crate) tombstones: VecDeque<(Instant, crate::protocol::TopicName)>,
     pub(crate) timers: BinaryHeap<Reverse<(Instant, u32, u32)>>,
+    /// Offline sessions' expiry and delayed wills: (due, session key). An entry is
+    /// checked against the session's own deadlines when it fires.
+    pub(crate) session_timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Sessions on their way here from another worker, by client id.
     pub(crate) inbound: HashMap<Arc<str>, takeover::Inbound>,
     pub(crate) effects: Effects,
@@ -158,8 +183,10 @@ pub struct Shard {
     pub(crate) next_sys_at: Option<Instant>,
     /// Publishers paused because of each congested session, by session key.
     pub(crate) feeders: HashMap<usize, Vec<super::mesh::Origin>>,
-    /// Reused per publish: (session key, granted QoS) of local matches.
-    pub(crate) matches: Vec<(u32, QoS)>,
+    /// Reused per publish: (session key, subscription options) of local matches.
+    pub(crate) matches: Vec<(u32, Grant)>,
+    /// Reused per MQTT 5 delivery: the subscription identifiers to send.
+    pub(crate) sub_ids: Vec<u32>,
     pub(crate) next_auto_id: u64,
     /// Routing sequence number of this worker's last routed message.
     pub(crate) seq: u64,
@@ -173,7 +200,7 @@ pub struct Shard {
     /// Clients whose deferred takeovers can be answered now (their session went).
     pub(crate) deferred_ready: Vec<Arc<str>>,
     /// Authentication and ACL state; None when none is configured (see `auth.rs`).
-    pub(crate) gate: Option<Box<crate::auth::Gate>>,
+    pub(crate) auth: Option<Box<auth::AuthState>>,
 }
 
 impl Shard {
@@ -198,10 +225,12 @@ impl Shard {
             by_client: HashMap::new(),
             index: TopicIndex::new(),
             interest: TopicIndex::new(),
+            shared: Default::default(),
             retained: RetainedStore::new(),
             retained_versions: HashMap::new(),
             tombstones: VecDeque::new(),
             timers: BinaryHeap::new(),
+            session_timers: BinaryHeap::new(),
             inbound: HashMap::new(),
             effects: Effects {
                 mesh: (0..workers).map(|_| Vec::new()).collect(),
@@ -218,6 +247,7 @@ impl Shard {
             started_at: now,
             next_sys_at,
             matches: Vec::new(),
+            sub_ids: Vec::new(),
             feeders: HashMap::new(),
             next_auto_id: 0,
             seq: 0,
@@ -226,7 +256,7 @@ impl Shard {
             stub_by_client: HashMap::new(),
             deferred: HashMap::new(),
             deferred_ready: Vec::new(),
-            gate: None,
+            auth: None,
         }
     }
 
@@ -252,7 +282,7 @@ impl Shard {
             will: None,
             timer_at: None,
             early: None,
-            auth: None,
+            v5: None,
         });
         self.stats.connections_total += 1;
         self.schedule(id, now + self.cfg.connect_timeout());
@@ -285,7 +315,7 @@ impl Shard {
         };
         conn.last_rx = now;
         match (&conn.phase, packet) {
-            (Phase::AwaitConnect, Packet::Connect(c)) => self.on_connect(now, id, c),
+            (Phase::AwaitConnect, Packet::Connect(c)) => self.on_connect(now, id, *c),
             (Phase::AwaitConnect, p) => {
                 // [MQTT-3.1.0-1]: the first packet must be CONNECT.
                 self.protocol_error(now, id, p.name(), "first packet is not CONNECT")
@@ -317,40 +347,58 @@ impl Shard {
     ) {
         match packet {
             Packet::Publish(p) => self.on_publish(now, id, session, p),
-            Packet::PubAck(pid) => {
+            Packet::PubAck(a) => {
                 if let Some(s) = self.sessions.get_mut(session) {
-                    if s.puback(pid) {
-                        self.pump(id, session);
+                    if s.puback(a.packet_id) {
+                        self.pump(now, id, session);
                     }
                 }
             }
-            Packet::PubRec(pid) => {
-                let known = self
-                    .sessions
-                    .get_mut(session)
-                    .is_some_and(|s| s.pubrec(pid));
-                if known {
-                    self.write_packet(id, &Packet::PubRel(pid));
+            Packet::PubRec(a) => {
+                let Some(s) = self.sessions.get_mut(session) else {
+                    return;
+                };
+                if !a.reason.is_success() {
+                    // 4.3.3: a failed PUBREC ends the flow; the id is free again.
+                    if s.pubrec(a.packet_id) && s.pubcomp(a.packet_id) {
+                        self.pump(now, id, session);
+                    }
+                } else if s.pubrec(a.packet_id) {
+                    self.write_packet(id, &Packet::pubrel(a.packet_id));
+                } else if self.conn(id).is_some_and(|c| c.version.is_v5()) {
+                    let mut rel = crate::protocol::Ack::new(a.packet_id);
+                    rel.reason = ReasonCode::PACKET_ID_NOT_FOUND;
+                    self.write_packet(id, &Packet::PubRel(rel));
                 }
             }
-            Packet::PubRel(pid) => {
-                if let Some(s) = self.sessions.get_mut(session) {
-                    s.inbound_qos2_remove(pid);
+            Packet::PubRel(a) => {
+                let known = self.sessions.get_mut(session).is_some_and(|s| {
+                    let known = s.inbound_qos2_contains(a.packet_id);
+                    s.inbound_qos2_remove(a.packet_id);
+                    known
+                });
+                // [MQTT-4.3.3-2]: PUBCOMP with the same id, even if unknown (MQTT 5 says
+                // so with reason 0x92).
+                let mut comp = crate::protocol::Ack::new(a.packet_id);
+                if !known && self.conn(id).is_some_and(|c| c.version.is_v5()) {
+                    comp.reason = ReasonCode::PACKET_ID_NOT_FOUND;
                 }
-                // [MQTT-4.3.3-2]: PUBCOMP with the same id, even if unknown.
-                self.write_packet(id, &Packet::PubComp(pid));
+                self.write_packet(id, &Packet::PubComp(comp));
             }
-            Packet::PubComp(pid) => {
+            Packet::PubComp(a) => {
                 if let Some(s) = self.sessions.get_mut(session) {
-                    if s.pubcomp(pid) {
-                        self.pump(id, session);
+                    if s.pubcomp(a.packet_id) {
+                        self.pump(now, id, session);
                     }
                 }
             }
             Packet::Subscribe(s) => self.on_subscribe(now, id, session, s),
             Packet::Unsubscribe(u) => self.on_unsubscribe(id, session, u),
             Packet::PingReq => self.write_packet(id, &Packet::PingResp), // [MQTT-3.12.4-1]
-            Packet::Disconnect => self.on_disconnect(now, id),
+            Packet::Disconnect(d) => self.on_disconnect(now, id, session, d),
+            // No authentication method is supported, so none was agreed in CONNECT, and
+            // AUTH is a Protocol Error ([MQTT-3.15.1-1] and 4.12).
+            Packet::Auth(_) => self.protocol_error(now, id, "AUTH", "no authentication method"),
             // [MQTT-3.1.0-2]: a second CONNECT is a protocol violation.
             Packet::Connect(_) => self.protocol_error(now, id, "CONNECT", "second CONNECT"),
             p @ (Packet::ConnAck(_)
@@ -359,6 +407,34 @@ impl Shard {
             | Packet::PingResp) => {
                 self.protocol_error(now, id, p.name(), "server-to-client packet from a client")
             }
+        }
+    }
+
+    /// The protocol version spoken on a connection (3.1.1 until CONNECT says).
+    pub fn version(&self, id: ConnId) -> ProtocolVersion {
+        self.conn(id).map_or(ProtocolVersion::V3_1_1, |c| c.version)
+    }
+
+    /// The broker is stopping: MQTT 5 clients get DISCONNECT 0x8B (Server shutting
+    /// down) in their write buffers before the runtime closes every socket.
+    pub fn shutting_down(&mut self) {
+        let ids: Vec<ConnId> = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, c)| {
+                let c = c.as_ref()?;
+                (c.version.is_v5() && matches!(c.phase, Phase::Active { .. })).then_some(ConnId {
+                    slot: slot as u32,
+                    gen: c.gen,
+                })
+            })
+            .collect();
+        for id in ids {
+            self.write_packet(
+                id,
+                &Packet::Disconnect(Disconnect::new(ReasonCode::SERVER_SHUTTING_DOWN)),
+            );
         }
     }
 
@@ -399,12 +475,13 @@ impl Shard {
         &mut self.effects
     }
 
-    /// Appends an encoded packet to a connection's write buffer.
+    /// Appends an encoded packet to a connection's write buffer, in the layout of the
+    /// connection's protocol version.
     pub(crate) fn write_packet(&mut self, id: ConnId, packet: &Packet) {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        crate::protocol::encode_packet(packet, &mut conn.tx);
+        crate::protocol::encode_packet_v(packet, conn.version, &mut conn.tx);
         self.stats.messages_sent += 1;
         self.mark_dirty(id);
     }
@@ -440,7 +517,11 @@ impl Shard {
         let t = self.timers.peek().map(|Reverse((at, _, _))| *at);
         let grace = self.cfg.handover_timeout() * 2;
         let tomb = self.tombstones.front().map(|(at, _)| *at + grace);
-        [t, self.next_sys_at, tomb].into_iter().flatten().min()
+        let session = self.session_timers.peek().map(|Reverse((at, _))| *at);
+        [t, self.next_sys_at, tomb, session]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Fires due timers: CONNECT timeouts, keep-alive expiry, handover deadlines and
@@ -472,6 +553,7 @@ impl Shard {
             }
         }
         self.expire_tombstones(now);
+        self.session_timers_due(now);
         if self.next_sys_at.is_some_and(|t| t <= now) {
             self.next_sys_at = Some(now + Duration::from_secs(self.cfg.sys_interval_secs));
             self.sys_tick(now);

@@ -36,7 +36,7 @@ pub(crate) const STUB_BIT: u32 = 1 << 31;
 pub(crate) struct Stub {
     pub client_id: Arc<str>,
     pub to: WorkerId,
-    pub filters: Vec<(TopicFilter, QoS)>,
+    pub filters: Vec<(TopicFilter, crate::broker::session::Grant)>,
     /// Workers whose `Pong` (or, for this worker, the new home's `Ping`) is due.
     pub waiting: u64,
 }
@@ -108,9 +108,16 @@ impl Shard {
         });
         debug_assert!((stub_key as u32) < STUB_BIT && (key as u32) < STUB_BIT);
         let sid = stub_key as u32 | STUB_BIT;
-        for (filter, qos) in &session.subscriptions {
+        for (filter, grant) in &session.subscriptions {
+            if let Some(shared) = filter.shared() {
+                // Group membership leaves with the session and rejoins where it lands.
+                if let Ok((group, inner)) = shared {
+                    self.shared_unsubscribe(key, group, &inner);
+                }
+                continue;
+            }
             // Insert first so the filter never looks empty: no interest churn.
-            self.index.insert(filter, sid, *qos);
+            self.index.insert(filter, sid, *grant);
             self.index.remove(filter, key as u32);
         }
         self.stub_by_client
@@ -212,8 +219,8 @@ impl Shard {
         let granted = session
             .subscriptions
             .iter()
-            .filter(|(f, _)| filter_matches(f.as_str(), msg.topic.as_str()))
-            .map(|(_, q)| *q)
+            .filter(|(f, _)| f.shared().is_none() && filter_matches(f.as_str(), msg.topic.as_str()))
+            .map(|(_, g)| g.max_qos())
             .max();
         if let Some(granted) = granted {
             self.deliver(now, key, &msg, granted, false, origin);

@@ -6,10 +6,11 @@ use super::moved::STUB_BIT;
 use super::Shard;
 use crate::broker::mesh::{MeshMsg, Origin, Stamp};
 use crate::broker::message::Message;
-use crate::broker::session::{Enqueued, Queued};
+use crate::broker::session::{Enqueued, Grant, Queued};
 use crate::broker::{ConnId, WorkerId};
 use crate::protocol::{
-    Packet, Publish, QoS, SubAck, SubAckCode, Subscribe, TopicFilter, Unsubscribe,
+    Ack, Packet, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, TopicFilter,
+    UnsubAck, Unsubscribe,
 };
 use std::collections::HashMap;
 use std::time::Instant;
@@ -37,19 +38,71 @@ fn remember<'a>(
     }
 }
 
+/// An MQTT 5 acknowledgement with a reason code.
+fn ack(id: crate::protocol::PacketId, reason: ReasonCode) -> Ack {
+    let mut a = Ack::new(id);
+    a.reason = reason;
+    a
+}
+
 impl Shard {
-    pub(super) fn on_publish(&mut self, now: Instant, id: ConnId, key: usize, p: Publish) {
+    pub(super) fn on_publish(&mut self, now: Instant, id: ConnId, key: usize, mut p: Publish) {
         self.stats.publish_received += 1;
-        let msg = Message {
-            topic: p.topic,
-            payload: p.payload,
-            qos: p.qos,
-            retain: p.retain,
-        };
+        let v5 = self.conn(id).is_some_and(|c| c.version.is_v5());
+        let mut reason = ReasonCode::SUCCESS;
+        if v5 {
+            // Topic aliases (3.3.2.3.4): an alias with a topic sets the mapping, an
+            // alias with an empty topic uses it. Out of range or unknown: 0x94.
+            if let Some(alias) = p.props.topic_alias {
+                let Some(v) = self.conn_mut(id).and_then(|c| c.v5.as_mut()) else {
+                    return;
+                };
+                let Some(slot) = v.aliases_in.get_mut(usize::from(alias) - 1) else {
+                    return self.close_with(now, id, ReasonCode::TOPIC_ALIAS_INVALID);
+                };
+                if p.topic.is_empty() {
+                    match slot {
+                        Some(t) => p.topic = t.clone(),
+                        None => return self.close_with(now, id, ReasonCode::PROTOCOL_ERROR),
+                    }
+                } else {
+                    *slot = Some(p.topic.compacted());
+                }
+            }
+            if !p.props.subscription_identifiers.is_empty() {
+                // [MQTT-3.3.4-6]: a client may not send subscription identifiers.
+                return self.close_with(now, id, ReasonCode::PROTOCOL_ERROR);
+            }
+            if p.qos == QoS::ExactlyOnce {
+                let held = self.sessions.get(key).map_or(0, |s| s.inbound_qos2_len());
+                let known = p.packet_id.is_some_and(|pid| {
+                    self.sessions
+                        .get(key)
+                        .is_some_and(|s| s.inbound_qos2_contains(pid))
+                });
+                if !known && held >= self.cfg.max_inbound_qos2 {
+                    // [MQTT-3.3.4-7]: more than Receive Maximum unacknowledged.
+                    return self.close_with(now, id, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+                }
+            }
+            if p.props.payload_format_indicator == Some(1)
+                && std::str::from_utf8(&p.payload).is_err()
+            {
+                // 3.3.2.3.2: a payload that says UTF-8 and is not.
+                reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
+            }
+        }
+        let props = std::mem::take(&mut *p.props);
+        let msg = Message::new(p.topic, p.payload, p.qos, p.retain);
+        let msg = if v5 { msg.with_props(now, props) } else { msg };
         // Clients may not write the broker's own `$SYS` tree; the message is
         // acknowledged as the protocol requires but not forwarded or retained.
-        let forward =
-            !msg.topic.as_str().starts_with("$SYS") && self.may_write(id, msg.topic.as_str());
+        let sys = msg.topic.as_str().starts_with("$SYS");
+        if !sys && reason.is_success() && !self.may_write(id, msg.topic.as_str()) {
+            // Denied by the ACL: MQTT 5 acknowledges with 0x87, 3.1.1 plainly.
+            reason = ReasonCode::NOT_AUTHORIZED;
+        }
+        let forward = !sys && reason.is_success();
         match (p.qos, p.packet_id) {
             (QoS::AtMostOnce, _) => {
                 if forward {
@@ -60,18 +113,19 @@ impl Shard {
                 if forward {
                     self.route(now, msg, Some(id));
                 }
-                self.write_packet(id, &Packet::PubAck(pid)); // [MQTT-4.3.2-2]
+                self.write_packet(id, &Packet::PubAck(ack(pid, reason))); // [MQTT-4.3.2-2]
             }
             (QoS::ExactlyOnce, Some(pid)) => {
                 // [MQTT-4.3.3-2]: deliver once, remember the id until PUBREL.
-                let first = self
-                    .sessions
-                    .get_mut(key)
-                    .is_some_and(|s| s.inbound_qos2_insert(pid));
+                let first = reason.is_success()
+                    && self
+                        .sessions
+                        .get_mut(key)
+                        .is_some_and(|s| s.inbound_qos2_insert(pid));
                 if first && forward {
                     self.route(now, msg, Some(id));
                 }
-                self.write_packet(id, &Packet::PubRec(pid));
+                self.write_packet(id, &Packet::PubRec(ack(pid, reason)));
             }
             (_, None) => {
                 // The decoder guarantees an id for QoS > 0; keep the shard total anyway.
@@ -124,6 +178,7 @@ impl Shard {
             );
         }
         self.deliver_local(now, &msg, origin, stamp);
+        self.route_shared(now, &msg, origin);
     }
 
     /// Delivers to this worker's matching sessions, once per session at the highest
@@ -137,18 +192,46 @@ impl Shard {
     ) {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
-        self.index
-            .for_each_match(&msg.topic, |sub, qos| matches.push((sub, qos)));
+        // No Local (3.8.3.1): the publisher's own session, if it lives here.
+        let publisher = origin.filter(|o| o.worker == self.id).and_then(|o| {
+            match self.conn(o.conn).map(|c| &c.phase) {
+                Some(super::Phase::Active { session }) => Some(*session as u32),
+                _ => None,
+            }
+        });
+        self.index.for_each_match(&msg.topic, |sub, g| {
+            if !(g.no_local() && Some(sub) == publisher) {
+                matches.push((sub, g));
+            }
+        });
         if matches.len() > 1 {
-            matches.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-            matches.dedup_by_key(|m| m.0);
+            // One delivery per session ([MQTT-3.3.4-2]) at the highest QoS, with the
+            // RETAIN flag kept if any matching subscription asks for it.
+            matches.sort_unstable_by_key(|m| m.0);
+            let mut w = 0;
+            for r in 0..matches.len() {
+                if w > 0 && matches[w - 1].0 == matches[r].0 {
+                    let (a, b) = (matches[w - 1].1, matches[r].1);
+                    let mut opts = a.options();
+                    opts.qos = a.max_qos().max(b.max_qos());
+                    opts.retain_as_published |= b.retain_as_published();
+                    matches[w - 1].1 = Grant::new(opts, 0);
+                } else {
+                    matches[w] = matches[r];
+                    w += 1;
+                }
+            }
+            matches.truncate(w);
         }
-        for &(key, granted) in &matches {
+        for &(key, grant) in &matches {
+            let granted = grant.max_qos();
             if key & STUB_BIT != 0 {
                 self.forward_via_stub(key, msg, origin, stamp);
             } else if !self.hold_if_moving(key as usize, msg, granted, origin, stamp) {
-                // [MQTT-3.3.1-9]: RETAIN is cleared on normal forwarding.
-                self.deliver(now, key as usize, msg, granted, false, origin);
+                // [MQTT-3.3.1-9]: RETAIN is cleared on normal forwarding, unless the
+                // subscription asked for Retain As Published ([MQTT-3.3.1-12]).
+                let retain = msg.retain && grant.retain_as_published();
+                self.deliver(now, key as usize, msg, granted, retain, origin);
             }
         }
         self.matches = matches;
@@ -171,6 +254,14 @@ impl Shard {
         let max_inflight = self.cfg.max_inflight;
         let limit = self.cfg.max_queued_messages;
         let congest = self.congestion_limit();
+        if msg.expired(now) {
+            self.stats.dropped_expired += 1;
+            return;
+        }
+        if !self.fits(key, msg, qos) {
+            self.stats.dropped_too_large += 1;
+            return;
+        }
         let Some(session) = self.sessions.get_mut(key) else {
             return;
         };
@@ -187,13 +278,13 @@ impl Shard {
                 self.stats.dropped_qos0_slow += 1;
                 return;
             }
-            self.encode_delivery(cid, msg, qos, retain, None);
+            self.encode_delivery(now, cid, msg, qos, retain, None);
             return;
         }
         match online {
             Some(cid) if session.queue.is_empty() && session.window_open(max_inflight) => {
                 let pid = session.start_inflight(qos, msg.clone(), retain);
-                self.encode_delivery(cid, msg, qos, retain, Some(pid));
+                self.encode_delivery(now, cid, msg, qos, retain, Some(pid));
             }
             _ => {
                 // Online: congestion starts at the limit and back-pressures the
@@ -225,6 +316,31 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// False when an MQTT 5 client's Maximum Packet Size is below the PUBLISH this
+    /// message would need ([MQTT-3.1.2-25]: it is not sent, as if delivered). The
+    /// estimate counts a topic alias and every subscription identifier the session
+    /// could add, so it errs on the side of not sending.
+    pub(crate) fn fits(&self, key: usize, msg: &Message, qos: QoS) -> bool {
+        let Some(v5) = self.sessions.get(key).and_then(|s| s.v5.as_ref()) else {
+            return true;
+        };
+        if v5.max_packet == 0 {
+            return true;
+        }
+        let subs = self.sessions.get(key).map_or(0, |s| s.subscriptions.len());
+        let props = msg.props.as_ref().map_or(0, |p| p.body_len())
+            + 5 // message expiry
+            + 3 // topic alias
+            + if v5.has_sub_ids { 5 * subs } else { 0 };
+        let body = 2
+            + msg.topic.as_str().len()
+            + if qos == QoS::AtMostOnce { 0 } else { 2 }
+            + 4
+            + props
+            + msg.payload.len();
+        1 + 4 + body <= v5.max_packet as usize
     }
 
     /// Queue length at which an online session back-pressures its publishers: a few
@@ -260,8 +376,10 @@ impl Shard {
         }
     }
 
-    /// Moves queued messages into the in-flight window while it has room.
-    pub(crate) fn pump(&mut self, id: ConnId, key: usize) {
+    /// Moves queued messages into the in-flight window while it has room. Queued
+    /// messages that expired meanwhile, or that the client's Maximum Packet Size
+    /// refuses, are dropped here.
+    pub(crate) fn pump(&mut self, now: Instant, id: ConnId, key: usize) {
         let max_inflight = self.cfg.max_inflight;
         let low_water = self.congestion_limit() / 2;
         loop {
@@ -274,13 +392,24 @@ impl Shard {
             let Some(q) = session.queue.pop_front() else {
                 return self.resume_feeders(key);
             };
-            let (gate, conns, stats) = (&mut self.gate, &mut self.conns, &mut self.stats);
-            if !super::auth::may_read(gate, conns, stats, id, q.msg.topic.as_str()) {
+            let (auth, conns, stats) = (&mut self.auth, &self.conns, &mut self.stats);
+            if !super::auth::may_read(auth, conns, stats, id, q.msg.topic.as_str()) {
                 continue;
             }
             let drained = session.queue.len() <= low_water;
+            if q.msg.expired(now) {
+                self.stats.dropped_expired += 1;
+                continue;
+            }
+            if !self.fits(key, &q.msg, q.qos) {
+                self.stats.dropped_too_large += 1;
+                continue;
+            }
+            let Some(session) = self.sessions.get_mut(key) else {
+                return;
+            };
             let pid = session.start_inflight(q.qos, q.msg.clone(), q.retain);
-            self.encode_delivery(id, &q.msg, q.qos, q.retain, Some(pid));
+            self.encode_delivery(now, id, &q.msg, q.qos, q.retain, Some(pid));
             if drained {
                 self.resume_feeders(key);
             }
@@ -304,42 +433,83 @@ impl Shard {
 
     pub(super) fn on_subscribe(&mut self, now: Instant, id: ConnId, key: usize, sub: Subscribe) {
         let limit = self.cfg.max_subscriptions_per_session;
+        let sub_id = sub
+            .props
+            .subscription_identifiers
+            .first()
+            .copied()
+            .unwrap_or(0);
         let mut codes = Vec::with_capacity(sub.filters.len());
         // Each distinct filter once, in order (the last QoS wins), for retained delivery.
         let mut distinct: Vec<(&TopicFilter, QoS)> = Vec::new();
         let mut seen: HashMap<&TopicFilter, usize> = HashMap::new();
-        for (filter, qos) in &sub.filters {
-            if !self.may_subscribe(id, filter.as_str()) {
-                codes.push(SubAckCode::Failure);
+        for (filter, opts) in &sub.filters {
+            if !self.may_subscribe(id, filter) {
+                codes.push(ReasonCode::NOT_AUTHORIZED); // 0x80 in 3.1.1
                 continue;
             }
-            let granted = *qos; // the broker supports every QoS
+            let granted = opts.qos; // the broker supports every QoS
+            let grant = Grant::new(*opts, sub_id);
+            let shared = filter.shared();
+            if let Some(shared) = &shared {
+                let bad = match shared {
+                    Err(()) => Some(ReasonCode::TOPIC_FILTER_INVALID), // [MQTT-4.8.2-1/2]
+                    // [MQTT-3.8.3-4]: No Local on a shared subscription.
+                    Ok(_) if opts.no_local => {
+                        return self.close_with(now, id, ReasonCode::PROTOCOL_ERROR);
+                    }
+                    Ok(_) => None,
+                };
+                if let Some(code) = bad {
+                    codes.push(code);
+                    continue;
+                }
+            }
             let Some(count) = self.sessions.get(key).map(|s| s.subscriptions.len()) else {
                 return;
             };
-            if count >= limit {
-                // At the limit only replacements are accepted: probe the index.
-                let r = self.index.insert(filter, key as u32, granted);
-                if r.previous.is_none() {
-                    self.index.remove(filter, key as u32);
-                    tracing::debug!(?id, "subscription limit reached");
-                    codes.push(SubAckCode::Failure);
-                    continue;
+            let existed = match &shared {
+                Some(Ok((group, inner))) => self.shared_subscribe(key, group, inner, grant),
+                _ => self.index_insert(filter, key, grant).is_some(),
+            };
+            if !existed && count >= limit {
+                // At the limit only replacements are accepted.
+                match &shared {
+                    Some(Ok((group, inner))) => {
+                        self.shared_unsubscribe(key, group, inner);
+                    }
+                    _ => {
+                        self.index_remove(filter, key);
+                    }
                 }
-            } else if self.index_insert(filter, key, granted).is_none() {
-                if let Some(s) = self.sessions.get_mut(key) {
-                    s.subscriptions.push((filter.clone(), granted));
-                }
-                codes.push(SubAckCode::Granted(granted));
-                remember(&mut distinct, &mut seen, filter, granted);
+                tracing::debug!(?id, "subscription limit reached");
+                codes.push(ReasonCode::QUOTA_EXCEEDED);
                 continue;
             }
-            // [MQTT-3.8.4-3]: a subscription with the same filter is replaced.
             if let Some(s) = self.sessions.get_mut(key) {
-                s.add_subscription(filter, granted);
+                if existed {
+                    // [MQTT-3.8.4-3]: a subscription with the same filter is replaced.
+                    s.add_subscription(filter, grant);
+                } else {
+                    // Owned copy: the filter shares the worker's read buffer.
+                    s.subscriptions.push((filter.compacted(), grant));
+                }
+                if sub_id != 0 {
+                    s.v5.get_or_insert_with(Default::default).has_sub_ids = true;
+                }
             }
-            codes.push(SubAckCode::Granted(granted));
-            remember(&mut distinct, &mut seen, filter, granted);
+            codes.push(ReasonCode::granted(granted));
+            // Retained messages: never on a shared subscription ([MQTT-3.8.4-?], 4.8.2),
+            // and as Retain Handling says (3.8.3.1).
+            let send_retained = filter.shared().is_none()
+                && match opts.retain_handling {
+                    RetainHandling::OnSubscribe => true,
+                    RetainHandling::OnNewSubscription => !existed,
+                    RetainHandling::Never => false,
+                };
+            if send_retained {
+                remember(&mut distinct, &mut seen, filter, granted);
+            }
         }
         // [MQTT-3.8.4-1], [MQTT-3.8.4-2], [MQTT-3.8.4-5]: one code per filter, in order.
         self.write_packet(
@@ -347,6 +517,7 @@ impl Shard {
             &Packet::SubAck(SubAck {
                 packet_id: sub.packet_id,
                 codes,
+                props: Default::default(),
             }),
         );
         // [MQTT-3.3.1-6], [MQTT-3.8.4-3]: retained messages go out with RETAIN set, as
@@ -379,27 +550,43 @@ impl Shard {
     }
 
     pub(super) fn on_unsubscribe(&mut self, id: ConnId, key: usize, unsub: Unsubscribe) {
+        let mut codes = Vec::with_capacity(unsub.filters.len());
         for filter in &unsub.filters {
-            // The index answers in O(levels) whether the session has this filter; only
-            // then is the session's own list searched.
-            if self.index_remove(filter, key) {
+            let removed = match filter.shared() {
+                Some(Ok((group, inner))) => self.shared_unsubscribe(key, group, &inner),
+                Some(Err(())) => false,
+                // The index answers in O(levels) whether the session has this filter;
+                // only then is the session's own list searched.
+                None => self.index_remove(filter, key),
+            };
+            if removed {
                 if let Some(s) = self.sessions.get_mut(key) {
                     s.remove_subscription(filter);
                 }
+                codes.push(ReasonCode::SUCCESS);
+            } else {
+                codes.push(ReasonCode::NO_SUBSCRIPTION_EXISTED);
             }
         }
         // [MQTT-3.10.4-4], [MQTT-3.10.4-5]: UNSUBACK even when nothing matched.
-        self.write_packet(id, &Packet::UnsubAck(unsub.packet_id));
+        self.write_packet(
+            id,
+            &Packet::UnsubAck(UnsubAck {
+                packet_id: unsub.packet_id,
+                codes,
+                props: Default::default(),
+            }),
+        );
     }
 
     /// Adds to the local index and tells the other workers about a new filter;
-    /// returns the QoS it replaced, if the session had this filter already.
+    /// returns the options it replaced, if the session had this filter already.
     pub(crate) fn index_insert(
         &mut self,
         filter: &TopicFilter,
         key: usize,
-        qos: QoS,
-    ) -> Option<QoS> {
+        qos: Grant,
+    ) -> Option<Grant> {
         let r = self.index.insert(filter, key as u32, qos);
         if r.filter_was_empty {
             self.broadcast_interest(filter, true);
@@ -515,6 +702,13 @@ impl Shard {
             MeshMsg::Pong { client_id } => self.on_pong(from, &client_id),
             MeshMsg::Done { client_id, origin } => self.on_done(now, from, &client_id, origin),
             MeshMsg::Flushed { client_id } => self.on_flushed(now, from, &client_id),
+            MeshMsg::SharedMember { group, add } => self.on_shared_member(from, group, add),
+            MeshMsg::Shared {
+                group,
+                msg,
+                origin,
+                visited,
+            } => self.on_shared(now, group, msg, origin, visited),
             MeshMsg::Resume { conn } => {
                 if self.is_open(conn) {
                     self.effects.resume.push(conn);

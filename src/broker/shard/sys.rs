@@ -29,7 +29,7 @@ impl Shard {
             latency.merge(l);
         }
         let uptime = now.saturating_duration_since(self.started_at).as_secs();
-        let topics: [(&str, String); 25] = [
+        let topics: [(&str, String); 29] = [
             ("version", format!("ternmq {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{uptime} seconds")),
             ("clients/connected", total.clients_connected.to_string()),
@@ -64,6 +64,13 @@ impl Shard {
                 total.dropped_qos0_offline.to_string(),
             ),
             ("dropped/queue_full", total.dropped_queue_full.to_string()),
+            ("dropped/too_large", total.dropped_too_large.to_string()),
+            ("dropped/expired", total.dropped_expired.to_string()),
+            (
+                "dropped/shared_no_member",
+                total.dropped_shared_no_member.to_string(),
+            ),
+            ("sessions/expired", total.sessions_expired.to_string()),
             ("protocol_errors", total.protocol_errors.to_string()),
             ("backpressure/pauses", total.backpressure_pauses.to_string()),
             ("auth/refused", total.auth_refused.to_string()),
@@ -94,12 +101,7 @@ impl Shard {
                 debug_assert!(false, "bad $SYS topic {name}");
                 continue;
             };
-            let msg = Message {
-                topic,
-                payload: Bytes::from(value),
-                qos: QoS::AtMostOnce,
-                retain: true,
-            };
+            let msg = Message::new(topic, Bytes::from(value), QoS::AtMostOnce, true);
             self.route(now, msg, None);
         }
     }

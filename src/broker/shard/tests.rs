@@ -131,7 +131,7 @@ impl H {
         !self.shards[c.0].is_open(c.1)
     }
 
-    fn connect_with(&mut self, w: usize, connect: Connect) -> ((usize, ConnId), ConnAck) {
+    fn connect_with(&mut self, w: usize, connect: Box<Connect>) -> ((usize, ConnId), ConnAck) {
         let c = self.open(w);
         self.send(c, Packet::Connect(connect));
         let mut got = self.recv(c);
@@ -146,7 +146,7 @@ impl H {
 
     fn connect(&mut self, w: usize, id: &str, clean: bool) -> (usize, ConnId) {
         let (c, ack) = self.connect_with(w, connect(id, clean));
-        assert_eq!(ack.code, ConnectReturnCode::Accepted);
+        assert_eq!(ack.code, ReasonCode::SUCCESS);
         c
     }
 
@@ -155,12 +155,13 @@ impl H {
             c,
             Packet::Subscribe(Subscribe {
                 packet_id: pid(1),
-                filters: vec![(TopicFilter::new(filter).unwrap(), qos)],
+                filters: vec![(TopicFilter::new(filter).unwrap(), qos.into())],
+                props: Default::default(),
             }),
         );
         let got = self.recv(c);
         assert!(
-            matches!(&got[0], Packet::SubAck(s) if s.codes == vec![SubAckCode::Granted(qos)]),
+            matches!(&got[0], Packet::SubAck(s) if s.codes == vec![ReasonCode::granted(qos)]),
             "{got:?}"
         );
     }
@@ -170,8 +171,8 @@ fn pid(n: u16) -> PacketId {
     PacketId::new(n).unwrap()
 }
 
-fn connect(id: &str, clean: bool) -> Connect {
-    Connect {
+fn connect(id: &str, clean: bool) -> Box<Connect> {
+    Box::new(Connect {
         version: ProtocolVersion::V3_1_1,
         clean_session: clean,
         keep_alive_secs: 0,
@@ -179,7 +180,8 @@ fn connect(id: &str, clean: bool) -> Connect {
         will: None,
         username: None,
         password: None,
-    }
+        props: Default::default(),
+    })
 }
 
 fn publish(topic: &str, qos: QoS, id: u16, payload: &'static [u8]) -> Packet {
@@ -190,6 +192,7 @@ fn publish(topic: &str, qos: QoS, id: u16, payload: &'static [u8]) -> Packet {
         topic: TopicName::new(topic).unwrap(),
         packet_id: (qos != QoS::AtMostOnce).then(|| pid(id)),
         payload: Bytes::from_static(payload),
+        props: Default::default(),
     })
 }
 
@@ -204,7 +207,7 @@ fn published(p: &Packet) -> &Publish {
 fn connack_accepts_and_reports_no_session() {
     let mut h = H::new(1);
     let (_, ack) = h.connect_with(0, connect("a", true));
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ReasonCode::SUCCESS);
     assert!(!ack.session_present, "[MQTT-3.2.2-1]");
 }
 
@@ -231,11 +234,11 @@ fn empty_client_id_rules() {
     let mut h = H::new(1);
     // [MQTT-3.1.3-8]: empty id with clean session 0 -> 0x02 and close.
     let (c, ack) = h.connect_with(0, connect("", false));
-    assert_eq!(ack.code, ConnectReturnCode::IdentifierRejected);
+    assert_eq!(ack.code, ReasonCode::CLIENT_ID_NOT_VALID);
     assert!(h.is_closed(c));
     // [MQTT-3.1.3-6]: empty id with clean session 1 -> accepted with a fresh id.
     let (c, ack) = h.connect_with(0, connect("", true));
-    assert_eq!(ack.code, ConnectReturnCode::Accepted);
+    assert_eq!(ack.code, ReasonCode::SUCCESS);
     assert!(!h.is_closed(c));
 }
 
@@ -245,7 +248,7 @@ fn v31_client_id_longer_than_23_is_rejected() {
     let mut c = connect("abcdefghijklmnopqrstuvwxyz", true);
     c.version = ProtocolVersion::V3_1;
     let (_, ack) = h.connect_with(0, c);
-    assert_eq!(ack.code, ConnectReturnCode::IdentifierRejected);
+    assert_eq!(ack.code, ReasonCode::CLIENT_ID_NOT_VALID);
 }
 
 #[test]
@@ -271,25 +274,25 @@ fn qos_levels_end_to_end() {
     assert_eq!(published(&got[0]).qos, QoS::AtMostOnce);
 
     h.send(pubc, publish("t/1", QoS::AtLeastOnce, 7, b"one"));
-    assert_eq!(h.recv(pubc), vec![Packet::PubAck(pid(7))]);
+    assert_eq!(h.recv(pubc), vec![Packet::puback(pid(7))]);
     let got = h.recv(sub);
     let p = published(&got[0]);
     assert_eq!((p.qos, &p.payload[..]), (QoS::AtLeastOnce, &b"one"[..]));
-    h.send(sub, Packet::PubAck(p.packet_id.unwrap()));
+    h.send(sub, Packet::puback(p.packet_id.unwrap()));
 
     h.send(pubc, publish("t/2", QoS::ExactlyOnce, 8, b"two"));
-    assert_eq!(h.recv(pubc), vec![Packet::PubRec(pid(8))]);
+    assert_eq!(h.recv(pubc), vec![Packet::pubrec(pid(8))]);
     // A duplicate before PUBREL is acknowledged but not delivered again [MQTT-4.3.3-2].
     h.send(pubc, publish("t/2", QoS::ExactlyOnce, 8, b"two"));
-    assert_eq!(h.recv(pubc), vec![Packet::PubRec(pid(8))]);
-    h.send(pubc, Packet::PubRel(pid(8)));
-    assert_eq!(h.recv(pubc), vec![Packet::PubComp(pid(8))]);
+    assert_eq!(h.recv(pubc), vec![Packet::pubrec(pid(8))]);
+    h.send(pubc, Packet::pubrel(pid(8)));
+    assert_eq!(h.recv(pubc), vec![Packet::pubcomp(pid(8))]);
     let got = h.recv(sub);
     assert_eq!(got.len(), 1, "exactly once: {got:?}");
     let id = published(&got[0]).packet_id.unwrap();
-    h.send(sub, Packet::PubRec(id));
-    assert_eq!(h.recv(sub), vec![Packet::PubRel(id)]);
-    h.send(sub, Packet::PubComp(id));
+    h.send(sub, Packet::pubrec(id));
+    assert_eq!(h.recv(sub), vec![Packet::pubrel(id)]);
+    h.send(sub, Packet::pubcomp(id));
     assert!(h.recv(sub).is_empty());
 }
 
@@ -333,7 +336,8 @@ fn retained_messages() {
         sub,
         Packet::Subscribe(Subscribe {
             packet_id: pid(3),
-            filters: vec![(TopicFilter::new("r/+").unwrap(), QoS::ExactlyOnce)],
+            filters: vec![(TopicFilter::new("r/+").unwrap(), QoS::ExactlyOnce.into())],
+            props: Default::default(),
         }),
     );
     let got = h.recv(sub);
@@ -361,7 +365,8 @@ fn retained_messages() {
         late,
         Packet::Subscribe(Subscribe {
             packet_id: pid(3),
-            filters: vec![(TopicFilter::new("r/#").unwrap(), QoS::AtMostOnce)],
+            filters: vec![(TopicFilter::new("r/#").unwrap(), QoS::AtMostOnce.into())],
+            props: Default::default(),
         }),
     );
     assert_eq!(h.recv(late).len(), 1, "only the SUBACK");
@@ -378,6 +383,7 @@ fn will_on_abnormal_close_not_on_disconnect() {
         payload: Bytes::from_static(b"gone"),
         qos: QoS::AtLeastOnce,
         retain: false,
+        props: Default::default(),
     });
     let (dying, _) = h.connect_with(0, c.clone());
     h.shards[0].closed(h.now, dying.1);
@@ -386,7 +392,7 @@ fn will_on_abnormal_close_not_on_disconnect() {
     assert_eq!(&published(&got[0]).payload[..], b"gone");
 
     let (polite, _) = h.connect_with(0, c);
-    h.send(polite, Packet::Disconnect);
+    h.send(polite, Packet::disconnect());
     assert!(h.is_closed(polite));
     assert!(h.recv(watcher).is_empty(), "[MQTT-3.14.4-3]");
 }
@@ -403,6 +409,7 @@ fn keep_alive_expiry_closes_and_publishes_will() {
         payload: Bytes::from_static(b"timeout"),
         qos: QoS::AtMostOnce,
         retain: false,
+        props: Default::default(),
     });
     let (ka, _) = h.connect_with(0, c);
     h.advance(Duration::from_millis(2900));
@@ -450,8 +457,8 @@ fn unacknowledged_messages_are_resent_with_dup_on_reconnect() {
     h.send(pubc, publish("q", QoS::ExactlyOnce, 2, b"b"));
     let got = h.recv(sub);
     let (a, b) = (published(&got[0]).clone(), published(&got[1]).clone());
-    h.send(sub, Packet::PubRec(b.packet_id.unwrap()));
-    assert_eq!(h.recv(sub), vec![Packet::PubRel(b.packet_id.unwrap())]);
+    h.send(sub, Packet::pubrec(b.packet_id.unwrap()));
+    assert_eq!(h.recv(sub), vec![Packet::pubrel(b.packet_id.unwrap())]);
     h.shards[0].closed(h.now, sub.1);
     let (sub, ack) = h.connect_with(0, connect("p", false));
     assert!(ack.session_present);
@@ -459,7 +466,7 @@ fn unacknowledged_messages_are_resent_with_dup_on_reconnect() {
     let again = published(&got[0]);
     assert!(again.dup, "[MQTT-4.4.0-1]");
     assert_eq!(again.packet_id, a.packet_id);
-    assert_eq!(got[1], Packet::PubRel(b.packet_id.unwrap()));
+    assert_eq!(got[1], Packet::pubrel(b.packet_id.unwrap()));
 }
 
 #[test]
@@ -477,7 +484,7 @@ fn inflight_window_limits_and_queue_drains_in_order() {
     }
     let got = h.recv(sub);
     assert_eq!(got.len(), 2, "window of 2");
-    h.send(sub, Packet::PubAck(published(&got[0]).packet_id.unwrap()));
+    h.send(sub, Packet::puback(published(&got[0]).packet_id.unwrap()));
     assert_eq!(h.recv(sub).len(), 1, "one slot freed, one sent");
 }
 
@@ -516,9 +523,10 @@ fn cross_worker_routing_follows_interest() {
         Packet::Unsubscribe(Unsubscribe {
             packet_id: pid(9),
             filters: vec![TopicFilter::new("x/+").unwrap()],
+            props: Default::default(),
         }),
     );
-    assert_eq!(h.recv(sub), vec![Packet::UnsubAck(pid(9))]);
+    assert_eq!(h.recv(sub), vec![Packet::unsuback(pid(9))]);
     h.send(pubc, publish("x/1", QoS::AtMostOnce, 0, b"hi"));
     assert!(h.recv(sub).is_empty());
     assert!(
@@ -550,7 +558,7 @@ fn client_publish_to_sys_is_not_forwarded() {
     h.subscribe(sub, "$SYS/#", QoS::AtMostOnce);
     let pubc = h.connect(0, "p", true);
     h.send(pubc, publish("$SYS/broker/fake", QoS::AtLeastOnce, 1, b"x"));
-    assert_eq!(h.recv(pubc), vec![Packet::PubAck(pid(1))]);
+    assert_eq!(h.recv(pubc), vec![Packet::puback(pid(1))]);
     assert!(h.recv(sub).is_empty());
 }
 
@@ -685,7 +693,7 @@ fn congested_online_subscriber_pauses_its_publisher_then_drops_oldest() {
     let got = h.recv(slow);
     assert_eq!(got.len(), 2);
     for p in &got {
-        h.send(slow, Packet::PubAck(published(p).packet_id.unwrap()));
+        h.send(slow, Packet::puback(published(p).packet_id.unwrap()));
     }
     assert_eq!(h.recv(slow).len(), 2, "two more from the queue");
 }
@@ -709,7 +717,8 @@ fn retained_seen(h: &mut H, w: usize, filter: &str) -> Vec<Bytes> {
         c,
         Packet::Subscribe(Subscribe {
             packet_id: pid(1),
-            filters: vec![(TopicFilter::new(filter).unwrap(), QoS::AtMostOnce)],
+            filters: vec![(TopicFilter::new(filter).unwrap(), QoS::AtMostOnce.into())],
+            props: Default::default(),
         }),
     );
     h.recv(c)
@@ -768,7 +777,8 @@ fn packets_sent_before_connack_wait_for_the_session() {
         new,
         Packet::Subscribe(Subscribe {
             packet_id: pid(4),
-            filters: vec![(TopicFilter::new("b").unwrap(), QoS::AtMostOnce)],
+            filters: vec![(TopicFilter::new("b").unwrap(), QoS::AtMostOnce.into())],
+            props: Default::default(),
         }),
     );
     h.send_only(new, Packet::PingReq);
@@ -776,7 +786,7 @@ fn packets_sent_before_connack_wait_for_the_session() {
     assert!(!h.is_closed(new));
     let got = h.recv(new);
     assert!(
-        matches!(got[0], Packet::ConnAck(a) if a.session_present),
+        matches!(&got[0], Packet::ConnAck(a) if a.session_present),
         "{got:?}"
     );
     assert!(
@@ -798,6 +808,7 @@ fn wills_are_not_published_for_unaccepted_connections_or_into_sys() {
         payload: Bytes::from_static(b"x"),
         qos: QoS::AtMostOnce,
         retain: true,
+        props: Default::default(),
     };
     // A will into $SYS is discarded at CONNECT.
     let mut c = connect("spoof", true);
@@ -829,7 +840,7 @@ fn subscription_limit_and_repeated_filters() {
         h.send(pubc, retained_packet(&format!("r/{i}")));
     }
     let s = h.connect(0, "s", true);
-    let f = |t: &str| (TopicFilter::new(t).unwrap(), QoS::AtMostOnce);
+    let f = |t: &str| (TopicFilter::new(t).unwrap(), QoS::AtMostOnce.into());
     // The same filter many times counts once and brings the retained messages once.
     let mut filters = vec![f("r/#"); 1000];
     filters.extend([f("a"), f("b"), f("c"), f("r/#")]);
@@ -838,6 +849,7 @@ fn subscription_limit_and_repeated_filters() {
         Packet::Subscribe(Subscribe {
             packet_id: pid(1),
             filters,
+            props: Default::default(),
         }),
     );
     let got = h.recv(s);
@@ -847,13 +859,17 @@ fn subscription_limit_and_repeated_filters() {
     assert_eq!(ack.codes.len(), 1004);
     assert_eq!(
         ack.codes[1001],
-        SubAckCode::Granted(QoS::AtMostOnce),
+        ReasonCode::granted(QoS::AtMostOnce),
         "b is the 3rd"
     );
-    assert_eq!(ack.codes[1002], SubAckCode::Failure, "c is over the limit");
+    assert_eq!(
+        ack.codes[1002],
+        ReasonCode::UNSPECIFIED_ERROR,
+        "c is over the limit"
+    );
     assert_eq!(
         ack.codes[1003],
-        SubAckCode::Granted(QoS::AtMostOnce),
+        ReasonCode::granted(QoS::AtMostOnce),
         "a replacement is fine"
     );
     assert_eq!(got.len() - 1, 5, "each retained message once");
@@ -868,6 +884,7 @@ fn retained_packet(topic: &str) -> Packet {
         topic: TopicName::new(topic).unwrap(),
         packet_id: None,
         payload: Bytes::from_static(b"v"),
+        props: Default::default(),
     })
 }
 
@@ -903,7 +920,7 @@ fn paused_publishers_resume_when_the_queue_drains() {
     for _ in 0..6 {
         let got = h.recv(slow);
         for p in &got {
-            h.send(slow, Packet::PubAck(published(p).packet_id.unwrap()));
+            h.send(slow, Packet::puback(published(p).packet_id.unwrap()));
         }
     }
     assert!(
