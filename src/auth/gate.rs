@@ -53,7 +53,7 @@ pub enum Refusal {
     BackingOff,
 }
 
-/// Authentication state of one connection (boxed in the shard's connection, and
+/// Authentication state of one connection (boxed in the shard's side table, and
 /// only when authentication is configured).
 #[derive(Debug, Clone, Default)]
 pub struct ConnAuth {

@@ -229,6 +229,8 @@ mod tests {
         shard: Shard,
         now: Instant,
         slot: u32,
+        /// How `recv` decodes what the shard wrote.
+        version: ProtocolVersion,
     }
 
     impl H {
@@ -245,10 +247,21 @@ mod tests {
                 shard,
                 now,
                 slot: 0,
+                version: ProtocolVersion::V3_1_1,
             }
         }
 
         fn connect(&mut self, client: &str, user: &str, pass: &str) -> ConnId {
+            self.connect_v(client, user, pass, ProtocolVersion::V3_1_1)
+        }
+
+        fn connect_v(
+            &mut self,
+            client: &str,
+            user: &str,
+            pass: &str,
+            version: ProtocolVersion,
+        ) -> ConnId {
             self.slot += 1;
             let id = ConnId {
                 slot: self.slot,
@@ -257,7 +270,7 @@ mod tests {
             self.shard.open(self.now, id);
             self.shard.set_peer(id, "127.0.0.9".parse().unwrap());
             let c = Connect {
-                version: ProtocolVersion::V3_1_1,
+                version,
                 clean_session: true,
                 keep_alive_secs: 0,
                 client_id: client.into(),
@@ -284,7 +297,8 @@ mod tests {
             };
             let mut buf = BytesMut::from(&tx[..]);
             let mut out = Vec::new();
-            while let Some(p) = decode_one(&mut buf, usize::MAX).unwrap() {
+            let version = self.version;
+            while let Some(p) = decode_one_v(&mut buf, usize::MAX, version).unwrap() {
                 out.push(p);
             }
             out
@@ -398,5 +412,58 @@ mod tests {
         assert_eq!(s.auth_refused, 1);
         assert_eq!(s.acl_denied_subscribe, 1);
         assert_eq!(s.acl_denied_publish, 1);
+    }
+
+    #[test]
+    fn mqtt5_clients_get_reason_codes() {
+        let pw = passwd(&[("a", "1")]);
+        let mut h = H::new(&pw, "user a\ntopic readwrite a/#\n");
+        h.version = ProtocolVersion::V5;
+        let bad = h.connect_v("x", "a", "wrong", ProtocolVersion::V5);
+        assert_eq!(h.connack(bad), Some(ReasonCode::BAD_USER_NAME_OR_PASSWORD));
+        h.now += Duration::from_millis(1);
+        let id = h.connect_v("ca", "a", "1", ProtocolVersion::V5);
+        assert_eq!(h.connack(id), Some(ReasonCode::SUCCESS));
+        let f = |s: &str| TopicFilter::new(s).unwrap();
+        let sub = Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            filters: vec![
+                (f("$share/g/a/#"), QoS::AtMostOnce.into()),
+                (f("b/#"), QoS::AtMostOnce.into()),
+            ],
+            props: Default::default(),
+        };
+        h.shard.packet(h.now, id, Packet::Subscribe(sub));
+        h.shard.packet(
+            h.now,
+            id,
+            Packet::Publish(Publish {
+                dup: false,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                topic: TopicName::new("b/1").unwrap(),
+                packet_id: PacketId::new(2),
+                payload: Bytes::from_static(b"x"),
+                props: Default::default(),
+            }),
+        );
+        let got = h.recv(id);
+        let codes = got.iter().find_map(|p| match p {
+            Packet::SubAck(s) => Some(s.codes.clone()),
+            _ => None,
+        });
+        assert_eq!(
+            codes,
+            Some(vec![
+                ReasonCode::granted(QoS::AtMostOnce),
+                ReasonCode::NOT_AUTHORIZED
+            ]),
+            "a shared subscription is judged by its inner filter"
+        );
+        let ack = got.iter().find_map(|p| match p {
+            Packet::PubAck(a) => Some(a.reason),
+            _ => None,
+        });
+        assert_eq!(ack, Some(ReasonCode::NOT_AUTHORIZED));
     }
 }
