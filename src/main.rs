@@ -54,6 +54,9 @@ struct Cli {
     /// QoS 1/2 messages queued per session. Default 1000.
     #[arg(long)]
     max_queued_messages: Option<usize>,
+    /// How a shared subscription group picks its member. Default round-robin.
+    #[arg(long, value_enum)]
+    shared_subscription_strategy: Option<ternmq::config::SharedStrategy>,
     /// Seconds a new connection has to send CONNECT. Default 10.
     #[arg(long)]
     connect_timeout: Option<u64>,
@@ -123,6 +126,9 @@ impl Cli {
         }
         if let Some(v) = self.max_queued_messages {
             cfg.max_queued_messages = v;
+        }
+        if let Some(v) = self.shared_subscription_strategy {
+            cfg.shared_subscription_strategy = v;
         }
         if let Some(v) = self.connect_timeout {
             cfg.connect_timeout_secs = v;

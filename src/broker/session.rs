@@ -246,22 +246,30 @@ impl Session {
     }
 
     /// The identifiers of this session's subscriptions matching `topic`, in
-    /// subscription order (3.3.4: every matching one is sent).
-    pub fn sub_ids_for(&self, topic: &crate::protocol::TopicName, out: &mut Vec<u32>) {
+    /// subscription order (3.3.4: every matching one is sent). A copy delivered
+    /// through a shared subscription carries that subscription's identifier only;
+    /// any other copy carries those of the non-shared subscriptions ([MQTT-3.3.4-5]).
+    pub fn sub_ids_for(
+        &self,
+        topic: &crate::protocol::TopicName,
+        shared: Option<&crate::broker::shard::GroupKey>,
+        out: &mut Vec<u32>,
+    ) {
         out.clear();
         if !self.v5.as_ref().is_some_and(|v| v.has_sub_ids) {
             return;
         }
         for (f, g) in &self.subscriptions {
-            if let Some(id) = g.sub_id() {
-                let inner = match f.shared() {
-                    Some(Ok((_, inner))) => inner,
-                    Some(Err(())) => continue,
-                    None => f.clone(),
-                };
-                if inner.matches(topic) && !out.contains(&id) {
-                    out.push(id);
+            let Some(id) = g.sub_id() else { continue };
+            let hit = match (f.shared(), shared) {
+                (None, None) => f.matches(topic),
+                (Some(Ok((group, inner))), Some(key)) => {
+                    *group == *key.0 && inner == key.1 && inner.matches(topic)
                 }
+                _ => false,
+            };
+            if hit && !out.contains(&id) {
+                out.push(id);
             }
         }
     }

@@ -88,12 +88,18 @@ impl Shard {
             if (!c.clean_session && !c.version.is_v5()) || c.version == ProtocolVersion::V3_1 {
                 return self.refuse(id, ReasonCode::CLIENT_ID_NOT_VALID);
             }
-            // [MQTT-3.1.3-6]: assign a unique id.
-            self.next_auto_id += 1;
+            // [MQTT-3.1.3-6]: assign a unique id, one no client holds ([MQTT-3.2.2-16]).
             if let Some(v5) = self.conn_mut(id).and_then(|c| c.v5.as_mut()) {
                 v5.assigned_id = true;
             }
-            format!("ternmq-auto-{}-{}", self.id, self.next_auto_id).into()
+            loop {
+                self.next_auto_id += 1;
+                let candidate: Arc<str> =
+                    format!("ternmq-auto-{}-{}", self.id, self.next_auto_id).into();
+                if self.registry.owner(&candidate).is_none() {
+                    break candidate;
+                }
+            }
         } else {
             if c.version == ProtocolVersion::V3_1 && c.client_id.len() > V31_CLIENT_ID_LEN_MAX {
                 return self.refuse(id, ReasonCode::CLIENT_ID_NOT_VALID);
@@ -720,7 +726,7 @@ impl Shard {
             sub_ids.clear();
             if let Some(session) = phase_session {
                 if let Some(s) = self.sessions.get(session) {
-                    s.sub_ids_for(&msg.topic, &mut sub_ids);
+                    s.sub_ids_for(&msg.topic, msg.shared.as_ref(), &mut sub_ids);
                 }
             }
             let Some(conn) = self.conn_mut(id) else {

@@ -73,18 +73,6 @@ impl Shard {
                 // [MQTT-3.3.4-6]: a client may not send subscription identifiers.
                 return self.close_with(now, id, ReasonCode::PROTOCOL_ERROR);
             }
-            if p.qos == QoS::ExactlyOnce {
-                let held = self.sessions.get(key).map_or(0, |s| s.inbound_qos2_len());
-                let known = p.packet_id.is_some_and(|pid| {
-                    self.sessions
-                        .get(key)
-                        .is_some_and(|s| s.inbound_qos2_contains(pid))
-                });
-                if !known && held >= self.cfg.max_inbound_qos2 {
-                    // [MQTT-3.3.4-7]: more than Receive Maximum unacknowledged.
-                    return self.close_with(now, id, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
-                }
-            }
             if p.props.payload_format_indicator == Some(1)
                 && std::str::from_utf8(&p.payload).is_err()
             {
@@ -92,9 +80,26 @@ impl Shard {
                 reason = ReasonCode::PAYLOAD_FORMAT_INVALID;
             }
         }
-        let props = std::mem::take(&mut *p.props);
+        if p.qos == QoS::ExactlyOnce {
+            // Inbound QoS 2 ids held until PUBREL are bounded: MQTT 5 announces the
+            // bound as Receive Maximum ([MQTT-3.3.4-7]: beyond it, 0x93); a 3.1.1
+            // client that exceeds it is closed, as it would grow the set forever.
+            let held = self.sessions.get(key).map_or(0, |s| s.inbound_qos2_len());
+            let known = p.packet_id.is_some_and(|pid| {
+                self.sessions
+                    .get(key)
+                    .is_some_and(|s| s.inbound_qos2_contains(pid))
+            });
+            if !known && held >= self.cfg.max_inbound_qos2 {
+                return self.close_with(now, id, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+            }
+        }
+        let props = p.props.take();
         let msg = Message::new(p.topic, p.payload, p.qos, p.retain);
-        let msg = if v5 { msg.with_props(now, props) } else { msg };
+        let msg = match props {
+            Some(props) => msg.with_props(now, props),
+            None => msg,
+        };
         // Clients may not write the broker's own `$SYS` tree; the message is
         // acknowledged as the protocol requires but not forwarded or retained.
         let sys = msg.topic.as_str().starts_with("$SYS");
