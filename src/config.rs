@@ -99,6 +99,14 @@ pub struct Config {
     pub read_budget_bytes: usize,
     /// Log filter (tracing `EnvFilter` syntax) when `RUST_LOG` is unset.
     pub log_level: String,
+    /// Password file (`user:hash` lines, see `ternmq passwd`); none by default.
+    pub password_file: Option<PathBuf>,
+    /// ACL file in Mosquitto's format; none by default (every topic allowed). Once
+    /// set, whatever it does not grant is denied.
+    pub acl_file: Option<PathBuf>,
+    /// Accept clients without a user name. Unset: true unless a password file is
+    /// configured (as in Mosquitto 2).
+    pub allow_anonymous: Option<bool>,
 }
 
 impl Default for Config {
@@ -126,6 +134,9 @@ impl Default for Config {
             sys_interval_secs: 10,
             read_budget_bytes: 256 * 1024,
             log_level: "info".to_string(),
+            password_file: None,
+            acl_file: None,
+            allow_anonymous: None,
         }
     }
 }
@@ -288,6 +299,18 @@ mod tests {
         for cfg in bad {
             assert!(cfg.validate().is_err(), "{cfg:?}");
         }
+    }
+
+    #[test]
+    fn auth_keys_are_read() {
+        let cfg: Config = toml::from_str(
+            "password_file = \"/etc/ternmq/passwd\"\nacl_file = \"acl\"\nallow_anonymous = false",
+        )
+        .unwrap();
+        assert_eq!(cfg.password_file, Some(PathBuf::from("/etc/ternmq/passwd")));
+        assert_eq!(cfg.acl_file, Some(PathBuf::from("acl")));
+        assert_eq!(cfg.allow_anonymous, Some(false));
+        assert_eq!(Config::default().allow_anonymous, None);
     }
 
     #[test]

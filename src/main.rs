@@ -1,7 +1,9 @@
 //! The `ternmq` binary: parses the command line, sets up logging, starts the broker
 //! and stops it on SIGINT/SIGTERM; or, as `ternmq bench <scenario> ...`, runs the
 //! bundled load generator (`ternmq bench plot` plots `.hgrm` files), and as
-//! `ternmq stats` prints a broker's `$SYS` values. All logic lives in the library.
+//! `ternmq stats` prints a broker's `$SYS` values, and `ternmq passwd` edits a
+//! password file. SIGHUP reloads the password and ACL files. All logic lives in the
+//! library.
 
 use clap::Parser;
 use std::net::SocketAddr;
@@ -64,6 +66,15 @@ struct Cli {
     /// Log filter when RUST_LOG is unset (error, warn, info, debug, trace). Default info.
     #[arg(long)]
     log_level: Option<String>,
+    /// Password file (create users with `ternmq passwd`). Default none.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// ACL file in Mosquitto's format; what it does not grant is denied. Default none.
+    #[arg(long)]
+    acl_file: Option<PathBuf>,
+    /// Accept clients without a user name. Default: true unless a password file is set.
+    #[arg(long)]
+    allow_anonymous: Option<bool>,
 }
 
 /// Subcommands; without one, `ternmq` runs the broker.
@@ -73,6 +84,8 @@ enum Command {
     Bench(Box<ternmq::bench::cli::BenchCommand>),
     /// Print a broker's $SYS/broker statistics (clients, messages, drops, latency).
     Stats(ternmq::bench::sys_stats::StatsArgs),
+    /// Add or update a user in a password file (-D deletes, -c creates the file).
+    Passwd(ternmq::auth::cli::PasswdArgs),
 }
 
 impl Cli {
@@ -126,6 +139,15 @@ impl Cli {
         if let Some(v) = self.log_level {
             cfg.log_level = v;
         }
+        if self.password_file.is_some() {
+            cfg.password_file = self.password_file;
+        }
+        if self.acl_file.is_some() {
+            cfg.acl_file = self.acl_file;
+        }
+        if self.allow_anonymous.is_some() {
+            cfg.allow_anonymous = self.allow_anonymous;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -162,6 +184,15 @@ fn main() -> ExitCode {
     match cli.command.take() {
         Some(Command::Bench(args)) => return bench(&args),
         Some(Command::Stats(args)) => return stats(&args),
+        Some(Command::Passwd(args)) => {
+            return match args.execute() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ternmq passwd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None => {}
     }
     let cfg = match cli.into_config() {
@@ -178,15 +209,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGUSR2])
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ternmq: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut signals =
+        match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGUSR2, SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ternmq: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let broker = match ternmq::runtime::start(cfg) {
         Ok(b) => b,
         Err(e) => {
@@ -202,6 +233,11 @@ fn main() -> ExitCode {
                 broker.reset_latency();
                 tracing::info!("latency histograms reset");
             }
+            // SIGHUP reloads the password and ACL files; connections stay.
+            SIGHUP => match broker.reload_auth() {
+                Ok(()) => tracing::info!("authentication files reloaded"),
+                Err(e) => tracing::error!(error = %e, "reload failed, previous rules kept"),
+            },
             _ => {
                 tracing::info!(signal = sig, "shutting down");
                 break;

@@ -107,6 +107,9 @@ impl Shard {
             Arc::from(&*c.client_id)
         };
 
+        let Some(c) = self.authenticate(now, id, c, &client_id, deadline, ticket) else {
+            return;
+        };
         // [MQTT-3.1.4-2]: one connection per client id, wherever it lives.
         let clean = c.clean_session;
         let claim = match self.registry.claim(&client_id, self.id, ticket) {
@@ -140,7 +143,7 @@ impl Shard {
     }
 
     /// Parks a CONNECT whose client id is busy; `tick` retries it.
-    fn park_connect(
+    pub(super) fn park_connect(
         &mut self,
         now: Instant,
         id: ConnId,
@@ -633,6 +636,7 @@ impl Shard {
         let phase = std::mem::replace(&mut conn.phase, Phase::AwaitConnect);
         // Only an accepted connection (CONNACK sent) has a will to publish.
         let will = will.filter(|_| matches!(phase, Phase::Active { .. }));
+        let will = will.filter(|w| self.may_write(id, w.topic.as_str()));
         let mut will = will.map(|w| *w);
         if let Phase::Active { session } = phase {
             self.stats.clients_connected = self.stats.clients_connected.saturating_sub(1);
@@ -688,6 +692,7 @@ impl Shard {
             return;
         };
         let Conn { tx, phase, .. } = conn;
+        self.forget_auth(id);
         if let Phase::AwaitHandover(p) = &phase {
             // The session is still expected: it will be kept here offline.
             if let Some(inb) = self.inbound.get_mut(&p.client_id) {

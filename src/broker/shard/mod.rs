@@ -14,6 +14,7 @@
 //! (PUBLISH in and out, QoS flows, subscriptions, retained), `sys` (`$SYS` topics and
 //! stats).
 
+mod auth;
 mod connect;
 mod moved;
 mod route;
@@ -198,6 +199,8 @@ pub struct Shard {
     pub(crate) deferred: HashMap<Arc<str>, Vec<takeover::Deferred>>,
     /// Clients whose deferred takeovers can be answered now (their session went).
     pub(crate) deferred_ready: Vec<Arc<str>>,
+    /// Authentication and ACL state; None when none is configured (see `auth.rs`).
+    pub(crate) auth: Option<Box<auth::AuthState>>,
 }
 
 impl Shard {
@@ -253,6 +256,7 @@ impl Shard {
             stub_by_client: HashMap::new(),
             deferred: HashMap::new(),
             deferred_ready: Vec::new(),
+            auth: None,
         }
     }
 

@@ -102,7 +102,12 @@ impl Shard {
         };
         // Clients may not write the broker's own `$SYS` tree; the message is
         // acknowledged as the protocol requires but not forwarded or retained.
-        let forward = !msg.topic.as_str().starts_with("$SYS") && reason.is_success();
+        let sys = msg.topic.as_str().starts_with("$SYS");
+        if !sys && reason.is_success() && !self.may_write(id, msg.topic.as_str()) {
+            // Denied by the ACL: MQTT 5 acknowledges with 0x87, 3.1.1 plainly.
+            reason = ReasonCode::NOT_AUTHORIZED;
+        }
+        let forward = !sys && reason.is_success();
         match (p.qos, p.packet_id) {
             (QoS::AtMostOnce, _) => {
                 if forward {
@@ -250,6 +255,9 @@ impl Shard {
         retain: bool,
         origin: Option<Origin>,
     ) {
+        if !self.may_deliver(key, msg.topic.as_str()) {
+            return;
+        }
         let qos = msg.qos.min(granted);
         let max_inflight = self.cfg.max_inflight;
         let limit = self.cfg.max_queued_messages;
@@ -408,6 +416,10 @@ impl Shard {
             let Some(q) = session.queue.pop_front() else {
                 return self.resume_feeders(key);
             };
+            let (auth, conns, stats) = (&mut self.auth, &self.conns, &mut self.stats);
+            if !super::auth::may_read(auth, conns, stats, id, q.msg.topic.as_str()) {
+                continue;
+            }
             let drained = session.queue.len() <= low_water;
             if q.msg.expired(now) {
                 self.stats.dropped_expired += 1;
@@ -456,6 +468,10 @@ impl Shard {
         let mut distinct: Vec<(&TopicFilter, QoS)> = Vec::new();
         let mut seen: HashMap<&TopicFilter, usize> = HashMap::new();
         for (filter, opts) in &sub.filters {
+            if !self.may_subscribe(id, filter) {
+                codes.push(ReasonCode::NOT_AUTHORIZED); // 0x80 in 3.1.1
+                continue;
+            }
             let granted = opts.qos; // the broker supports every QoS
             let grant = Grant::new(*opts, sub_id);
             let shared = filter.shared();
