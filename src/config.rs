@@ -75,6 +75,10 @@ pub struct Config {
     pub max_queued_messages: usize,
     /// Subscriptions one session may hold; SUBSCRIBE beyond gets return code 0x80.
     pub max_subscriptions_per_session: usize,
+    /// Longest keep-alive a client may ask for (seconds); 65535 means no limit. MQTT 5
+    /// clients asking for more (or for 0) are given this value (Server Keep Alive);
+    /// 3.x clients asking for more are refused with CONNACK 0x02, as in Mosquitto.
+    pub max_keep_alive_secs: u16,
     /// Topic aliases an MQTT 5 client may set for its PUBLISH packets (CONNACK Topic
     /// Alias Maximum); 0 disables them.
     pub max_topic_aliases: u16,
@@ -125,6 +129,7 @@ impl Default for Config {
             max_inflight: 20,
             max_queued_messages: 1000,
             max_subscriptions_per_session: 10_000,
+            max_keep_alive_secs: u16::MAX,
             max_topic_aliases: 64,
             max_inbound_qos2: 1024,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
@@ -181,6 +186,9 @@ impl Config {
         }
         if self.max_inflight == 0 {
             return bad("max_inflight must be at least 1");
+        }
+        if self.max_keep_alive_secs == 0 {
+            return bad("max_keep_alive_secs must be between 1 and 65535");
         }
         if !(1..=65_535).contains(&self.max_inbound_qos2) {
             return bad("max_inbound_qos2 must be between 1 and 65535");

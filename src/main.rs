@@ -54,6 +54,10 @@ struct Cli {
     /// QoS 1/2 messages queued per session. Default 1000.
     #[arg(long)]
     max_queued_messages: Option<usize>,
+    /// Longest keep-alive a client may ask for, in seconds (65535 = no limit). Default
+    /// 65535.
+    #[arg(long)]
+    max_keep_alive: Option<u16>,
     /// How a shared subscription group picks its member. Default round-robin.
     #[arg(long, value_enum)]
     shared_subscription_strategy: Option<ternmq::config::SharedStrategy>,
@@ -126,6 +130,9 @@ impl Cli {
         }
         if let Some(v) = self.max_queued_messages {
             cfg.max_queued_messages = v;
+        }
+        if let Some(v) = self.max_keep_alive {
+            cfg.max_keep_alive_secs = v;
         }
         if let Some(v) = self.shared_subscription_strategy {
             cfg.shared_subscription_strategy = v;

@@ -49,12 +49,29 @@ impl Shard {
         ticket: u64,
     ) {
         let topic_alias_max = self.cfg.max_topic_aliases;
+        // The broker's longest keep-alive (`max_keep_alive_secs`, 65535: no limit of its
+        // own). An MQTT 5 client asking for longer, or for none, is told the broker's
+        // value in CONNACK Server Keep Alive and held to it (3.2.2.3.14); a 3.x client
+        // cannot be told, so it is refused with 0x02, as Mosquitto does.
+        let max_keep_alive = self.cfg.max_keep_alive_secs;
+        let mut keep_alive = c.keep_alive_secs;
+        let mut server_keep_alive = None;
+        if max_keep_alive < u16::MAX && (keep_alive == 0 || keep_alive > max_keep_alive) {
+            if !c.version.is_v5() {
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.version = c.version;
+                }
+                return self.refuse(id, ReasonCode::CLIENT_ID_NOT_VALID);
+            }
+            keep_alive = max_keep_alive;
+            server_keep_alive = Some(max_keep_alive);
+        }
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         conn.version = c.version;
-        conn.keep_alive_limit = (c.keep_alive_secs > 0)
-            .then(|| Duration::from_millis(u64::from(c.keep_alive_secs) * 1500)); // [MQTT-3.1.2-24]
+        conn.keep_alive_limit =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)); // [MQTT-3.1.2-24]
 
         // Clients may not write the broker's own `$SYS` tree, not even by will.
         conn.will = c
@@ -75,6 +92,7 @@ impl Shard {
                 aliases_out: Default::default(),
                 alias_max_out: c.props.topic_alias_maximum.unwrap_or(0),
                 assigned_id: false,
+                server_keep_alive,
             }));
             if c.props.authentication_method.is_some() {
                 // 4.12: no enhanced authentication method is supported.
@@ -394,6 +412,7 @@ impl Shard {
         if v5.assigned_id {
             p.assigned_client_identifier = Some(client_id.into());
         }
+        p.server_keep_alive = v5.server_keep_alive;
         p.receive_maximum = u16::try_from(self.cfg.max_inbound_qos2)
             .ok()
             .filter(|&m| m < u16::MAX);

@@ -136,6 +136,9 @@ pub(crate) struct ConnV5 {
     pub alias_max_out: u16,
     /// The broker assigned the client id (sent back in CONNACK).
     pub assigned_id: bool,
+    /// The keep-alive the broker imposes instead of the client's (CONNACK Server Keep
+    /// Alive), if it does.
+    pub server_keep_alive: Option<u16>,
 }
 
 /// The largest CONNECT there can be: fixed header, variable header and five

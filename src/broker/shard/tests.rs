@@ -1468,3 +1468,33 @@ fn v5_failed_pubrec_ends_the_flow() {
     let key = *h.shards[0].by_client.get("r").unwrap();
     assert!(h.shards[0].sessions[key].inflight.is_empty());
 }
+
+/// 3.2.2.3.14: with a broker keep-alive limit, an MQTT 5 client asking for more (or
+/// for none) is told Server Keep Alive and held to it; a 3.1.1 client asking for more
+/// is refused with 0x02.
+#[test]
+fn server_keep_alive_limits_the_client() {
+    let cfg = Config {
+        max_keep_alive_secs: 10,
+        ..Config::default()
+    };
+    let mut h = H::with(1, cfg);
+    let mut c = connect5("ka", true, Properties::default());
+    c.keep_alive_secs = 0;
+    let (conn, ack) = h.connect_with(0, c);
+    assert_eq!(ack.code, ReasonCode::SUCCESS);
+    assert_eq!(ack.props.server_keep_alive, Some(10));
+    h.advance(Duration::from_secs(14));
+    assert!(!h.is_closed(conn));
+    h.advance(Duration::from_secs(2));
+    assert!(h.is_closed(conn), "held to 1.5 x the server keep alive");
+    let mut old = connect("old", true);
+    old.keep_alive_secs = 60;
+    let (_, ack) = h.connect_with(0, old);
+    assert_eq!(ack.code, ReasonCode::CLIENT_ID_NOT_VALID);
+    let mut ok = connect("ok", true);
+    ok.keep_alive_secs = 5;
+    let (_, ack) = h.connect_with(0, ok);
+    assert_eq!(ack.code, ReasonCode::SUCCESS);
+    assert_eq!(ack.props.server_keep_alive, None);
+}
