@@ -382,6 +382,11 @@ impl Session {
     /// Starts the flow of a QoS 1/2 message; the caller encodes the PUBLISH.
     pub fn start_inflight(&mut self, qos: QoS, msg: Message, retain: bool) -> PacketId {
         debug_assert!(qos != QoS::AtMostOnce);
+        // Held messages (resent as the window allows) stay a suffix of the list.
+        debug_assert!(
+            !self.inflight.back().is_some_and(|m| m.held),
+            "held messages go out before new ones"
+        );
         let packet_id = self.next_packet_id();
         self.inflight.push_back(Inflight {
             packet_id,

@@ -398,9 +398,13 @@ impl Shard {
                 return;
             };
             // First the in-flight messages held back at reconnect (see
-            // `resend_inflight`), in order, while fewer than the window are out.
+            // `resend_inflight`), in order, while fewer than the window are out. Held
+            // messages are always a suffix of the in-flight list (they are released
+            // in order before anything new starts), so the last one tells whether
+            // there are any: the common case costs no scan.
             let window = session.window(max_inflight);
-            if session.inflight.iter().filter(|m| !m.held).count() < window {
+            let any_held = session.inflight.back().is_some_and(|m| m.held);
+            if any_held && session.inflight.iter().filter(|m| !m.held).count() < window {
                 let next = session.inflight.iter_mut().find(|m| m.held).map(|m| {
                     m.held = false;
                     (m.state, m.qos, m.retain, m.packet_id, m.msg.clone())
