@@ -100,6 +100,10 @@ pub struct Config {
     pub max_topic_levels: usize,
     /// Bytes of a topic name or filter, treated as `max_topic_levels` is. Default 4096.
     pub max_topic_bytes: usize,
+    /// Longest keep-alive a client may ask for (seconds); 65535 means no limit. MQTT 5
+    /// clients asking for more (or for 0) are given this value (Server Keep Alive);
+    /// 3.x clients asking for more are refused with CONNACK 0x02, as in Mosquitto.
+    pub max_keep_alive_secs: u16,
     /// Topic aliases an MQTT 5 client may set for its PUBLISH packets (CONNACK Topic
     /// Alias Maximum); 0 disables them.
     pub max_topic_aliases: u16,
@@ -124,6 +128,14 @@ pub struct Config {
     pub read_budget_bytes: usize,
     /// Log filter (tracing `EnvFilter` syntax) when `RUST_LOG` is unset.
     pub log_level: String,
+    /// Password file (`user:hash` lines, see `ternmq passwd`); none by default.
+    pub password_file: Option<PathBuf>,
+    /// ACL file in Mosquitto's format; none by default (every topic allowed). Once
+    /// set, whatever it does not grant is denied.
+    pub acl_file: Option<PathBuf>,
+    /// Accept clients without a user name. Unset: true unless a password file is
+    /// configured (as in Mosquitto 2).
+    pub allow_anonymous: Option<bool>,
 }
 
 impl Default for Config {
@@ -147,6 +159,7 @@ impl Default for Config {
             max_subscriptions_per_session: 10_000,
             max_topic_levels: 128,
             max_topic_bytes: 4096,
+            max_keep_alive_secs: u16::MAX,
             max_topic_aliases: 64,
             max_inbound_qos2: 1024,
             shared_subscription_strategy: SharedStrategy::RoundRobin,
@@ -156,6 +169,9 @@ impl Default for Config {
             sys_interval_secs: 10,
             read_budget_bytes: 256 * 1024,
             log_level: "info".to_string(),
+            password_file: None,
+            acl_file: None,
+            allow_anonymous: None,
         }
     }
 }
@@ -200,6 +216,9 @@ impl Config {
         }
         if self.max_inflight == 0 {
             return bad("max_inflight must be at least 1");
+        }
+        if self.max_keep_alive_secs == 0 {
+            return bad("max_keep_alive_secs must be between 1 and 65535");
         }
         if !(1..=65_535).contains(&self.max_inbound_qos2) {
             return bad("max_inbound_qos2 must be between 1 and 65535");
@@ -342,6 +361,18 @@ mod tests {
         for cfg in bad {
             assert!(cfg.validate().is_err(), "{cfg:?}");
         }
+    }
+
+    #[test]
+    fn auth_keys_are_read() {
+        let cfg: Config = toml::from_str(
+            "password_file = \"/etc/ternmq/passwd\"\nacl_file = \"acl\"\nallow_anonymous = false",
+        )
+        .unwrap();
+        assert_eq!(cfg.password_file, Some(PathBuf::from("/etc/ternmq/passwd")));
+        assert_eq!(cfg.acl_file, Some(PathBuf::from("acl")));
+        assert_eq!(cfg.allow_anonymous, Some(false));
+        assert_eq!(Config::default().allow_anonymous, None);
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The `ternmq` binary: parses the command line, sets up logging, starts the broker
 //! and stops it on SIGINT/SIGTERM; or, as `ternmq bench <scenario> ...`, runs the
 //! bundled load generator (`ternmq bench plot` plots `.hgrm` files), and as
-//! `ternmq stats` prints a broker's `$SYS` values. All logic lives in the library.
+//! `ternmq stats` prints a broker's `$SYS` values, and `ternmq passwd` edits a
+//! password file. SIGHUP reloads the password and ACL files. All logic lives in the
+//! library.
 
 use clap::Parser;
 use std::net::SocketAddr;
@@ -52,6 +54,13 @@ struct Cli {
     /// QoS 1/2 messages queued per session. Default 1000.
     #[arg(long)]
     max_queued_messages: Option<usize>,
+    /// Longest keep-alive a client may ask for, in seconds (65535 = no limit). Default
+    /// 65535.
+    #[arg(long)]
+    max_keep_alive: Option<u16>,
+    /// How a shared subscription group picks its member. Default round-robin.
+    #[arg(long, value_enum)]
+    shared_subscription_strategy: Option<ternmq::config::SharedStrategy>,
     /// Seconds a new connection has to send CONNECT. Default 10.
     #[arg(long)]
     connect_timeout: Option<u64>,
@@ -79,6 +88,15 @@ struct Cli {
     /// Log filter when RUST_LOG is unset (error, warn, info, debug, trace). Default info.
     #[arg(long)]
     log_level: Option<String>,
+    /// Password file (create users with `ternmq passwd`). Default none.
+    #[arg(long)]
+    password_file: Option<PathBuf>,
+    /// ACL file in Mosquitto's format; what it does not grant is denied. Default none.
+    #[arg(long)]
+    acl_file: Option<PathBuf>,
+    /// Accept clients without a user name. Default: true unless a password file is set.
+    #[arg(long)]
+    allow_anonymous: Option<bool>,
 }
 
 /// Subcommands; without one, `ternmq` runs the broker.
@@ -88,6 +106,8 @@ enum Command {
     Bench(Box<ternmq::bench::cli::BenchCommand>),
     /// Print a broker's $SYS/broker statistics (clients, messages, drops, latency).
     Stats(ternmq::bench::sys_stats::StatsArgs),
+    /// Add or update a user in a password file (-D deletes, -c creates the file).
+    Passwd(ternmq::auth::cli::PasswdArgs),
 }
 
 impl Cli {
@@ -130,6 +150,12 @@ impl Cli {
         if let Some(v) = self.max_queued_messages {
             cfg.max_queued_messages = v;
         }
+        if let Some(v) = self.max_keep_alive {
+            cfg.max_keep_alive_secs = v;
+        }
+        if let Some(v) = self.shared_subscription_strategy {
+            cfg.shared_subscription_strategy = v;
+        }
         if let Some(v) = self.connect_timeout {
             cfg.connect_timeout_secs = v;
         }
@@ -138,6 +164,15 @@ impl Cli {
         }
         if let Some(v) = self.log_level {
             cfg.log_level = v;
+        }
+        if self.password_file.is_some() {
+            cfg.password_file = self.password_file;
+        }
+        if self.acl_file.is_some() {
+            cfg.acl_file = self.acl_file;
+        }
+        if self.allow_anonymous.is_some() {
+            cfg.allow_anonymous = self.allow_anonymous;
         }
         cfg.validate()?;
         Ok(cfg)
@@ -199,6 +234,15 @@ fn main() -> ExitCode {
     match cli.command.take() {
         Some(Command::Bench(args)) => return bench(&args),
         Some(Command::Stats(args)) => return stats(&args),
+        Some(Command::Passwd(args)) => {
+            return match args.execute() {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("ternmq passwd: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         None => {}
     }
     let cfg = match cli.into_config() {
@@ -215,15 +259,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
 
-    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
-    let mut signals = match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGUSR2])
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("ternmq: cannot install signal handlers: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut signals =
+        match signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1, SIGUSR2, SIGHUP]) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("ternmq: cannot install signal handlers: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
     let broker = match ternmq::runtime::start(cfg) {
         Ok(b) => b,
         Err(e) => {
@@ -239,6 +283,11 @@ fn main() -> ExitCode {
                 broker.reset_latency();
                 tracing::info!("latency histograms reset");
             }
+            // SIGHUP reloads the password and ACL files; connections stay.
+            SIGHUP => match broker.reload_auth() {
+                Ok(()) => tracing::info!("authentication files reloaded"),
+                Err(e) => tracing::error!(error = %e, "reload failed, previous rules kept"),
+            },
             _ => {
                 tracing::info!(signal = sig, "shutting down");
                 break;

@@ -4,7 +4,7 @@
 use super::plot::{parse_hgrm, plot_files, svg, PlotOptions};
 use super::scenario::{BenchConfig, Load, Scenario};
 use super::BenchError;
-use crate::protocol::QoS;
+use crate::protocol::{ProtocolVersion, QoS};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -32,9 +32,12 @@ pub struct BenchArgs {
     /// Clean sessions (the default).
     #[arg(long, conflicts_with = "persistent")]
     pub clean: bool,
-    /// Persistent sessions (clean session = 0).
+    /// Persistent sessions (clean session = 0; MQTT 5: session expiry "never").
     #[arg(long)]
     pub persistent: bool,
+    /// Protocol the clients speak: 3.1.1 or 5.
+    #[arg(long, default_value = "3.1.1", value_parser = ["3.1.1", "5"])]
+    pub mqtt: String,
     /// New connections per second (default: as fast as the broker accepts).
     #[arg(long, value_name = "CONNS_PER_SEC")]
     pub ramp: Option<f64>,
@@ -205,6 +208,11 @@ impl BenchArgs {
             payload_bytes: self.payload,
             topic_prefix: self.topic_prefix.clone(),
             clean_session: !self.persistent,
+            version: if self.mqtt == "5" {
+                ProtocolVersion::V5
+            } else {
+                ProtocolVersion::V3_1_1
+            },
             ramp_per_sec: self.ramp,
             sources: match &self.source {
                 Some(s) => parse_sources(s)?,

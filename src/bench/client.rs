@@ -14,7 +14,7 @@
 
 use super::payload::Header;
 use crate::protocol::{
-    decode_one, encode_packet, encode_publish, CodecError, Connect, Packet, PacketId,
+    decode_one_v, encode_packet, encode_publish, CodecError, Connect, Packet, PacketId,
     ProtocolVersion, QoS, ReasonCode, SubOptions, Subscribe, TopicFilter,
 };
 use bytes::BytesMut;
@@ -151,6 +151,8 @@ pub(crate) struct Conn {
     pub filter: Option<String>,
     /// The TLS session, with `--tls` (boxed: absent on plain runs).
     pub tls: Option<Box<ClientConnection>>,
+    /// The protocol it speaks (set at connect).
+    pub version: ProtocolVersion,
 }
 
 impl Conn {
@@ -166,6 +168,7 @@ impl Conn {
             ids: IdPool::new(),
             filter,
             tls: None,
+            version: ProtocolVersion::V3_1_1,
         }
     }
 
@@ -209,6 +212,7 @@ impl Conn {
         &mut self,
         client_id: &str,
         clean_session: bool,
+        version: ProtocolVersion,
         keep_alive_secs: u16,
         tls: Option<&Arc<ClientConfig>>,
     ) -> Result<bool, ClientError> {
@@ -227,15 +231,20 @@ impl Conn {
             let name = ServerName::IpAddress(s.peer_addr()?.ip().into());
             self.tls = Some(Box::new(ClientConnection::new(config.clone(), name)?));
         }
+        self.version = version;
+        let mut props = crate::protocol::Properties::default();
+        if version.is_v5() && !clean_session {
+            props.session_expiry_interval = Some(u32::MAX);
+        }
         let connect = Connect {
-            version: ProtocolVersion::V3_1_1,
+            version,
             clean_session,
             keep_alive_secs,
             client_id: ByteString::from(client_id),
             will: None,
             username: None,
             password: None,
-            props: Default::default(),
+            props: props.into(),
         };
         encode_packet(&Packet::Connect(Box::new(connect)), &mut self.wbuf);
         self.state = State::AwaitConnAck;
@@ -250,14 +259,28 @@ impl Conn {
         } else {
             Some(self.ids.alloc()?)
         };
-        encode_publish(&mut self.wbuf, false, qos, false, topic, id, payload);
+        if self.version.is_v5() {
+            let extras = crate::protocol::PublishExtras::default();
+            crate::protocol::encode_publish_v5(
+                &mut self.wbuf,
+                false,
+                qos,
+                false,
+                topic,
+                id,
+                &extras,
+                payload,
+            );
+        } else {
+            encode_publish(&mut self.wbuf, false, qos, false, topic, id, payload);
+        }
         self.dirty = true;
         Some(())
     }
 
     /// Appends DISCONNECT (the connection is closed after the next flush).
     pub fn disconnect(&mut self) {
-        encode_packet(&Packet::disconnect(), &mut self.wbuf);
+        crate::protocol::encode_packet_v(&Packet::disconnect(), self.version, &mut self.wbuf);
         self.dirty = true;
     }
 
@@ -296,14 +319,14 @@ impl Conn {
     /// Decodes the next whole packet of the read buffer and reacts to it.
     /// `Ok(None)` when no whole packet is left.
     pub fn next_incoming(&mut self, qos: QoS) -> Result<Option<Incoming>, ClientError> {
-        let Some(packet) = decode_one(&mut self.rbuf, MAX_PACKET)? else {
+        let Some(packet) = decode_one_v(&mut self.rbuf, MAX_PACKET, self.version)? else {
             return Ok(None);
         };
         self.handle(packet, qos).map(Some)
     }
 
     fn reply(&mut self, p: Packet) {
-        encode_packet(&p, &mut self.wbuf);
+        crate::protocol::encode_packet_v(&p, self.version, &mut self.wbuf);
         self.dirty = true;
     }
 

@@ -60,6 +60,8 @@ pub struct BenchConfig {
     /// Prepended to every topic as `PREFIX/...` when not empty.
     pub topic_prefix: String,
     pub clean_session: bool,
+    /// MQTT 3.1.1 or 5.
+    pub version: crate::protocol::ProtocolVersion,
     /// New connections per second over the whole run (None = as fast as possible).
     pub ramp_per_sec: Option<f64>,
     /// Local addresses to bind client sockets to, round-robin (empty = kernel's choice).
@@ -105,6 +107,7 @@ impl Default for BenchConfig {
             payload_bytes: 64,
             topic_prefix: String::new(),
             clean_session: true,
+            version: crate::protocol::ProtocolVersion::V3_1_1,
             ramp_per_sec: None,
             sources: Vec::new(),
             warmup: Duration::from_secs(1),

@@ -62,7 +62,7 @@ const CLIENTS: [&str; 5] = [
     "connections/total",
     "subscriptions/count",
 ];
-const MESSAGES: [&str; 11] = [
+const MESSAGES: [&str; 15] = [
     "messages/received",
     "messages/sent",
     "publish/messages/received",
@@ -74,6 +74,10 @@ const MESSAGES: [&str; 11] = [
     "store/messages/count",
     "protocol_errors",
     "backpressure/pauses",
+    "auth/refused",
+    "acl/denied_publish",
+    "acl/denied_subscribe",
+    "acl/denied_read",
 ];
 
 impl SysStats {

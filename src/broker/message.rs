@@ -80,8 +80,9 @@ impl Message {
     /// Detaches the payload from whatever larger read buffer it was sliced from, so a
     /// message held for long (queues, retained store) pins only its own bytes.
     pub fn compacted(mut self) -> Self {
-        self.topic = self.topic.compacted();
-        self.payload = Bytes::copy_from_slice(&self.payload);
+        let (topic, payload) = self.topic.compacted_with(&self.payload);
+        self.topic = topic;
+        self.payload = payload;
         self
     }
 }

@@ -101,6 +101,10 @@ pub struct Inflight {
     /// RETAIN flag on the wire (set only for deliveries caused by a new subscription).
     pub retain: bool,
     pub state: OutState,
+    /// Not yet resent on the current connection: a resumed session had more in
+    /// flight than the client's new Receive Maximum allows (4.9), so the rest waits
+    /// for acknowledgements (see `pump`). Fits in padding: no size cost.
+    pub held: bool,
 }
 
 /// A message waiting for room in the in-flight window.
@@ -250,22 +254,30 @@ impl Session {
     }
 
     /// The identifiers of this session's subscriptions matching `topic`, in
-    /// subscription order (3.3.4: every matching one is sent).
-    pub fn sub_ids_for(&self, topic: &crate::protocol::TopicName, out: &mut Vec<u32>) {
+    /// subscription order (3.3.4: every matching one is sent). A copy delivered
+    /// through a shared subscription carries that subscription's identifier only;
+    /// any other copy carries those of the non-shared subscriptions ([MQTT-3.3.4-5]).
+    pub fn sub_ids_for(
+        &self,
+        topic: &crate::protocol::TopicName,
+        shared: Option<&crate::broker::shard::GroupKey>,
+        out: &mut Vec<u32>,
+    ) {
         out.clear();
         if !self.v5.as_ref().is_some_and(|v| v.has_sub_ids) {
             return;
         }
         for (f, g) in &self.subscriptions {
-            if let Some(id) = g.sub_id() {
-                let inner = match f.shared() {
-                    Some(Ok((_, inner))) => inner,
-                    Some(Err(())) => continue,
-                    None => f.clone(),
-                };
-                if inner.matches(topic) && !out.contains(&id) {
-                    out.push(id);
+            let Some(id) = g.sub_id() else { continue };
+            let hit = match (f.shared(), shared) {
+                (None, None) => f.matches(topic),
+                (Some(Ok((group, inner))), Some(key)) => {
+                    *group == *key.0 && inner == key.1 && inner.matches(topic)
                 }
+                _ => false,
+            };
+            if hit && !out.contains(&id) {
+                out.push(id);
             }
         }
     }
@@ -375,6 +387,11 @@ impl Session {
     /// Starts the flow of a QoS 1/2 message; the caller encodes the PUBLISH.
     pub fn start_inflight(&mut self, qos: QoS, msg: Message, retain: bool) -> PacketId {
         debug_assert!(qos != QoS::AtMostOnce);
+        // Held messages (resent as the window allows) stay a suffix of the list.
+        debug_assert!(
+            !self.inflight.back().is_some_and(|m| m.held),
+            "held messages go out before new ones"
+        );
         let packet_id = self.next_packet_id();
         self.inflight.push_back(Inflight {
             packet_id,
@@ -382,6 +399,7 @@ impl Session {
             msg,
             retain,
             state: OutState::Published,
+            held: false,
         });
         packet_id
     }

@@ -34,6 +34,14 @@ pub struct Stats {
     pub protocol_errors: u64,
     /// Publisher pauses ordered because a subscriber's queue was congested.
     pub backpressure_pauses: u64,
+    /// CONNECTs refused by authentication (bad credentials, anonymous, back-off).
+    pub auth_refused: u64,
+    /// PUBLISHes and Wills dropped because the ACL denies writing their topic.
+    pub acl_denied_publish: u64,
+    /// SUBSCRIBE filters refused (0x80) by the ACL.
+    pub acl_denied_subscribe: u64,
+    /// Deliveries (retained and queued ones too) not made: the ACL denies reading.
+    pub acl_denied_read: u64,
     /// Deliveries not made because the packet exceeded the client's Maximum Packet
     /// Size (MQTT 5, [MQTT-3.1.2-25]).
     pub dropped_too_large: u64,
@@ -114,6 +122,10 @@ impl Stats {
         self.dropped_queue_full += o.dropped_queue_full;
         self.protocol_errors += o.protocol_errors;
         self.backpressure_pauses += o.backpressure_pauses;
+        self.auth_refused += o.auth_refused;
+        self.acl_denied_publish += o.acl_denied_publish;
+        self.acl_denied_subscribe += o.acl_denied_subscribe;
+        self.acl_denied_read += o.acl_denied_read;
         self.dropped_too_large += o.dropped_too_large;
         self.dropped_expired += o.dropped_expired;
         self.sessions_expired += o.sessions_expired;

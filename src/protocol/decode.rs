@@ -132,6 +132,8 @@ impl DecodeError {
     pub fn reason_code(&self) -> ReasonCode {
         match self {
             DecodeError::UnsupportedProtocolLevel(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            // 3.3.2.3.4: a Topic Alias of 0 is a Topic Alias invalid error.
+            DecodeError::InvalidPropertyValue(0x23) => ReasonCode::TOPIC_ALIAS_INVALID,
             DecodeError::PropertyNotAllowed(_)
             | DecodeError::DuplicateProperty(_)
             | DecodeError::InvalidPropertyValue(_)

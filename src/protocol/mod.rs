@@ -267,6 +267,11 @@ impl Props {
     pub fn is_empty(&self) -> bool {
         self.0.as_ref().is_none_or(|p| p.is_empty())
     }
+
+    /// Takes the set out (leaving none), without allocating when there is none.
+    pub fn take(&mut self) -> Option<Properties> {
+        self.0.take().map(|b| *b)
+    }
 }
 
 impl std::ops::Deref for Props {

@@ -71,6 +71,21 @@ impl TopicName {
         TopicName(ByteString::from(&*self.0))
     }
 
+    /// Copies this topic and `payload` into one new buffer and returns both as slices
+    /// of it: one allocation (and one reference count) where two separate copies need
+    /// two of each. For messages held for long (queues, in-flight windows).
+    pub fn compacted_with(&self, payload: &[u8]) -> (TopicName, bytes::Bytes) {
+        let t = self.0.len();
+        let mut buf = bytes::BytesMut::with_capacity(t + payload.len());
+        buf.extend_from_slice(self.0.as_bytes());
+        buf.extend_from_slice(payload);
+        let all = buf.freeze();
+        let topic = ByteString::try_from(all.slice(..t))
+            .map(TopicName)
+            .unwrap_or_else(|_| self.compacted()); // cannot fail: a copy of valid UTF-8
+        (topic, all.slice(t..))
+    }
+
     /// The empty topic of an MQTT 5 PUBLISH that names its topic by alias alone
     /// (3.3.2.3.4). Only the decoder and clients build it; the broker replaces it with
     /// the aliased topic before routing, so no routed message has an empty topic.
@@ -236,6 +251,17 @@ mod tests {
             );
         }
         assert_eq!(TopicFilter::new(""), Err(TopicError::Empty));
+    }
+
+    #[test]
+    fn compacted_with_shares_one_buffer() {
+        let t = TopicName::new("a/b").unwrap();
+        let (topic, payload) = t.compacted_with(b"xyz");
+        assert_eq!(topic, t);
+        assert_eq!(&payload[..], b"xyz");
+        let (empty_topic, empty) = t.compacted_with(b"");
+        assert_eq!(empty_topic.as_str(), "a/b");
+        assert!(empty.is_empty());
     }
 
     #[test]

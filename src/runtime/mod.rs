@@ -73,6 +73,8 @@ pub enum StartError {
     Poll(std::io::Error),
     #[error("cannot spawn worker thread: {0}")]
     Spawn(std::io::Error),
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// A running broker. Dropping it stops the broker and joins its threads.
@@ -85,9 +87,21 @@ pub struct BrokerHandle {
     senders: Vec<Sender<Envelope>>,
     shutdown: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
+    auth: Option<Arc<crate::auth::AuthShared>>,
 }
 
 impl BrokerHandle {
+    /// Reads the password and ACL files again (what SIGHUP does). Connections stay;
+    /// new CONNECTs use the new rules, connected clients from their next publish,
+    /// subscription or delivery. On error the old rules stay in force. Without
+    /// authentication configured there is nothing to reload.
+    pub fn reload_auth(&self) -> Result<(), crate::auth::AuthError> {
+        match &self.auth {
+            Some(auth) => auth.reload(),
+            None => Ok(()),
+        }
+    }
+
     /// The bound listener addresses (with the real port when 0 was asked for).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
@@ -189,6 +203,7 @@ impl Drop for BrokerHandle {
 /// Starts a broker with `cfg` and returns once every listener is bound.
 pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
     cfg.validate()?;
+    let auth = crate::auth::AuthShared::load(&cfg)?;
     raise_fd_limit();
     let workers = cfg.effective_workers();
     let tls_config = tls::server_config(&cfg)?;
@@ -239,6 +254,7 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
         };
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let (cfg, registry, stop) = (cfg.clone(), registry.clone(), shutdown.clone());
+        let auth = auth.clone();
         let listeners = worker::Listeners {
             sockets: my_listeners,
             plain: plain_listeners,
@@ -253,8 +269,9 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
                         tracing::warn!(worker = id, "cannot pin worker to core {}", core.id);
                     }
                 }
-                let w =
-                    worker::Worker::new(id, workers, cfg, registry, stop, poll, mesh, listeners);
+                let w = worker::Worker::new(
+                    id, workers, cfg, registry, stop, poll, mesh, listeners, auth,
+                );
                 match w {
                     Ok(mut w) => w.run(),
                     Err(e) => tracing::error!(worker = id, error = %e, "worker failed to start"),
@@ -292,6 +309,7 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
         senders,
         shutdown,
         threads,
+        auth,
     })
 }
 

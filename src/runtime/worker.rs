@@ -118,6 +118,7 @@ impl Worker {
         poll: Poll,
         mesh: Mesh,
         listeners: Listeners,
+        auth: Option<Arc<crate::auth::AuthShared>>,
     ) -> io::Result<Worker> {
         let Listeners {
             sockets: mut listeners,
@@ -129,7 +130,10 @@ impl Worker {
             poll.registry()
                 .register(l, Token(LISTENER_TOKEN_BASE - i), Interest::READABLE)?;
         }
-        let shard = Shard::new(id, workers, cfg.clone(), registry, Instant::now());
+        let mut shard = Shard::new(id, workers, cfg.clone(), registry, Instant::now());
+        if let Some(auth) = auth {
+            shard.set_auth(auth);
+        }
         let admission = Admission::new(
             open_conns.clone(),
             cfg.max_connections,
@@ -447,6 +451,22 @@ impl Worker {
                 gen,
             },
         );
+        self.tell_peer(slot, gen);
+    }
+
+    /// Gives the shard the peer's address when authentication needs it (the
+    /// failed-login back-off); one `getpeername` per connection, only then.
+    fn tell_peer(&mut self, slot: usize, gen: u32) {
+        if !self.shard.wants_peer() {
+            return;
+        }
+        if let Some(Ok(peer)) = self.conns.get(slot).map(|c| c.stream.peer_addr()) {
+            let id = ConnId {
+                slot: slot as u32,
+                gen,
+            };
+            self.shard.set_peer(id, peer.ip());
+        }
     }
 
     fn mark_read_pending(&mut self, slot: usize) {
@@ -591,9 +611,13 @@ impl Worker {
     /// With `use_identity_as_username`, a CONNECT from a TLS connection carries the
     /// client certificate's CN as its user name (whatever the client sent), so the
     /// shard, and authentication, see the certificate's identity.
-    fn apply_identity(&self, slot: usize, packet: &mut Packet) {
+    fn apply_identity(&mut self, slot: usize, id: ConnId, packet: &mut Packet) {
         if let Some(identity) = self.tls.get(&slot).and_then(|t| t.identity.as_deref()) {
             set_connect_username(packet, identity);
+            if matches!(packet, Packet::Connect(_)) {
+                // The certificate authenticated this user name: no password check.
+                self.shard.set_certified(id);
+            }
         }
     }
 
@@ -618,7 +642,7 @@ impl Worker {
             match decode_one_v(&mut buf, max, self.shard.version(id)) {
                 Ok(Some(mut packet)) => {
                     if tls {
-                        self.apply_identity(slot, &mut packet);
+                        self.apply_identity(slot, id, &mut packet);
                     }
                     self.shard.packet(now, id, packet);
                     if !self.shard.is_open(id) {

@@ -53,6 +53,18 @@ impl Raw {
         }
     }
 
+    /// A client on an already connected stream (e.g. bound to a chosen source).
+    pub fn from_stream(stream: TcpStream) -> Raw {
+        stream.set_nodelay(true).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        Raw {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     /// TCP connect plus CONNECT/CONNACK with the given client id and clean flag.
     pub fn mqtt(addr: SocketAddr, client_id: &str, clean: bool) -> Raw {
         let mut raw = Raw::connect(addr);

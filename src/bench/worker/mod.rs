@@ -319,6 +319,7 @@ impl<'a> Worker<'a> {
             c.check_connected(
                 &spec.client_id,
                 self.cfg.clean_session,
+                self.cfg.version,
                 self.cfg.keep_alive_secs,
                 self.cfg.tls.as_ref(),
             )

@@ -49,12 +49,29 @@ impl Shard {
         ticket: u64,
     ) {
         let topic_alias_max = self.cfg.max_topic_aliases;
+        // The broker's longest keep-alive (`max_keep_alive_secs`, 65535: no limit of its
+        // own). An MQTT 5 client asking for longer, or for none, is told the broker's
+        // value in CONNACK Server Keep Alive and held to it (3.2.2.3.14); a 3.x client
+        // cannot be told, so it is refused with 0x02, as Mosquitto does.
+        let max_keep_alive = self.cfg.max_keep_alive_secs;
+        let mut keep_alive = c.keep_alive_secs;
+        let mut server_keep_alive = None;
+        if max_keep_alive < u16::MAX && (keep_alive == 0 || keep_alive > max_keep_alive) {
+            if !c.version.is_v5() {
+                if let Some(conn) = self.conn_mut(id) {
+                    conn.version = c.version;
+                }
+                return self.refuse(id, ReasonCode::CLIENT_ID_NOT_VALID);
+            }
+            keep_alive = max_keep_alive;
+            server_keep_alive = Some(max_keep_alive);
+        }
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
         conn.version = c.version;
-        conn.keep_alive_limit = (c.keep_alive_secs > 0)
-            .then(|| Duration::from_millis(u64::from(c.keep_alive_secs) * 1500)); // [MQTT-3.1.2-24]
+        conn.keep_alive_limit =
+            (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500)); // [MQTT-3.1.2-24]
 
         // Clients may not write the broker's own `$SYS` tree, not even by will.
         conn.will = c
@@ -75,6 +92,7 @@ impl Shard {
                 aliases_out: Default::default(),
                 alias_max_out: c.props.topic_alias_maximum.unwrap_or(0),
                 assigned_id: false,
+                server_keep_alive,
             }));
             if c.props.authentication_method.is_some() {
                 // 4.12: no enhanced authentication method is supported.
@@ -95,12 +113,18 @@ impl Shard {
             if (!c.clean_session && !c.version.is_v5()) || c.version == ProtocolVersion::V3_1 {
                 return self.refuse(id, ReasonCode::CLIENT_ID_NOT_VALID);
             }
-            // [MQTT-3.1.3-6]: assign a unique id.
-            self.next_auto_id += 1;
+            // [MQTT-3.1.3-6]: assign a unique id, one no client holds ([MQTT-3.2.2-16]).
             if let Some(v5) = self.conn_mut(id).and_then(|c| c.v5.as_mut()) {
                 v5.assigned_id = true;
             }
-            format!("ternmq-auto-{}-{}", self.id, self.next_auto_id).into()
+            loop {
+                self.next_auto_id += 1;
+                let candidate: Arc<str> =
+                    format!("ternmq-auto-{}-{}", self.id, self.next_auto_id).into();
+                if self.registry.owner(&candidate).is_none() {
+                    break candidate;
+                }
+            }
         } else {
             if c.version == ProtocolVersion::V3_1 && c.client_id.len() > V31_CLIENT_ID_LEN_MAX {
                 return self.refuse(id, ReasonCode::CLIENT_ID_NOT_VALID);
@@ -108,6 +132,9 @@ impl Shard {
             Arc::from(&*c.client_id)
         };
 
+        let Some(c) = self.authenticate(now, id, c, &client_id, deadline, ticket) else {
+            return;
+        };
         // [MQTT-3.1.4-2]: one connection per client id, wherever it lives.
         let clean = c.clean_session;
         let claim = match self.registry.claim(&client_id, self.id, ticket) {
@@ -141,7 +168,7 @@ impl Shard {
     }
 
     /// Parks a CONNECT whose client id is busy; `tick` retries it.
-    fn park_connect(
+    pub(super) fn park_connect(
         &mut self,
         now: Instant,
         id: ConnId,
@@ -392,6 +419,7 @@ impl Shard {
         if v5.assigned_id {
             p.assigned_client_identifier = Some(client_id.into());
         }
+        p.server_keep_alive = v5.server_keep_alive;
         p.receive_maximum = u16::try_from(self.cfg.max_inbound_qos2)
             .ok()
             .filter(|&m| m < u16::MAX);
@@ -462,28 +490,64 @@ impl Shard {
     }
 
     /// [MQTT-4.4.0-1]: on a resumed session, unacknowledged PUBLISH (DUP set) and
-    /// PUBREL go out again in their original order.
+    /// PUBREL go out again in their original order, but no more than the window
+    /// (the client's Receive Maximum on this connection, [MQTT-3.3.4-9]): the rest
+    /// are marked `held` and resent by `pump` as acknowledgements free the window.
     fn resend_inflight(&mut self, now: Instant, id: ConnId, key: usize) {
-        let Some(session) = self.sessions.get(key) else {
+        let max_inflight = self.cfg.max_inflight;
+        let Some(session) = self.sessions.get_mut(key) else {
             return;
         };
         if session.inflight.is_empty() {
             return;
         }
-        let pending: Vec<_> = session
-            .inflight
-            .iter()
-            .map(|m| (m.state, m.qos, m.retain, m.packet_id, m.msg.clone()))
-            .collect();
-        for (state, qos, retain, pid, msg) in pending {
-            match state {
-                OutState::Published => {
-                    self.encode_publish_to(now, id, &msg, qos, retain, Some(pid), true)
-                }
-                OutState::Released => self.write_packet(id, &Packet::pubrel(pid)),
+        let window = session.window(max_inflight);
+        let mut pending = Vec::new();
+        for (i, m) in session.inflight.iter_mut().enumerate() {
+            m.held = i >= window;
+            if !m.held {
+                pending.push((m.state, m.qos, m.retain, m.packet_id, m.msg.clone()));
             }
         }
+        for (state, qos, retain, pid, msg) in pending {
+            self.resend_one(now, id, state, qos, retain, pid, &msg);
+        }
         self.mark_dirty(id);
+    }
+
+    /// Writes one in-flight message again: the PUBLISH with DUP, or its PUBREL.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn resend_one(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        state: OutState,
+        qos: QoS,
+        retain: bool,
+        pid: crate::protocol::PacketId,
+        msg: &Message,
+    ) {
+        if state == OutState::Published {
+            let key = match self.conn(id).map(|c| &c.phase) {
+                Some(Phase::Active { session }) => *session,
+                _ => return,
+            };
+            if !self.fits(key, msg, qos) {
+                // The new connection's Maximum Packet Size is below it: not sent, and
+                // treated as delivered ([MQTT-3.1.2-24]).
+                if let Some(s) = self.sessions.get_mut(key) {
+                    s.puback(pid);
+                }
+                self.stats.dropped_too_large += 1;
+                return;
+            }
+        }
+        match state {
+            OutState::Published => {
+                self.encode_publish_to(now, id, msg, qos, retain, Some(pid), true)
+            }
+            OutState::Released => self.write_packet(id, &Packet::pubrel(pid)),
+        }
     }
 
     /// DISCONNECT: the will is discarded ([MQTT-3.14.4-3]) unless an MQTT 5 client
@@ -602,6 +666,7 @@ impl Shard {
         let phase = std::mem::replace(&mut conn.phase, Phase::AwaitConnect);
         // Only an accepted connection (CONNACK sent) has a will to publish.
         let will = will.filter(|_| matches!(phase, Phase::Active { .. }));
+        let will = will.filter(|w| self.may_write(id, w.topic.as_str()));
         let mut will = will.map(|w| *w);
         if let Phase::Active { session } = phase {
             self.stats.clients_connected = self.stats.clients_connected.saturating_sub(1);
@@ -657,6 +722,7 @@ impl Shard {
             return;
         };
         let Conn { tx, phase, .. } = conn;
+        self.forget_auth(id);
         if let Phase::AwaitHandover(p) = &phase {
             // The session is still expected: it will be kept here offline.
             if let Some(inb) = self.inbound.get_mut(&p.client_id) {
@@ -701,13 +767,10 @@ impl Shard {
         packet_id: Option<crate::protocol::PacketId>,
         dup: bool,
     ) {
-        let Some(conn) = self.conn(id) else {
+        let Some(conn) = self.conn_mut(id) else {
             return;
         };
         if conn.v5.is_none() {
-            let Some(conn) = self.conn_mut(id) else {
-                return;
-            };
             encode_publish(
                 &mut conn.tx,
                 dup,
@@ -726,7 +789,7 @@ impl Shard {
             sub_ids.clear();
             if let Some(session) = phase_session {
                 if let Some(s) = self.sessions.get(session) {
-                    s.sub_ids_for(&msg.topic, &mut sub_ids);
+                    s.sub_ids_for(&msg.topic, msg.shared.as_ref(), &mut sub_ids);
                 }
             }
             let Some(conn) = self.conn_mut(id) else {

@@ -14,6 +14,7 @@
 //! (PUBLISH in and out, QoS flows, subscriptions, retained), `sys` (`$SYS` topics and
 //! stats).
 
+mod auth;
 mod connect;
 mod moved;
 mod route;
@@ -135,6 +136,9 @@ pub(crate) struct ConnV5 {
     pub alias_max_out: u16,
     /// The broker assigned the client id (sent back in CONNACK).
     pub assigned_id: bool,
+    /// The keep-alive the broker imposes instead of the client's (CONNACK Server Keep
+    /// Alive), if it does.
+    pub server_keep_alive: Option<u16>,
 }
 
 /// The largest CONNECT there can be: fixed header, variable header and five
@@ -198,6 +202,8 @@ pub struct Shard {
     pub(crate) deferred: HashMap<Arc<str>, Vec<takeover::Deferred>>,
     /// Clients whose deferred takeovers can be answered now (their session went).
     pub(crate) deferred_ready: Vec<Arc<str>>,
+    /// Authentication and ACL state; None when none is configured (see `auth.rs`).
+    pub(crate) auth: Option<Box<auth::AuthState>>,
 }
 
 impl Shard {
@@ -253,6 +259,7 @@ impl Shard {
             stub_by_client: HashMap::new(),
             deferred: HashMap::new(),
             deferred_ready: Vec::new(),
+            auth: None,
         }
     }
 

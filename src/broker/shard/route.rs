@@ -73,18 +73,6 @@ impl Shard {
                 // [MQTT-3.3.4-6]: a client may not send subscription identifiers.
                 return self.close_with(now, id, ReasonCode::PROTOCOL_ERROR);
             }
-            if p.qos == QoS::ExactlyOnce {
-                let held = self.sessions.get(key).map_or(0, |s| s.inbound_qos2_len());
-                let known = p.packet_id.is_some_and(|pid| {
-                    self.sessions
-                        .get(key)
-                        .is_some_and(|s| s.inbound_qos2_contains(pid))
-                });
-                if !known && held >= self.cfg.max_inbound_qos2 {
-                    // [MQTT-3.3.4-7]: more than Receive Maximum unacknowledged.
-                    return self.close_with(now, id, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
-                }
-            }
             if p.props.payload_format_indicator == Some(1)
                 && std::str::from_utf8(&p.payload).is_err()
             {
@@ -103,12 +91,34 @@ impl Shard {
             }
             reason = ReasonCode::TOPIC_NAME_INVALID;
         }
-        let props = std::mem::take(&mut *p.props);
+        if p.qos == QoS::ExactlyOnce {
+            // Inbound QoS 2 ids held until PUBREL are bounded: MQTT 5 announces the
+            // bound as Receive Maximum ([MQTT-3.3.4-7]: beyond it, 0x93); a 3.1.1
+            // client that exceeds it is closed, as it would grow the set forever.
+            let held = self.sessions.get(key).map_or(0, |s| s.inbound_qos2_len());
+            let known = p.packet_id.is_some_and(|pid| {
+                self.sessions
+                    .get(key)
+                    .is_some_and(|s| s.inbound_qos2_contains(pid))
+            });
+            if !known && held >= self.cfg.max_inbound_qos2 {
+                return self.close_with(now, id, ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+            }
+        }
+        let props = p.props.take();
         let msg = Message::new(p.topic, p.payload, p.qos, p.retain);
-        let msg = if v5 { msg.with_props(now, props) } else { msg };
+        let msg = match props {
+            Some(props) => msg.with_props(now, props),
+            None => msg,
+        };
         // Clients may not write the broker's own `$SYS` tree; the message is
         // acknowledged as the protocol requires but not forwarded or retained.
-        let forward = !msg.topic.as_str().starts_with("$SYS") && reason.is_success();
+        let sys = msg.topic.as_str().starts_with("$SYS");
+        if !sys && reason.is_success() && !self.may_write(id, msg.topic.as_str()) {
+            // Denied by the ACL: MQTT 5 acknowledges with 0x87, 3.1.1 plainly.
+            reason = ReasonCode::NOT_AUTHORIZED;
+        }
+        let forward = !sys && reason.is_success();
         match (p.qos, p.packet_id) {
             (QoS::AtMostOnce, _) => {
                 if forward {
@@ -198,18 +208,21 @@ impl Shard {
     ) {
         let mut matches = std::mem::take(&mut self.matches);
         matches.clear();
-        // No Local (3.8.3.1): the publisher's own session, if it lives here.
-        let publisher = origin.filter(|o| o.worker == self.id).and_then(|o| {
-            match self.conn(o.conn).map(|c| &c.phase) {
-                Some(super::Phase::Active { session }) => Some(*session as u32),
-                _ => None,
-            }
-        });
+        let mut no_local = false;
         self.index.for_each_match(&msg.topic, |sub, g| {
-            if !(g.no_local() && Some(sub) == publisher) {
-                matches.push((sub, g));
-            }
+            no_local |= g.no_local();
+            matches.push((sub, g));
         });
+        if no_local {
+            // No Local (3.8.3.1): not to the publisher's own session, if it lives here.
+            let publisher = origin.filter(|o| o.worker == self.id).and_then(|o| {
+                match self.conn(o.conn).map(|c| &c.phase) {
+                    Some(super::Phase::Active { session }) => Some(*session as u32),
+                    _ => None,
+                }
+            });
+            matches.retain(|&(sub, g)| !(g.no_local() && Some(sub) == publisher));
+        }
         if matches.len() > 1 {
             // One delivery per session ([MQTT-3.3.4-2]) at the highest QoS, with the
             // RETAIN flag kept if any matching subscription asks for it.
@@ -253,6 +266,9 @@ impl Shard {
         retain: bool,
         origin: Option<Origin>,
     ) {
+        if !self.may_deliver(key, msg.topic.as_str()) {
+            return;
+        }
         let qos = msg.qos.min(granted);
         let max_inflight = self.cfg.max_inflight;
         let limit = self.cfg.max_queued_messages;
@@ -261,7 +277,10 @@ impl Shard {
             self.stats.dropped_expired += 1;
             return;
         }
-        if !self.fits(key, msg, qos) {
+        let Some(session) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if session.v5.is_some() && !self.fits(key, msg, qos) {
             self.stats.dropped_too_large += 1;
             return;
         }
@@ -389,12 +408,33 @@ impl Shard {
             let Some(session) = self.sessions.get_mut(key) else {
                 return;
             };
+            // First the in-flight messages held back at reconnect (see
+            // `resend_inflight`), in order, while fewer than the window are out. Held
+            // messages are always a suffix of the in-flight list (they are released
+            // in order before anything new starts), so the last one tells whether
+            // there are any: the common case costs no scan.
+            let window = session.window(max_inflight);
+            let any_held = session.inflight.back().is_some_and(|m| m.held);
+            if any_held && session.inflight.iter().filter(|m| !m.held).count() < window {
+                let next = session.inflight.iter_mut().find(|m| m.held).map(|m| {
+                    m.held = false;
+                    (m.state, m.qos, m.retain, m.packet_id, m.msg.clone())
+                });
+                if let Some((state, qos, retain, pid, msg)) = next {
+                    self.resend_one(now, id, state, qos, retain, pid, &msg);
+                    continue;
+                }
+            }
             if !session.window_open(max_inflight) {
                 return;
             }
             let Some(q) = session.dequeue() else {
                 return self.resume_feeders(key);
             };
+            let (auth, conns, stats) = (&mut self.auth, &self.conns, &mut self.stats);
+            if !super::auth::may_read(auth, conns, stats, id, q.msg.topic.as_str()) {
+                continue;
+            }
             let drained = session.queue.len() <= low_water;
             if q.msg.expired(now) {
                 self.stats.dropped_expired += 1;
@@ -443,6 +483,10 @@ impl Shard {
         let mut distinct: Vec<(&TopicFilter, QoS)> = Vec::new();
         let mut seen: HashMap<&TopicFilter, usize> = HashMap::new();
         for (filter, opts) in &sub.filters {
+            if !self.may_subscribe(id, filter) {
+                codes.push(ReasonCode::NOT_AUTHORIZED); // 0x80 in 3.1.1
+                continue;
+            }
             let granted = opts.qos; // the broker supports every QoS
             let grant = Grant::new(*opts, sub_id);
             let shared = filter.shared();

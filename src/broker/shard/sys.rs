@@ -29,7 +29,7 @@ impl Shard {
             latency.merge(l);
         }
         let uptime = now.saturating_duration_since(self.started_at).as_secs();
-        let topics: [(&str, String); 25] = [
+        let topics: [(&str, String); 29] = [
             ("version", format!("ternmq {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{uptime} seconds")),
             ("clients/connected", total.clients_connected.to_string()),
@@ -73,6 +73,13 @@ impl Shard {
             ("sessions/expired", total.sessions_expired.to_string()),
             ("protocol_errors", total.protocol_errors.to_string()),
             ("backpressure/pauses", total.backpressure_pauses.to_string()),
+            ("auth/refused", total.auth_refused.to_string()),
+            ("acl/denied_publish", total.acl_denied_publish.to_string()),
+            (
+                "acl/denied_subscribe",
+                total.acl_denied_subscribe.to_string(),
+            ),
+            ("acl/denied_read", total.acl_denied_read.to_string()),
         ];
         let mut topics: Vec<(String, String)> = topics
             .into_iter()

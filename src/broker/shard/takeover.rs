@@ -84,7 +84,10 @@ impl Shard {
         let session = match self.by_client.get(&client_id).copied() {
             Some(key) if !clean => self.move_out(key, from).map(Box::new),
             Some(key) => {
-                self.remove_session(key);
+                // A clean start ends the old session: a will still waiting out its
+                // delay goes now (3.1.2.5), as on the same-worker path in
+                // `activate`. (`remove_session` alone dropped it unpublished.)
+                self.discard_session(now, key);
                 None
             }
             None => None,

@@ -18,6 +18,8 @@ struct H {
     /// Packets read past a CONNACK, returned by the next `recv`.
     unread: Vec<((usize, ConnId), Packet)>,
     next_slot: u32,
+    /// MQTT 5 connections (decoded with the MQTT 5 layout).
+    v5: Vec<(usize, ConnId)>,
 }
 
 impl H {
@@ -38,6 +40,7 @@ impl H {
             closed: Vec::new(),
             unread: Vec::new(),
             next_slot: 0,
+            v5: Vec::new(),
         }
     }
 
@@ -107,7 +110,12 @@ impl H {
                 self.unread.push((k, p));
             }
         }
-        while let Some(p) = decode_one(&mut buf, usize::MAX).unwrap() {
+        let version = if self.v5.contains(&c) {
+            ProtocolVersion::V5
+        } else {
+            ProtocolVersion::V3_1_1
+        };
+        while let Some(p) = decode_one_v(&mut buf, usize::MAX, version).unwrap() {
             out.push(p);
         }
         assert!(buf.is_empty(), "trailing partial packet in output");
@@ -133,6 +141,9 @@ impl H {
 
     fn connect_with(&mut self, w: usize, connect: Box<Connect>) -> ((usize, ConnId), ConnAck) {
         let c = self.open(w);
+        if connect.version.is_v5() {
+            self.v5.push(c);
+        }
         self.send(c, Packet::Connect(connect));
         let mut got = self.recv(c);
         assert!(!got.is_empty(), "no CONNACK");
@@ -931,4 +942,559 @@ fn paused_publishers_resume_when_the_queue_drains() {
         h.shards[1].effects().resume.contains(&remote_pub.1),
         "remote publisher resumed"
     );
+}
+
+// ---- MQTT 5 and shared subscriptions ----
+
+fn connect5(id: &str, clean: bool, props: Properties) -> Box<Connect> {
+    let mut c = connect(id, clean);
+    c.version = ProtocolVersion::V5;
+    c.props = props.into();
+    c
+}
+
+fn subscribe_opts(h: &mut H, c: (usize, ConnId), filter: &str, opts: SubOptions, sub_id: u32) {
+    let mut props = Properties::default();
+    if sub_id != 0 {
+        props.subscription_identifiers.push(sub_id);
+    }
+    h.send(
+        c,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(TopicFilter::new(filter).unwrap(), opts)],
+            props: props.into(),
+        }),
+    );
+    let got = h.recv(c);
+    assert!(
+        matches!(&got[0], Packet::SubAck(s) if s.codes[0].is_success()),
+        "{got:?}"
+    );
+}
+
+fn publishes(got: &[Packet]) -> Vec<Publish> {
+    got.iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn shared_group_gets_each_message_once_across_workers() {
+    let mut h = H::new(2);
+    let members: Vec<_> = (0..4)
+        .map(|i| {
+            let c = h.connect(i % 2, &format!("m{i}"), true);
+            h.subscribe(c, "$share/g/t/#", QoS::AtLeastOnce);
+            c
+        })
+        .collect();
+    let other = h.connect(1, "plain", true);
+    h.subscribe(other, "t/#", QoS::AtMostOnce);
+    let publ = h.connect(0, "pub", true);
+    for i in 0..100u16 {
+        h.send(publ, publish("t/x", QoS::AtLeastOnce, i + 1, b"m"));
+    }
+    let mut per_member = vec![0; members.len()];
+    loop {
+        let mut more = false;
+        for (i, &m) in members.iter().enumerate() {
+            let got = publishes(&h.recv(m));
+            for p in &got {
+                h.send(m, Packet::puback(p.packet_id.unwrap()));
+            }
+            per_member[i] += got.len();
+            more |= !got.is_empty();
+        }
+        if !more {
+            break;
+        }
+    }
+    assert_eq!(
+        per_member.iter().sum::<usize>(),
+        100,
+        "each message to one member"
+    );
+    assert!(per_member.iter().all(|&n| n > 0), "{per_member:?}");
+    assert_eq!(
+        publishes(&h.recv(other)).len(),
+        100,
+        "plain subscribers get all"
+    );
+}
+
+#[test]
+fn shared_member_leaving_hands_its_unacked_qos1_to_another() {
+    let mut h = H::new(2);
+    let a = h.connect(0, "a", true);
+    h.subscribe(a, "$share/g/t", QoS::AtLeastOnce);
+    let b = h.connect(1, "b", true);
+    h.subscribe(b, "$share/g/t", QoS::AtLeastOnce);
+    let publ = h.connect(0, "pub", true);
+    for i in 0..10u16 {
+        h.send(publ, publish("t", QoS::AtLeastOnce, i + 1, b"m"));
+    }
+    let got_a = publishes(&h.recv(a));
+    let got_b = publishes(&h.recv(b));
+    assert_eq!(got_a.len() + got_b.len(), 10);
+    assert!(!got_a.is_empty());
+    // `a` leaves without acknowledging anything: its messages go to `b`.
+    h.shards[0].closed(h.now, a.1);
+    h.settle();
+    let again = publishes(&h.recv(b));
+    assert_eq!(again.len(), got_a.len(), "{again:?}");
+}
+
+#[test]
+fn shared_subscription_gets_no_retained_messages() {
+    let mut h = H::new(1);
+    let publ = h.connect(0, "pub", true);
+    let mut p = publish("t", QoS::AtMostOnce, 1, b"kept");
+    if let Packet::Publish(p) = &mut p {
+        p.retain = true;
+    }
+    h.send(publ, p);
+    let s = h.connect(0, "s", true);
+    h.send(
+        s,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(
+                TopicFilter::new("$share/g/t").unwrap(),
+                QoS::AtMostOnce.into(),
+            )],
+            props: Default::default(),
+        }),
+    );
+    let got = h.recv(s);
+    assert!(matches!(&got[0], Packet::SubAck(_)), "{got:?}");
+    assert!(
+        publishes(&got).is_empty(),
+        "no retained on a shared subscription"
+    );
+    let plain = h.connect(0, "plain", true);
+    h.send(
+        plain,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(TopicFilter::new("t").unwrap(), QoS::AtMostOnce.into())],
+            props: Default::default(),
+        }),
+    );
+    assert_eq!(publishes(&h.recv(plain)).len(), 1, "a plain one does");
+}
+
+#[test]
+fn v5_no_local_retain_as_published_and_subscription_ids() {
+    let mut h = H::new(1);
+    let c = h
+        .connect_with(0, connect5("me", true, Properties::default()))
+        .0;
+    let nl = SubOptions {
+        no_local: true,
+        ..SubOptions::qos(QoS::AtMostOnce)
+    };
+    subscribe_opts(&mut h, c, "a/#", nl, 7);
+    let rap = SubOptions {
+        retain_as_published: true,
+        ..SubOptions::qos(QoS::AtMostOnce)
+    };
+    subscribe_opts(&mut h, c, "b/+", rap, 9);
+    h.send(c, publish("a/1", QoS::AtMostOnce, 1, b"x"));
+    assert!(publishes(&h.recv(c)).is_empty(), "no local");
+    let other = h.connect(0, "other", true);
+    h.send(other, publish("a/1", QoS::AtMostOnce, 1, b"x"));
+    let mut retained = publish("b/1", QoS::AtMostOnce, 1, b"y");
+    if let Packet::Publish(p) = &mut retained {
+        p.retain = true;
+    }
+    h.send(other, retained);
+    let got = publishes(&h.recv(c));
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].props.subscription_identifiers, vec![7]);
+    assert!(!got[0].retain);
+    assert_eq!(got[1].props.subscription_identifiers, vec![9]);
+    assert!(got[1].retain, "retain as published");
+}
+
+#[test]
+fn v5_session_expiry_keeps_then_ends_the_session() {
+    let mut h = H::new(1);
+    let props = Properties {
+        session_expiry_interval: Some(30),
+        ..Properties::default()
+    };
+    let c = h.connect_with(0, connect5("exp", true, props.clone())).0;
+    h.subscribe(c, "t", QoS::AtLeastOnce);
+    h.shards[0].closed(h.now, c.1);
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.shards[0].session_count(), 1, "kept while within expiry");
+    h.advance(Duration::from_secs(25));
+    assert_eq!(h.shards[0].session_count(), 0, "expired");
+    assert_eq!(h.shards[0].stats().sessions_expired, 1);
+    let (_, ack) = h.connect_with(0, connect5("exp", false, props));
+    assert!(!ack.session_present);
+}
+
+#[test]
+fn v5_will_delay_is_cancelled_by_reconnect_and_sent_otherwise() {
+    let mut h = H::new(1);
+    let watcher = h.connect(0, "w", true);
+    h.subscribe(watcher, "will", QoS::AtMostOnce);
+    let props = Properties {
+        session_expiry_interval: Some(100),
+        ..Properties::default()
+    };
+    let mut c = connect5("dev", true, props.clone());
+    c.will = Some(Will {
+        topic: TopicName::new("will").unwrap(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        props: Properties {
+            will_delay_interval: Some(5),
+            ..Properties::default()
+        }
+        .into(),
+    });
+    let dev = h.connect_with(0, c.clone()).0;
+    h.shards[0].closed(h.now, dev.1);
+    h.advance(Duration::from_secs(2));
+    assert!(publishes(&h.recv(watcher)).is_empty(), "delayed");
+    let _back = h.connect_with(0, connect5("dev", false, props)).0;
+    h.advance(Duration::from_secs(10));
+    assert!(
+        publishes(&h.recv(watcher)).is_empty(),
+        "cancelled by reconnect"
+    );
+    let dev = h.connect_with(0, c).0;
+    h.shards[0].closed(h.now, dev.1);
+    h.advance(Duration::from_secs(6));
+    assert_eq!(publishes(&h.recv(watcher)).len(), 1, "sent after the delay");
+}
+
+#[test]
+fn v5_expired_queued_message_is_not_delivered() {
+    let mut h = H::new(1);
+    let props = Properties {
+        session_expiry_interval: Some(1000),
+        ..Properties::default()
+    };
+    let c = h.connect_with(0, connect5("s", true, props.clone())).0;
+    h.subscribe(c, "t", QoS::AtLeastOnce);
+    h.shards[0].closed(h.now, c.1);
+    let publ = h
+        .connect_with(0, connect5("p", true, Properties::default()))
+        .0;
+    for (i, expiry) in [(1u16, 5u32), (2, 60)] {
+        let mut p = publish("t", QoS::AtLeastOnce, i, b"m");
+        if let Packet::Publish(p) = &mut p {
+            p.props.message_expiry_interval = Some(expiry);
+        }
+        h.send(publ, p);
+    }
+    h.advance(Duration::from_secs(10));
+    let (c, _) = h.connect_with(0, connect5("s", false, props));
+    let got = publishes(&h.recv(c));
+    assert_eq!(got.len(), 1, "{got:?}");
+    let left = got[0].props.message_expiry_interval.unwrap();
+    assert!((49..=50).contains(&left), "remaining expiry {left}");
+}
+
+#[test]
+fn v5_topic_alias_in_and_invalid_alias_disconnects() {
+    let mut h = H::new(1);
+    let sub = h.connect(0, "sub", true);
+    h.subscribe(sub, "long/topic", QoS::AtMostOnce);
+    let c = h
+        .connect_with(0, connect5("p", true, Properties::default()))
+        .0;
+    let mut first = publish("long/topic", QoS::AtMostOnce, 1, b"1");
+    if let Packet::Publish(p) = &mut first {
+        p.props.topic_alias = Some(3);
+    }
+    h.send(c, first);
+    let mut second = publish("x", QoS::AtMostOnce, 1, b"2");
+    if let Packet::Publish(p) = &mut second {
+        p.topic = TopicName::alias_only();
+        p.props.topic_alias = Some(3);
+    }
+    h.send(c, second);
+    let got = publishes(&h.recv(sub));
+    assert_eq!(got.len(), 2);
+    assert!(got.iter().all(|p| p.topic.as_str() == "long/topic"));
+    let mut bad = publish("y", QoS::AtMostOnce, 1, b"3");
+    if let Packet::Publish(p) = &mut bad {
+        p.props.topic_alias = Some(1000);
+    }
+    h.send(c, bad);
+    assert!(h.is_closed(c));
+    let last = h.recv(c);
+    assert!(
+        matches!(last.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::TOPIC_ALIAS_INVALID),
+        "{last:?}"
+    );
+}
+
+/// [MQTT-3.1.2-28] [MQTT-3.1.2-29] [MQTT-3.2.2-19] [MQTT-3.2.2-20] [MQTT-3.4.2-2]
+/// [MQTT-3.4.2-3] [MQTT-3.5.2-2] [MQTT-3.5.2-3] [MQTT-3.6.2-2] [MQTT-3.6.2-3]
+/// [MQTT-3.7.2-2] [MQTT-3.7.2-3] [MQTT-3.9.2-1] [MQTT-3.9.2-2] [MQTT-3.11.2-1]
+/// [MQTT-3.11.2-2] [MQTT-3.14.2-3] [MQTT-3.14.2-4]: the broker never puts a Reason
+/// String or User Property on anything but a forwarded PUBLISH, so a client that asks
+/// for no problem information gets none, and no packet grows past its maximum by them.
+#[test]
+fn v5_acknowledgements_carry_no_reason_strings_or_user_properties() {
+    let mut h = H::new(1);
+    let props = Properties {
+        request_problem_information: Some(0),
+        maximum_packet_size: Some(1024),
+        ..Properties::default()
+    };
+    let (c, ack) = h.connect_with(0, connect5("quiet", true, props));
+    let mut all = vec![Packet::ConnAck(ack)];
+    subscribe_opts(&mut h, c, "t", SubOptions::qos(QoS::ExactlyOnce), 0);
+    h.send(c, publish("t", QoS::AtLeastOnce, 1, b"1"));
+    h.send(c, publish("t", QoS::ExactlyOnce, 2, b"2"));
+    h.send(c, Packet::pubrel(pid(2)));
+    h.send(c, Packet::pubrel(pid(77))); // unknown id: PUBCOMP 0x92
+    h.send(
+        c,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: pid(3),
+            filters: vec![
+                TopicFilter::new("t").unwrap(),
+                TopicFilter::new("u").unwrap(),
+            ],
+            props: Default::default(),
+        }),
+    );
+    all.extend(h.recv(c));
+    // A protocol error: the server's DISCONNECT carries no reason string either.
+    h.send(c, Packet::Auth(Auth::default()));
+    all.extend(h.recv(c));
+    let mut names = Vec::new();
+    for p in &all {
+        names.push(p.name());
+        let props = match p {
+            Packet::ConnAck(a) => &a.props,
+            Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+                &a.props
+            }
+            Packet::SubAck(s) => &s.props,
+            Packet::UnsubAck(u) => &u.props,
+            Packet::Disconnect(d) => &d.props,
+            _ => continue,
+        };
+        assert!(props.reason_string.is_none(), "{p:?}");
+        assert!(props.user_properties.is_empty(), "{p:?}");
+    }
+    for want in [
+        "CONNACK",
+        "PUBACK",
+        "PUBREC",
+        "PUBCOMP",
+        "UNSUBACK",
+        "DISCONNECT",
+    ] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    // [MQTT-3.11.3-1]: one reason code per filter, in order; 0x11 for the unknown one.
+    let unsuback = all.iter().find_map(|p| match p {
+        Packet::UnsubAck(u) => Some(u.codes.clone()),
+        _ => None,
+    });
+    assert_eq!(
+        unsuback,
+        Some(vec![
+            ReasonCode::SUCCESS,
+            ReasonCode::NO_SUBSCRIPTION_EXISTED
+        ])
+    );
+    let comp_unknown = all.iter().any(
+        |p| matches!(p, Packet::PubComp(a) if a.packet_id == pid(77) && a.reason == ReasonCode::PACKET_ID_NOT_FOUND),
+    );
+    assert!(comp_unknown, "{all:?}");
+}
+
+/// [MQTT-3.15.1-1] [MQTT-4.12.0-6]: no authentication method is offered, so CONNECT
+/// with one is refused with 0x8C, and AUTH on a connection without one is a Protocol
+/// Error (DISCONNECT 0x82).
+#[test]
+fn v5_authentication_method_refused_and_auth_is_a_protocol_error() {
+    let mut h = H::new(1);
+    let props = Properties {
+        authentication_method: Some("SCRAM-SHA-1".into()),
+        ..Properties::default()
+    };
+    let (c, ack) = h.connect_with(0, connect5("a", true, props));
+    assert_eq!(ack.code, ReasonCode::BAD_AUTHENTICATION_METHOD);
+    assert!(h.is_closed(c));
+    let c = h
+        .connect_with(0, connect5("b", true, Properties::default()))
+        .0;
+    h.send(c, Packet::Auth(Auth::default()));
+    assert!(h.is_closed(c));
+    let got = h.recv(c);
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::PROTOCOL_ERROR),
+        "{got:?}"
+    );
+}
+
+/// [MQTT-3.14.2-2]: a DISCONNECT may not raise a Session Expiry Interval of 0.
+#[test]
+fn v5_disconnect_cannot_raise_session_expiry_from_zero() {
+    let mut h = H::new(1);
+    let c = h
+        .connect_with(0, connect5("z", true, Properties::default()))
+        .0;
+    let mut d = Disconnect::default();
+    d.props.session_expiry_interval = Some(60);
+    h.send(c, Packet::Disconnect(d));
+    assert!(h.is_closed(c));
+    let got = h.recv(c);
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::PROTOCOL_ERROR),
+        "{got:?}"
+    );
+    assert_eq!(h.shards[0].stats().protocol_errors, 1);
+    assert_eq!(h.shards[0].session_count(), 0);
+}
+
+/// [MQTT-3.8.3-4]: No Local on a shared subscription is a Protocol Error.
+#[test]
+fn v5_no_local_on_shared_subscription_is_a_protocol_error() {
+    let mut h = H::new(1);
+    let c = h
+        .connect_with(0, connect5("nl", true, Properties::default()))
+        .0;
+    let opts = SubOptions {
+        no_local: true,
+        ..SubOptions::qos(QoS::AtMostOnce)
+    };
+    h.send(
+        c,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(TopicFilter::new("$share/g/t").unwrap(), opts)],
+            props: Default::default(),
+        }),
+    );
+    assert!(h.is_closed(c));
+    let got = h.recv(c);
+    assert!(
+        matches!(got.last(), Some(Packet::Disconnect(d)) if d.reason == ReasonCode::PROTOCOL_ERROR),
+        "{got:?}"
+    );
+}
+
+/// [MQTT-3.3.4-5]: a session with a plain and a shared subscription matching one
+/// topic gets each copy with the identifier of the subscription it came through.
+#[test]
+fn v5_subscription_ids_follow_the_copy() {
+    let mut h = H::new(1);
+    let c = h
+        .connect_with(0, connect5("both", true, Properties::default()))
+        .0;
+    subscribe_opts(&mut h, c, "a/#", SubOptions::qos(QoS::AtMostOnce), 1);
+    subscribe_opts(
+        &mut h,
+        c,
+        "$share/g/a/#",
+        SubOptions::qos(QoS::AtMostOnce),
+        2,
+    );
+    let p = h.connect(0, "p", true);
+    h.send(p, publish("a/b", QoS::AtMostOnce, 1, b"x"));
+    let got = publishes(&h.recv(c));
+    let mut ids: Vec<Vec<u32>> = got
+        .iter()
+        .map(|p| p.props.subscription_identifiers.clone())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec![vec![1], vec![2]]);
+}
+
+/// [MQTT-3.3.2-7]: topic aliases belong to one connection: after a reconnect an
+/// alias set before is unknown (Protocol Error).
+#[test]
+fn v5_topic_aliases_do_not_survive_the_connection() {
+    let mut h = H::new(1);
+    let props = Properties {
+        session_expiry_interval: Some(60),
+        ..Properties::default()
+    };
+    let c = h.connect_with(0, connect5("al", true, props.clone())).0;
+    let mut set = publish("t/long", QoS::AtMostOnce, 1, b"1");
+    if let Packet::Publish(p) = &mut set {
+        p.props.topic_alias = Some(1);
+    }
+    h.send(c, set);
+    h.send(c, Packet::disconnect());
+    let c = h.connect_with(0, connect5("al", false, props)).0;
+    let mut use_it = publish("x", QoS::AtMostOnce, 1, b"2");
+    if let Packet::Publish(p) = &mut use_it {
+        p.topic = TopicName::alias_only();
+        p.props.topic_alias = Some(1);
+    }
+    h.send(c, use_it);
+    assert!(h.is_closed(c));
+}
+
+/// 4.3.3: a PUBREC with a failure reason ends the QoS 2 flow: no PUBREL, and the
+/// packet id is free again.
+#[test]
+fn v5_failed_pubrec_ends_the_flow() {
+    let mut h = H::new(1);
+    let c = h
+        .connect_with(0, connect5("r", true, Properties::default()))
+        .0;
+    subscribe_opts(&mut h, c, "t", SubOptions::qos(QoS::ExactlyOnce), 0);
+    let p = h.connect(0, "p", true);
+    h.send(p, publish("t", QoS::ExactlyOnce, 1, b"x"));
+    let got = publishes(&h.recv(c));
+    let id = got[0].packet_id.unwrap();
+    let mut rec = Ack::new(id);
+    rec.reason = ReasonCode::UNSPECIFIED_ERROR;
+    h.send(c, Packet::PubRec(rec));
+    let after = h.recv(c);
+    assert!(
+        !after.iter().any(|p| matches!(p, Packet::PubRel(_))),
+        "{after:?}"
+    );
+    let key = *h.shards[0].by_client.get("r").unwrap();
+    assert!(h.shards[0].sessions[key].inflight.is_empty());
+}
+
+/// 3.2.2.3.14: with a broker keep-alive limit, an MQTT 5 client asking for more (or
+/// for none) is told Server Keep Alive and held to it; a 3.1.1 client asking for more
+/// is refused with 0x02.
+#[test]
+fn server_keep_alive_limits_the_client() {
+    let cfg = Config {
+        max_keep_alive_secs: 10,
+        ..Config::default()
+    };
+    let mut h = H::with(1, cfg);
+    let mut c = connect5("ka", true, Properties::default());
+    c.keep_alive_secs = 0;
+    let (conn, ack) = h.connect_with(0, c);
+    assert_eq!(ack.code, ReasonCode::SUCCESS);
+    assert_eq!(ack.props.server_keep_alive, Some(10));
+    h.advance(Duration::from_secs(14));
+    assert!(!h.is_closed(conn));
+    h.advance(Duration::from_secs(2));
+    assert!(h.is_closed(conn), "held to 1.5 x the server keep alive");
+    let mut old = connect("old", true);
+    old.keep_alive_secs = 60;
+    let (_, ack) = h.connect_with(0, old);
+    assert_eq!(ack.code, ReasonCode::CLIENT_ID_NOT_VALID);
+    let mut ok = connect("ok", true);
+    ok.keep_alive_secs = 5;
+    let (_, ack) = h.connect_with(0, ok);
+    assert_eq!(ack.code, ReasonCode::SUCCESS);
+    assert_eq!(ack.props.server_keep_alive, None);
 }
