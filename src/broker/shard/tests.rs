@@ -2218,3 +2218,30 @@ fn v5_suback_larger_than_the_maximum_packet_size_is_not_sent() {
     assert!(h.recv(c).is_empty());
     assert!(!h.is_closed(c));
 }
+
+/// [MQTT-3.2.2-12] [MQTT-3.2.2-13]: ternmq supports QoS 2 and retained messages, so
+/// a will at QoS 2 with Will Retain 1 is accepted (no 0x9B/0x9A) and published so.
+#[test]
+fn v5_will_at_qos2_and_retained_is_accepted() {
+    let mut h = H::new(1);
+    let mut c = connect5("dev", true, Properties::default());
+    c.will = Some(Will {
+        topic: TopicName::new("will/r").unwrap(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::ExactlyOnce,
+        retain: true,
+        props: Properties::default().into(),
+    });
+    let (dev, ack) = h.connect_with(0, c);
+    assert_eq!(ack.code, ReasonCode::SUCCESS);
+    h.shards[0].closed(h.now, dev.1);
+    h.settle();
+    let w = h
+        .connect_with(0, connect5("w", true, Properties::default()))
+        .0;
+    subscribe_opts(&mut h, w, "will/#", SubOptions::qos(QoS::ExactlyOnce), 0);
+    let got = publishes(&h.recv(w));
+    assert_eq!(got.len(), 1, "the will was kept as retained: {got:?}");
+    assert!(got[0].retain);
+    assert_eq!(got[0].qos, QoS::ExactlyOnce);
+}
