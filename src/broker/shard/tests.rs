@@ -2239,7 +2239,17 @@ fn v5_will_at_qos2_and_retained_is_accepted() {
     let w = h
         .connect_with(0, connect5("w", true, Properties::default()))
         .0;
-    subscribe_opts(&mut h, w, "will/#", SubOptions::qos(QoS::ExactlyOnce), 0);
+    h.send(
+        w,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(
+                TopicFilter::new("will/#").unwrap(),
+                SubOptions::qos(QoS::ExactlyOnce),
+            )],
+            props: Default::default(),
+        }),
+    );
     let got = publishes(&h.recv(w));
     assert_eq!(got.len(), 1, "the will was kept as retained: {got:?}");
     assert!(got[0].retain);
