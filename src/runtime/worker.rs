@@ -707,7 +707,17 @@ impl Worker {
     fn apply_effects(&mut self, now: Instant) {
         // Pauses first: they gate the next turn's reads.
         let pauses = std::mem::take(&mut self.shard.effects().pause);
+        // A pause runs from now, when it takes effect, not from the start of this
+        // turn: a turn longer than the pause (a loaded machine) would otherwise let it
+        // expire before the next turn's reads, which it is meant to stop. One clock
+        // read, and only on a turn that pauses someone (congestion is rare).
+        let shift = if pauses.is_empty() {
+            Duration::ZERO
+        } else {
+            Instant::now().saturating_duration_since(now)
+        };
         for (id, until) in pauses {
+            let until = until + shift;
             if let Some(c) = self.conns.get_mut(id.slot as usize) {
                 if c.gen == id.gen {
                     if c.paused_until.is_none() {
