@@ -944,6 +944,45 @@ fn paused_publishers_resume_when_the_queue_drains() {
     );
 }
 
+/// A `Pause` for a publisher on another worker lasts `backpressure_pause` from its
+/// arrival: one that arrives later than that (a long turn, a slow mesh hop under
+/// load) must still pause the publisher, or nothing stops it and the subscriber's
+/// queue overflows (QoS 1 messages dropped; seen as loss in `tls.rs`'s bench test).
+#[test]
+fn a_late_remote_pause_still_pauses_the_publisher() {
+    let cfg = Config {
+        max_inflight: 2,
+        max_queued_messages: 100,
+        backpressure_pause_ms: 100,
+        ..Config::default()
+    };
+    let mut h = H::with(2, cfg);
+    let slow = h.connect(0, "slow", true);
+    h.subscribe(slow, "q", QoS::AtLeastOnce);
+    let publ = h.connect(1, "p", true);
+    for i in 1..=12u16 {
+        h.send_only(publ, publish("q", QoS::AtLeastOnce, i, b"x"));
+    }
+    // The publishes reach worker 0, which congests and sends Pause back...
+    h.pump(1, 0);
+    assert!(h.shards[1].effects().pause.is_empty());
+    // ...which reaches worker 1 only after longer than the pause itself.
+    h.now += Duration::from_millis(300);
+    h.pump(0, 1);
+    let pauses = &h.shards[1].effects().pause;
+    let until = pauses
+        .iter()
+        .filter(|(c, _)| *c == publ.1)
+        .map(|&(_, t)| t)
+        .max()
+        .expect("publisher paused");
+    assert!(
+        until >= h.now + Duration::from_millis(100),
+        "the pause runs from its arrival: {:?} left",
+        until.saturating_duration_since(h.now)
+    );
+}
+
 // ---- MQTT 5 and shared subscriptions ----
 
 fn connect5(id: &str, clean: bool, props: Properties) -> Box<Connect> {
