@@ -7,7 +7,7 @@
 
 mod common;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::{broker, broker_with};
 use rumqttc::v5::mqttbytes::v5::{
     ConnectProperties, Filter, LastWill, LastWillProperties, Packet as P5, PublishProperties,
@@ -16,13 +16,12 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::v5::{Client as Client5, Connection as Conn5, Event as Ev5, MqttOptions};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use ternmq::protocol::{
-    decode_one_v, encode_packet_v, Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketId,
-    Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubOptions, Subscribe, TopicFilter,
-    TopicName, Will,
+    Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion,
+    Publish, QoS, ReasonCode, SubOptions, Subscribe, TopicFilter, TopicName, Will,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -188,9 +187,20 @@ fn topic_of(p: &rumqttc::v5::mqttbytes::v5::Publish) -> String {
 // ---------------------------------------------------------------------------------
 // Raw MQTT 5 client (our codec at level 5)
 
-struct Raw5 {
-    stream: TcpStream,
-    buf: BytesMut,
+/// The common raw client, speaking level 5.
+struct Raw5(common::Raw);
+
+impl std::ops::Deref for Raw5 {
+    type Target = common::Raw;
+    fn deref(&self) -> &common::Raw {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Raw5 {
+    fn deref_mut(&mut self) -> &mut common::Raw {
+        &mut self.0
+    }
 }
 
 fn connect5(client_id: &str) -> Connect {
@@ -208,15 +218,9 @@ fn connect5(client_id: &str) -> Connect {
 
 impl Raw5 {
     fn tcp(addr: SocketAddr) -> Raw5 {
-        let stream = TcpStream::connect(addr).expect("tcp connect");
-        stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        Raw5 {
-            stream,
-            buf: BytesMut::new(),
-        }
+        let mut raw = common::Raw::connect(addr);
+        raw.version = ProtocolVersion::V5;
+        Raw5(raw)
     }
 
     fn connect(addr: SocketAddr, c: Connect) -> (Raw5, ConnAck) {
@@ -236,64 +240,12 @@ impl Raw5 {
         raw
     }
 
-    fn send(&mut self, p: &Packet) {
-        let mut out = Vec::new();
-        encode_packet_v(p, ProtocolVersion::V5, &mut out);
-        let _ = self.stream.write_all(&out);
-    }
-
-    fn recv(&mut self) -> Option<Packet> {
-        self.recv_within(WAIT)
-    }
-
-    fn recv_within(&mut self, wait: Duration) -> Option<Packet> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Ok(Some(p)) = decode_one_v(&mut self.buf, usize::MAX, ProtocolVersion::V5) {
-                return Some(p);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            let mut chunk = [0u8; 8192];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
     /// Packets received until the broker closes the connection; panics if it does not
     /// close within `wait`.
     fn until_closed(&mut self, wait: Duration) -> Vec<Packet> {
-        let deadline = Instant::now() + wait;
-        let mut got = Vec::new();
-        loop {
-            while let Ok(Some(p)) = decode_one_v(&mut self.buf, usize::MAX, ProtocolVersion::V5) {
-                got.push(p);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker did not close; got {got:?}"
-            );
-            let mut chunk = [0u8; 8192];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return got,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return got,
-            }
-        }
+        let (closed, got) = self.0.closed_within(wait);
+        assert!(closed, "broker did not close; got {got:?}");
+        got
     }
 
     fn subscribe(&mut self, filter: &str, opts: SubOptions, id: Option<u32>) {

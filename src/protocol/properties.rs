@@ -455,7 +455,10 @@ mod tests {
     fn topic_alias_zero_is_topic_alias_invalid() {
         let err = dec(&[0x23, 0, 0], Allowed::PUBLISH).unwrap_err();
         assert_eq!(err, DecodeError::InvalidPropertyValue(0x23));
-        assert_eq!(err.reason_code(), crate::protocol::ReasonCode::TOPIC_ALIAS_INVALID);
+        assert_eq!(
+            err.reason_code(),
+            crate::protocol::ReasonCode::TOPIC_ALIAS_INVALID
+        );
     }
 
     #[test]
