@@ -30,6 +30,23 @@ fn cfg(b: &BrokerHandle, scenario: Scenario, count: usize) -> BenchConfig {
     }
 }
 
+/// The generator speaks MQTT 5 too (`--mqtt 5`): QoS 2 pairs, nothing lost.
+#[test]
+fn pairs_over_mqtt5_qos2_loses_nothing() {
+    let b = broker();
+    let c = BenchConfig {
+        qos: QoS::ExactlyOnce,
+        inflight: 10,
+        version: ternmq::protocol::ProtocolVersion::V5,
+        ..cfg(&b, Scenario::Pairs, 4)
+    };
+    let r = run(&c).expect("run");
+    assert!(r.received > 100, "{}", r.table());
+    assert_eq!(r.tally.lost, 0, "{}", r.table());
+    assert_eq!(r.tally.duplicates, 0);
+    assert!(r.drained);
+}
+
 #[test]
 fn pairs_qos1_loses_nothing() {
     let b = broker();

@@ -7,7 +7,7 @@
 
 mod common;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use common::{broker, broker_with};
 use rumqttc::v5::mqttbytes::v5::{
     ConnectProperties, Filter, LastWill, LastWillProperties, Packet as P5, PublishProperties,
@@ -16,13 +16,12 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::v5::mqttbytes::QoS as Q5;
 use rumqttc::v5::{Client as Client5, Connection as Conn5, Event as Ev5, MqttOptions};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use ternmq::protocol::{
-    decode_one_v, encode_packet_v, Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketId,
-    Properties, ProtocolVersion, Publish, QoS, ReasonCode, SubOptions, Subscribe, TopicFilter,
-    TopicName, Will,
+    Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketId, Properties, ProtocolVersion,
+    Publish, QoS, ReasonCode, SubOptions, Subscribe, TopicFilter, TopicName, Will,
 };
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -188,9 +187,20 @@ fn topic_of(p: &rumqttc::v5::mqttbytes::v5::Publish) -> String {
 // ---------------------------------------------------------------------------------
 // Raw MQTT 5 client (our codec at level 5)
 
-struct Raw5 {
-    stream: TcpStream,
-    buf: BytesMut,
+/// The common raw client, speaking level 5.
+struct Raw5(common::Raw);
+
+impl std::ops::Deref for Raw5 {
+    type Target = common::Raw;
+    fn deref(&self) -> &common::Raw {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Raw5 {
+    fn deref_mut(&mut self) -> &mut common::Raw {
+        &mut self.0
+    }
 }
 
 fn connect5(client_id: &str) -> Connect {
@@ -208,15 +218,9 @@ fn connect5(client_id: &str) -> Connect {
 
 impl Raw5 {
     fn tcp(addr: SocketAddr) -> Raw5 {
-        let stream = TcpStream::connect(addr).expect("tcp connect");
-        stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .unwrap();
-        Raw5 {
-            stream,
-            buf: BytesMut::new(),
-        }
+        let mut raw = common::Raw::connect(addr);
+        raw.version = ProtocolVersion::V5;
+        Raw5(raw)
     }
 
     fn connect(addr: SocketAddr, c: Connect) -> (Raw5, ConnAck) {
@@ -236,64 +240,12 @@ impl Raw5 {
         raw
     }
 
-    fn send(&mut self, p: &Packet) {
-        let mut out = Vec::new();
-        encode_packet_v(p, ProtocolVersion::V5, &mut out);
-        let _ = self.stream.write_all(&out);
-    }
-
-    fn recv(&mut self) -> Option<Packet> {
-        self.recv_within(WAIT)
-    }
-
-    fn recv_within(&mut self, wait: Duration) -> Option<Packet> {
-        let deadline = Instant::now() + wait;
-        loop {
-            if let Ok(Some(p)) = decode_one_v(&mut self.buf, usize::MAX, ProtocolVersion::V5) {
-                return Some(p);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            let mut chunk = [0u8; 8192];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
     /// Packets received until the broker closes the connection; panics if it does not
     /// close within `wait`.
     fn until_closed(&mut self, wait: Duration) -> Vec<Packet> {
-        let deadline = Instant::now() + wait;
-        let mut got = Vec::new();
-        loop {
-            while let Ok(Some(p)) = decode_one_v(&mut self.buf, usize::MAX, ProtocolVersion::V5) {
-                got.push(p);
-            }
-            assert!(
-                Instant::now() < deadline,
-                "broker did not close; got {got:?}"
-            );
-            let mut chunk = [0u8; 8192];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return got,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return got,
-            }
-        }
+        let (closed, got) = self.0.closed_within(wait);
+        assert!(closed, "broker did not close; got {got:?}");
+        got
     }
 
     fn subscribe(&mut self, filter: &str, opts: SubOptions, id: Option<u32>) {
@@ -341,6 +293,7 @@ fn disconnect_reason(packets: &[Packet]) -> Option<ReasonCode> {
 // ---------------------------------------------------------------------------------
 // 1. CONNACK
 
+// [MQTT-3.1.2-4] [MQTT-3.1.2-5] [MQTT-3.1.2-6] [MQTT-3.1.3-6] [MQTT-3.1.3-7] [MQTT-3.1.4-4] [MQTT-3.1.4-5] [MQTT-3.2.2-2] [MQTT-3.2.2-3]
 #[test]
 fn connack_properties_and_session_present() {
     let b = broker_with(2, |c| {
@@ -398,6 +351,7 @@ fn connack_properties_and_session_present() {
 // ---------------------------------------------------------------------------------
 // 2. Session expiry
 
+// [MQTT-3.1.2-23] [MQTT-4.1.0-1] [MQTT-4.1.0-2] [MQTT-4.5.0-1]
 #[test]
 fn session_expiry_keeps_messages_then_expires() {
     let b = broker(2);
@@ -474,6 +428,7 @@ fn will5(topic: &str, delay: u32) -> LastWill {
     LastWill::new(topic, "gone", Q5::AtLeastOnce, false, Some(props))
 }
 
+// [MQTT-3.1.2-7] [MQTT-3.1.2-8] [MQTT-3.1.2-10] [MQTT-3.1.3-9] [MQTT-3.14.4-3]
 #[test]
 fn will_delay_and_disconnect_with_will() {
     let b = broker(2);
@@ -545,6 +500,7 @@ fn expiry(secs: u32) -> PublishProperties {
     }
 }
 
+// [MQTT-3.3.2-5] [MQTT-3.3.2-6]
 #[test]
 fn message_expiry_on_retained_and_queued_messages() {
     let b = broker(2);
@@ -624,6 +580,7 @@ fn message_expiry_on_retained_and_queued_messages() {
 // ---------------------------------------------------------------------------------
 // 5. Properties forwarded
 
+// [MQTT-3.3.2-4] [MQTT-3.3.2-15] [MQTT-3.3.2-16] [MQTT-3.3.2-17] [MQTT-3.3.2-18] [MQTT-3.3.2-20] [MQTT-3.4.2-1]
 #[test]
 fn publish_properties_forwarded_and_payload_format_checked() {
     let b = broker(2);
@@ -685,6 +642,7 @@ fn publish_properties_forwarded_and_payload_format_checked() {
 // ---------------------------------------------------------------------------------
 // 6. Topic aliases
 
+// [MQTT-3.3.2-12] [MQTT-4.13.1-1]
 #[test]
 fn topic_aliases_inbound_and_outbound() {
     let b = broker_with(2, |c| c.max_topic_aliases = 5);
@@ -771,6 +729,7 @@ fn topic_aliases_inbound_and_outbound() {
 // ---------------------------------------------------------------------------------
 // 7. Subscription options and identifiers
 
+// [MQTT-3.3.1-9] [MQTT-3.3.1-10] [MQTT-3.3.1-11] [MQTT-3.3.1-12] [MQTT-3.3.1-13] [MQTT-3.3.4-3] [MQTT-3.3.4-4] [MQTT-3.8.3-3] [MQTT-3.10.4-1] [MQTT-3.10.4-4] [MQTT-3.11.3-2]
 #[test]
 fn subscription_identifiers_no_local_retain_options_unsuback() {
     let b = broker(2);
@@ -930,6 +889,7 @@ fn subscription_identifiers_no_local_retain_options_unsuback() {
 // ---------------------------------------------------------------------------------
 // 8. Receive maximum
 
+// [MQTT-3.3.4-9] [MQTT-4.9.0-1] [MQTT-4.9.0-2]
 #[test]
 fn receive_maximum_bounds_unacked_publishes() {
     let b = broker(2);
@@ -986,6 +946,7 @@ fn receive_maximum_bounds_unacked_publishes() {
 // ---------------------------------------------------------------------------------
 // 9. Maximum packet size
 
+// [MQTT-3.1.2-24] [MQTT-3.1.2-25]
 #[test]
 fn maximum_packet_size_of_client_is_respected() {
     let b = broker(2);
@@ -1040,6 +1001,7 @@ fn maximum_packet_size_of_client_is_respected() {
 // ---------------------------------------------------------------------------------
 // 10. Server DISCONNECT reason codes and AUTH
 
+// [MQTT-3.1.2-22] [MQTT-3.1.4-2] [MQTT-3.1.4-3] [MQTT-3.2.2-6] [MQTT-3.2.2-7] [MQTT-3.2.2-8] [MQTT-3.2.2-22] [MQTT-3.14.2-1] [MQTT-3.14.4-2] [MQTT-4.12.0-1] [MQTT-4.12.0-4] [MQTT-4.13.2-1]
 #[test]
 fn server_disconnect_reason_codes_and_bad_auth_method() {
     let b = broker(2);
@@ -1101,6 +1063,7 @@ fn server_disconnect_reason_codes_and_bad_auth_method() {
 // ---------------------------------------------------------------------------------
 // 11. Cross-version
 
+// [MQTT-3.3.4-1] [MQTT-3.5.2-1] [MQTT-3.6.2-1] [MQTT-3.7.2-1]
 #[test]
 fn v311_and_v5_clients_exchange_messages_at_every_qos() {
     let b = broker(2);
@@ -1481,6 +1444,7 @@ fn mosquitto_v5_clients_properties_and_session_expiry() {
     assert_eq!(text, "sess/queued q\n", "the offline message was kept");
 }
 
+// [MQTT-4.13.1-1] [MQTT-4.13.2-1]
 #[test]
 fn server_disconnect_receive_maximum_malformed_and_shutdown() {
     let b = broker_with(2, |c| c.max_inbound_qos2 = 2);
@@ -1542,6 +1506,7 @@ fn server_disconnect_receive_maximum_malformed_and_shutdown() {
     }
 }
 
+// [MQTT-3.2.2-9] [MQTT-3.1.2-8]
 #[test]
 fn connack_advertises_capabilities_and_will_waits_for_session_expiry() {
     let b = broker(2);
@@ -1575,6 +1540,7 @@ fn connack_advertises_capabilities_and_will_waits_for_session_expiry() {
     assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
 }
 
+// [MQTT-3.8.3-4]
 #[test]
 fn shared_subscription_edge_cases() {
     let b = broker_with(2, |c| {
@@ -1698,6 +1664,7 @@ fn shared_subscription_qos2_sent_to_a_member_stays_with_it() {
     assert_eq!(got, rest, "lazy had {lazy_got:?}");
 }
 
+// [MQTT-3.1.2-29] [MQTT-3.4.2-1]
 #[test]
 fn request_problem_information_zero_suppresses_reason_strings() {
     let b = broker(2);
@@ -1898,6 +1865,7 @@ fn will_on_takeover_follows_clean_start_of_the_new_connection() {
     }
 }
 
+// [MQTT-3.3.4-9] [MQTT-4.9.0-2]
 #[test]
 fn receive_maximum_counts_qos2_until_pubcomp() {
     let b = broker(2);
@@ -1986,6 +1954,7 @@ fn shared_subscription_identifier_and_disconnect_expiry_change() {
     assert!(!ack.session_present, "session ended with the connection");
 }
 
+// [MQTT-3.1.2-24] [MQTT-3.1.2-25] [MQTT-3.3.2-6]
 #[test]
 fn packet_size_counts_properties_expiry_ticks_on_resend_alias_retains_real_topic() {
     let b = broker(2);
@@ -2081,6 +2050,7 @@ fn packet_size_counts_properties_expiry_ticks_on_resend_alias_retains_real_topic
     );
 }
 
+// [MQTT-4.8.2-1] [MQTT-4.8.2-2] [MQTT-3.9.3-2]
 #[test]
 fn invalid_shared_filters_and_subscription_identifier_zero() {
     let b = broker(2);

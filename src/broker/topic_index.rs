@@ -22,7 +22,11 @@
 //!   insert, remove, match and drop walk iteratively and cannot overflow the stack.
 
 use crate::protocol::{TopicFilter, TopicName};
-use std::collections::HashMap;
+/// Hash maps of the trie: foldhash, seeded at random per map (level strings come from
+/// clients, so the seed keeps collision flooding impractical), at a fraction of
+/// SipHash's cost per lookup: the wide levels (`devices/<id>`) are hashed on every
+/// publish.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::ops::ControlFlow;
 
 /// The caller's handle for a subscriber (a session slot on this worker).
@@ -63,8 +67,8 @@ const INDEX_BELOW: usize = 8;
 ///
 /// Small sets (the common case: most levels have a handful of children) are a `Vec`
 /// scanned linearly with capacity kept exact; large ones (`devices/<id>` with 100k ids)
-/// are a boxed std `HashMap` (SipHash: level strings come from clients, so a keyed hash
-/// protects against collision flooding; no extra dependency).
+/// are a boxed `HashMap` (foldhash with a random seed per map: level strings come from
+/// clients, so a keyed hash protects against collision flooding).
 pub(crate) enum Children<T> {
     Small(Vec<(Box<str>, T)>),
     // Boxed on purpose: keeps every node's `Children` at 24 bytes (a `Vec`) instead of
@@ -278,7 +282,7 @@ impl<V: Copy> ManySubs<V> {
                 self.index.insert(moved, i as u32);
             }
             if self.entries.len() < INDEX_BELOW {
-                self.index = HashMap::new();
+                self.index = HashMap::default();
             } else if self.index.len() * 4 < self.index.capacity() {
                 self.index.shrink_to_fit();
             }
@@ -316,7 +320,7 @@ impl<V: Copy> SubSet<V> {
                 let entries = vec![(*s, *v), (sub, value)];
                 *self = SubSet::Many(Box::new(ManySubs {
                     entries,
-                    index: HashMap::new(),
+                    index: HashMap::default(),
                 }));
                 None
             }

@@ -449,6 +449,18 @@ mod tests {
         Properties::decode(&mut Bytes::from(v), allowed)
     }
 
+    /// 3.3.2.3.4: a Topic Alias of 0 is refused, and the client is told 0x94 (Topic
+    /// Alias invalid), not a generic Protocol Error.
+    #[test]
+    fn topic_alias_zero_is_topic_alias_invalid() {
+        let err = dec(&[0x23, 0, 0], Allowed::PUBLISH).unwrap_err();
+        assert_eq!(err, DecodeError::InvalidPropertyValue(0x23));
+        assert_eq!(
+            err.reason_code(),
+            crate::protocol::ReasonCode::TOPIC_ALIAS_INVALID
+        );
+    }
+
     #[test]
     fn rejects_duplicates_disallowed_unknown_and_bad_values() {
         assert_eq!(

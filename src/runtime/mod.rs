@@ -231,6 +231,9 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
     }
     let (senders, receivers): (Vec<Sender<Envelope>>, Vec<Receiver<Envelope>>) =
         (0..workers).map(|_| unbounded()).unzip();
+    let backlog: Vec<Arc<std::sync::atomic::AtomicUsize>> = (0..workers)
+        .map(|_| Arc::new(std::sync::atomic::AtomicUsize::new(0)))
+        .collect();
     let cfg = Arc::new(cfg);
     let registry = Arc::new(Registry::new());
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -246,6 +249,7 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
             rx,
             peers: senders.clone(),
             wakers: wakers.clone(),
+            backlog: backlog.clone(),
         };
         let my_listeners = if id == 0 {
             std::mem::take(&mut listeners)

@@ -42,12 +42,18 @@ const EFFECT_ROUNDS_MAX: usize = 8;
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 /// Batches waiting in one destination's channel before we stop reading sockets.
 const MESH_BACKLOG_MAX: usize = 256;
+/// The least number of messages on their way to one destination before we stop
+/// reading sockets (the bound is `max_queued_messages`, but not below this).
+const MESH_BACKLOG_MSGS_MIN: usize = 64;
 
 /// This worker's ends of the channel mesh.
 pub(crate) struct Mesh {
     pub rx: Receiver<Envelope>,
     pub peers: Vec<Sender<Envelope>>,
     pub wakers: Vec<Arc<Waker>>,
+    /// Messages sent to each worker and not yet taken from its channel, by all
+    /// senders: added before sending, subtracted by the receiver.
+    pub backlog: Vec<Arc<AtomicUsize>>,
 }
 
 /// The listeners a worker owns (worker 0 all of them, the others none) and the TLS
@@ -284,6 +290,7 @@ impl Worker {
                     created_at,
                     batch,
                 }) => {
+                    self.mesh.backlog[self.id].fetch_sub(batch.len(), Ordering::Relaxed);
                     let publishes = batch
                         .iter()
                         // Client PUBLISHes only (they carry an origin), not `$SYS` or wills.
@@ -317,12 +324,21 @@ impl Worker {
         }
     }
 
+    /// A peer is behind: its channel holds too many batches, or too many messages.
+    /// The second bound matters when the peer is starved of CPU (a loaded machine)
+    /// while we are not: then no `Pause` comes back from it in time, and 256 batches
+    /// of publishes for one of its subscribers (thousands of messages, seen with TLS
+    /// on 2 loaded cores) would overflow that subscriber's queue, whose oldest QoS 1
+    /// messages are dropped at twice `max_queued_messages`. With at most
+    /// `max_queued_messages` on their way, the session's own back-pressure (from a
+    /// few windows' worth) acts before that.
     fn mesh_congested(&self) -> bool {
-        self.mesh
-            .peers
-            .iter()
-            .enumerate()
-            .any(|(w, p)| w != self.id && p.len() > MESH_BACKLOG_MAX)
+        let max_msgs = self.cfg.max_queued_messages.max(MESH_BACKLOG_MSGS_MIN);
+        self.mesh.peers.iter().enumerate().any(|(w, p)| {
+            w != self.id
+                && (p.len() > MESH_BACKLOG_MAX
+                    || self.mesh.backlog[w].load(Ordering::Relaxed) > max_msgs)
+        })
     }
 
     /// Accepts new connections and deals them out round-robin over the workers.
@@ -733,7 +749,17 @@ impl Worker {
     fn apply_effects(&mut self, now: Instant) {
         // Pauses first: they gate the next turn's reads.
         let pauses = std::mem::take(&mut self.shard.effects().pause);
+        // A pause runs from now, when it takes effect, not from the start of this
+        // turn: a turn longer than the pause (a loaded machine) would otherwise let it
+        // expire before the next turn's reads, which it is meant to stop. One clock
+        // read, and only on a turn that pauses someone (congestion is rare).
+        let shift = if pauses.is_empty() {
+            Duration::ZERO
+        } else {
+            Instant::now().saturating_duration_since(now)
+        };
         for (id, until) in pauses {
+            let until = until + shift;
             if let Some(c) = self.conns.get_mut(id.slot as usize) {
                 if c.gen == id.gen {
                     if c.paused_until.is_none() {
@@ -758,6 +784,9 @@ impl Worker {
             if batch.is_empty() {
                 continue;
             }
+            // Counted before sending, so that the receiver never subtracts first.
+            let n = batch.len();
+            self.mesh.backlog[w].fetch_add(n, Ordering::Relaxed);
             if self.mesh.peers[w]
                 .send(Envelope::Batch {
                     from: self.id,
@@ -769,6 +798,8 @@ impl Worker {
                 if let Err(e) = self.mesh.wakers[w].wake() {
                     tracing::warn!(error = %e, "cannot wake worker {w}");
                 }
+            } else {
+                self.mesh.backlog[w].fetch_sub(n, Ordering::Relaxed);
             }
         }
         let dirty = std::mem::take(&mut self.shard.effects().dirty);

@@ -9,7 +9,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 use ternmq::config::Config;
 use ternmq::protocol::{
-    decode_one, encode_packet, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS, TopicName,
+    decode_one_v, encode_packet_v, Connect, Packet, PacketId, ProtocolVersion, Publish, QoS,
+    TopicName,
 };
 use ternmq::runtime::{start, BrokerHandle};
 
@@ -38,6 +39,8 @@ pub fn broker_with(workers: usize, tweak: impl FnOnce(&mut Config)) -> BrokerHan
 pub struct Raw {
     pub stream: TcpStream,
     buf: BytesMut,
+    /// The layout packets are written and read in (3.1.1 unless set to MQTT 5).
+    pub version: ProtocolVersion,
 }
 
 impl Raw {
@@ -50,6 +53,7 @@ impl Raw {
         Raw {
             stream,
             buf: BytesMut::new(),
+            version: ProtocolVersion::V3_1_1,
         }
     }
 
@@ -62,6 +66,7 @@ impl Raw {
         Raw {
             stream,
             buf: BytesMut::new(),
+            version: ProtocolVersion::V3_1_1,
         }
     }
 
@@ -80,7 +85,7 @@ impl Raw {
 
     pub fn send(&mut self, p: &Packet) {
         let mut out = Vec::new();
-        encode_packet(p, &mut out);
+        encode_packet_v(p, self.version, &mut out);
         self.send_bytes(&out);
     }
 
@@ -97,7 +102,7 @@ impl Raw {
     pub fn recv_within(&mut self, wait: Duration) -> Option<Packet> {
         let deadline = Instant::now() + wait;
         loop {
-            if let Ok(Some(p)) = decode_one(&mut self.buf, usize::MAX) {
+            if let Ok(Some(p)) = decode_one_v(&mut self.buf, usize::MAX, self.version) {
                 return Some(p);
             }
             if Instant::now() >= deadline {
@@ -120,10 +125,15 @@ impl Raw {
     /// True if the broker closes the connection within [`WAIT`] (packets received
     /// before the close are returned in order).
     pub fn closed(&mut self) -> (bool, Vec<Packet>) {
-        let deadline = Instant::now() + WAIT;
+        self.closed_within(WAIT)
+    }
+
+    /// [`Raw::closed`] with a chosen wait.
+    pub fn closed_within(&mut self, wait: Duration) -> (bool, Vec<Packet>) {
+        let deadline = Instant::now() + wait;
         let mut got = Vec::new();
         loop {
-            while let Ok(Some(p)) = decode_one(&mut self.buf, usize::MAX) {
+            while let Ok(Some(p)) = decode_one_v(&mut self.buf, usize::MAX, self.version) {
                 got.push(p);
             }
             if Instant::now() >= deadline {

@@ -484,7 +484,17 @@ impl Shard {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
+        let before = conn.tx.len();
         crate::protocol::encode_packet_v(packet, conn.version, &mut conn.tx);
+        // [MQTT-3.1.2-24]: nothing larger than an MQTT 5 client's Maximum Packet Size.
+        // PUBLISH is sized before it is built (route.rs:fits); a SUBACK or UNSUBACK
+        // (one code per filter) could still exceed it: it is discarded, not sent.
+        let max = conn.v5.as_ref().map_or(0, |v| v.max_packet) as usize;
+        if max != 0 && conn.tx.len() - before > max {
+            conn.tx.truncate(before);
+            self.stats.dropped_too_large += 1;
+            return;
+        }
         self.stats.messages_sent += 1;
         self.mark_dirty(id);
     }

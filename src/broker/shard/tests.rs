@@ -944,6 +944,45 @@ fn paused_publishers_resume_when_the_queue_drains() {
     );
 }
 
+/// A `Pause` for a publisher on another worker lasts `backpressure_pause` from its
+/// arrival: one that arrives later than that (a long turn, a slow mesh hop under
+/// load) must still pause the publisher, or nothing stops it and the subscriber's
+/// queue overflows (QoS 1 messages dropped; seen as loss in `tls.rs`'s bench test).
+#[test]
+fn a_late_remote_pause_still_pauses_the_publisher() {
+    let cfg = Config {
+        max_inflight: 2,
+        max_queued_messages: 100,
+        backpressure_pause_ms: 100,
+        ..Config::default()
+    };
+    let mut h = H::with(2, cfg);
+    let slow = h.connect(0, "slow", true);
+    h.subscribe(slow, "q", QoS::AtLeastOnce);
+    let publ = h.connect(1, "p", true);
+    for i in 1..=12u16 {
+        h.send_only(publ, publish("q", QoS::AtLeastOnce, i, b"x"));
+    }
+    // The publishes reach worker 0, which congests and sends Pause back...
+    h.pump(1, 0);
+    assert!(h.shards[1].effects().pause.is_empty());
+    // ...which reaches worker 1 only after longer than the pause itself.
+    h.now += Duration::from_millis(300);
+    h.pump(0, 1);
+    let pauses = &h.shards[1].effects().pause;
+    let until = pauses
+        .iter()
+        .filter(|(c, _)| *c == publ.1)
+        .map(|&(_, t)| t)
+        .max()
+        .expect("publisher paused");
+    assert!(
+        until >= h.now + Duration::from_millis(100),
+        "the pause runs from its arrival: {:?} left",
+        until.saturating_duration_since(h.now)
+    );
+}
+
 // ---- MQTT 5 and shared subscriptions ----
 
 fn connect5(id: &str, clean: bool, props: Properties) -> Box<Connect> {
@@ -1048,6 +1087,7 @@ fn shared_member_leaving_hands_its_unacked_qos1_to_another() {
     assert_eq!(again.len(), got_a.len(), "{again:?}");
 }
 
+// (4.8.2: no retained messages on a shared subscription)
 #[test]
 fn shared_subscription_gets_no_retained_messages() {
     let mut h = H::new(1);
@@ -1087,6 +1127,7 @@ fn shared_subscription_gets_no_retained_messages() {
     assert_eq!(publishes(&h.recv(plain)).len(), 1, "a plain one does");
 }
 
+// [MQTT-3.8.3-3] [MQTT-3.3.1-12] [MQTT-3.3.1-13] [MQTT-3.3.4-3]
 #[test]
 fn v5_no_local_retain_as_published_and_subscription_ids() {
     let mut h = H::new(1);
@@ -1120,6 +1161,7 @@ fn v5_no_local_retain_as_published_and_subscription_ids() {
     assert!(got[1].retain, "retain as published");
 }
 
+// [MQTT-3.1.2-23] [MQTT-4.1.0-2]
 #[test]
 fn v5_session_expiry_keeps_then_ends_the_session() {
     let mut h = H::new(1);
@@ -1139,6 +1181,7 @@ fn v5_session_expiry_keeps_then_ends_the_session() {
     assert!(!ack.session_present);
 }
 
+// [MQTT-3.1.2-8] [MQTT-3.1.3-9]
 #[test]
 fn v5_will_delay_is_cancelled_by_reconnect_and_sent_otherwise() {
     let mut h = H::new(1);
@@ -1176,6 +1219,7 @@ fn v5_will_delay_is_cancelled_by_reconnect_and_sent_otherwise() {
     assert_eq!(publishes(&h.recv(watcher)).len(), 1, "sent after the delay");
 }
 
+// [MQTT-3.3.2-5] [MQTT-3.3.2-6]
 #[test]
 fn v5_expired_queued_message_is_not_delivered() {
     let mut h = H::new(1);
@@ -1204,6 +1248,7 @@ fn v5_expired_queued_message_is_not_delivered() {
     assert!((49..=50).contains(&left), "remaining expiry {left}");
 }
 
+// [MQTT-3.3.2-12]
 #[test]
 fn v5_topic_alias_in_and_invalid_alias_disconnects() {
     let mut h = H::new(1);
@@ -1245,6 +1290,7 @@ fn v5_topic_alias_in_and_invalid_alias_disconnects() {
 /// [MQTT-3.11.2-2] [MQTT-3.14.2-3] [MQTT-3.14.2-4]: the broker never puts a Reason
 /// String or User Property on anything but a forwarded PUBLISH, so a client that asks
 /// for no problem information gets none, and no packet grows past its maximum by them.
+// [MQTT-3.7.2-1] (PUBCOMP 0x92)
 #[test]
 fn v5_acknowledgements_carry_no_reason_strings_or_user_properties() {
     let mut h = H::new(1);
@@ -1446,6 +1492,7 @@ fn v5_topic_aliases_do_not_survive_the_connection() {
 
 /// 4.3.3: a PUBREC with a failure reason ends the QoS 2 flow: no PUBREL, and the
 /// packet id is free again.
+// [MQTT-4.4.0-2] [MQTT-4.3.3-4]
 #[test]
 fn v5_failed_pubrec_ends_the_flow() {
     let mut h = H::new(1);
@@ -1497,4 +1544,783 @@ fn server_keep_alive_limits_the_client() {
     let (_, ack) = h.connect_with(0, ok);
     assert_eq!(ack.code, ReasonCode::SUCCESS);
     assert_eq!(ack.props.server_keep_alive, None);
+}
+
+// ---- Statements of MQTT 5 not covered above (issue 4, docs/conformance-5.md) ----
+
+fn publish5(topic: &str, qos: QoS, id: u16, payload: &'static [u8], props: Properties) -> Packet {
+    let mut p = publish(topic, qos, id, payload);
+    if let Packet::Publish(p) = &mut p {
+        p.props = props.into();
+    }
+    p
+}
+
+fn ack_with(id: PacketId, reason: ReasonCode) -> Ack {
+    let mut a = Ack::new(id);
+    a.reason = reason;
+    a
+}
+
+fn last_disconnect(got: &[Packet]) -> Option<ReasonCode> {
+    match got.last() {
+        Some(Packet::Disconnect(d)) => Some(d.reason),
+        _ => None,
+    }
+}
+
+/// Decodes raw MQTT 5 bytes as the runtime does; they must be refused.
+fn decode_fails(bytes: &[u8]) -> crate::protocol::CodecError {
+    let mut buf = BytesMut::from(bytes);
+    match decode_one_v(&mut buf, usize::MAX, ProtocolVersion::V5) {
+        Err(e) => e,
+        Ok(p) => panic!("{bytes:02x?} decoded as {p:?}"),
+    }
+}
+
+/// Ill-formed packets on an MQTT 5 connection: the decoder refuses them and the
+/// shard answers DISCONNECT with the reason, as the last packet, then closes.
+/// [MQTT-1.5.7-1] user property strings; [MQTT-3.3.2-13] Response Topic and
+/// [MQTT-3.3.2-19] Content Type are UTF-8; [MQTT-3.3.2-2] no wildcard in a topic
+/// name (0x90); [MQTT-3.8.3-5] reserved subscription option bits and Retain Handling
+/// 3; [MQTT-3.15.1-1] AUTH flags; [MQTT-3.15.2-1] AUTH reason codes; [MQTT-3.14.1-1]
+/// DISCONNECT flags (0x81); [MQTT-4.13.1-1] close on malformed packets;
+/// [MQTT-3.14.4-1] [MQTT-3.14.4-2] nothing after DISCONNECT, then close.
+#[test]
+fn v5_malformed_packets_get_disconnect_with_reason() {
+    let malformed = ReasonCode::MALFORMED_PACKET;
+    let cases: Vec<(&str, Vec<u8>, ReasonCode)> = vec![
+        (
+            "user property key with U+0000",
+            vec![0x30, 0x0b, 0, 1, b't', 7, 0x26, 0, 1, 0, 0, 1, b'v'],
+            malformed,
+        ),
+        (
+            "user property value not UTF-8",
+            vec![0x30, 0x0b, 0, 1, b't', 7, 0x26, 0, 1, b'k', 0, 1, 0xff],
+            malformed,
+        ),
+        (
+            "response topic not UTF-8",
+            vec![0x30, 0x08, 0, 1, b't', 4, 0x08, 0, 1, 0xff],
+            malformed,
+        ),
+        (
+            "content type with a surrogate",
+            vec![0x30, 0x0a, 0, 1, b't', 6, 0x03, 0, 3, 0xed, 0xa0, 0x80],
+            malformed,
+        ),
+        (
+            "wildcard in a topic name",
+            vec![0x30, 0x06, 0, 3, b'a', b'/', b'+', 0],
+            ReasonCode::TOPIC_NAME_INVALID,
+        ),
+        (
+            "subscription option bits 6-7",
+            vec![0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0xc1],
+            malformed,
+        ),
+        (
+            "retain handling 3",
+            vec![0x82, 0x07, 0, 1, 0, 0, 1, b'a', 0x31],
+            malformed,
+        ),
+        ("AUTH with flag bits", vec![0xf1, 0x00], malformed),
+        (
+            "AUTH with a reason code it may not carry",
+            vec![0xf0, 0x02, 0x80, 0x00],
+            malformed,
+        ),
+        ("DISCONNECT with flag bits", vec![0xe1, 0x00], malformed),
+    ];
+    let mut h = H::new(1);
+    for (i, (what, bytes, want)) in cases.into_iter().enumerate() {
+        let err = decode_fails(&bytes);
+        let c = h
+            .connect_with(0, connect5(&format!("m{i}"), true, Properties::default()))
+            .0;
+        h.shards[0].decode_error(h.now, c.1, &err);
+        assert!(h.is_closed(c), "{what}");
+        let got = h.recv(c);
+        assert_eq!(last_disconnect(&got), Some(want), "{what}: {got:?}");
+    }
+}
+
+/// Malformed CONNECT at level 5: closed without CONNACK and without DISCONNECT
+/// ([MQTT-3.14.0-1]: DISCONNECT only after a successful CONNACK; [MQTT-3.1.4-1]).
+/// [MQTT-3.1.2-9]: Will flag 1 needs Will Properties, Topic and Payload;
+/// [MQTT-3.1.2-19]: Password flag 1 needs a password.
+#[test]
+fn v5_malformed_connect_closes_without_any_answer() {
+    let head = |flags: u8, rest: &[u8]| {
+        let mut v = vec![
+            0x10,
+            (11 + rest.len()) as u8,
+            0,
+            4,
+            b'M',
+            b'Q',
+            b'T',
+            b'T',
+            5,
+        ];
+        v.extend([flags, 0, 0, 0]);
+        v.extend(rest);
+        v
+    };
+    let cases = [
+        ("will flag without will fields", head(0x06, &[0, 1, b'a'])),
+        ("password flag without password", head(0x42, &[0, 1, b'a'])),
+    ];
+    let mut h = H::new(1);
+    for (what, bytes) in cases {
+        let err = decode_fails(&bytes);
+        let c = h.open(0);
+        h.v5.push(c);
+        h.shards[0].decode_error(h.now, c.1, &err);
+        assert!(h.is_closed(c), "{what}");
+        assert!(h.recv(c).is_empty(), "{what}: nothing is sent");
+    }
+}
+
+/// [MQTT-3.1.2-28] no Response Information (asked for or not); [MQTT-3.2.2-9] all QoS
+/// supported, so no Maximum QoS; [MQTT-4.12.0-6] no Authentication Method in CONNACK
+/// and no AUTH; [MQTT-3.9.2-1] [MQTT-3.9.2-2] SUBACK and [MQTT-3.6.2-2]
+/// [MQTT-3.6.2-3] PUBREL carry no Reason String or User Property; [MQTT-3.6.2-1]
+/// PUBREL codes 0x00 and 0x92; [MQTT-3.5.2-1] PUBREC 0x99; [MQTT-3.14.2-2] the
+/// server's DISCONNECT has no Session Expiry Interval; [MQTT-3.14.4-1] it is the
+/// last packet.
+#[test]
+fn v5_suback_pubrel_connack_and_disconnect_carry_only_allowed_properties() {
+    let mut h = H::new(1);
+    for rri in [None, Some(0), Some(1)] {
+        let props = Properties {
+            request_response_information: rri,
+            request_problem_information: Some(0),
+            session_expiry_interval: Some(60),
+            ..Properties::default()
+        };
+        let (c, ack) = h.connect_with(0, connect5("q", true, props));
+        assert!(ack.props.response_information.is_none(), "{rri:?}");
+        assert!(ack.props.maximum_qos.is_none());
+        assert!(ack.props.authentication_method.is_none());
+        assert!(ack.props.authentication_data.is_none());
+        assert!(ack.props.reason_string.is_none());
+        h.send(c, Packet::disconnect());
+    }
+    let c = h
+        .connect_with(0, connect5("q", true, Properties::default()))
+        .0;
+    h.send(
+        c,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![
+                (
+                    TopicFilter::new("t").unwrap(),
+                    SubOptions::qos(QoS::ExactlyOnce),
+                ),
+                (
+                    TopicFilter::new("u").unwrap(),
+                    SubOptions::qos(QoS::AtMostOnce),
+                ),
+            ],
+            props: Default::default(),
+        }),
+    );
+    let mut all = h.recv(c);
+    let p = h.connect(0, "p", true);
+    h.send(p, publish("t", QoS::ExactlyOnce, 1, b"x"));
+    let got = h.recv(c);
+    let id = publishes(&got)[0].packet_id.unwrap();
+    all.extend(got);
+    h.send(c, Packet::pubrec(id));
+    h.send(c, Packet::pubrec(pid(999))); // unknown: PUBREL 0x92
+                                         // PUBLISH QoS 2 with an invalid UTF-8 payload flagged as UTF-8: PUBREC 0x99.
+    let pfi = Properties {
+        payload_format_indicator: Some(1),
+        ..Properties::default()
+    };
+    h.send(c, publish5("v", QoS::ExactlyOnce, 5, b"\xff", pfi));
+    all.extend(h.recv(c));
+    h.send(c, Packet::Auth(Auth::default())); // protocol error: DISCONNECT 0x82
+    all.extend(h.recv(c));
+    assert!(matches!(all.last(), Some(Packet::Disconnect(_))), "{all:?}");
+    let mut rels = Vec::new();
+    let mut subacks = 0;
+    for p in &all {
+        let props = match p {
+            Packet::SubAck(s) => {
+                subacks += 1;
+                assert_eq!(
+                    s.codes,
+                    vec![ReasonCode::GRANTED_QOS_2, ReasonCode::SUCCESS]
+                );
+                &s.props
+            }
+            Packet::PubRel(a) => {
+                rels.push((a.packet_id, a.reason));
+                &a.props
+            }
+            Packet::PubRec(a) => {
+                assert_eq!(
+                    (a.packet_id, a.reason),
+                    (pid(5), ReasonCode::PAYLOAD_FORMAT_INVALID)
+                );
+                &a.props
+            }
+            Packet::Disconnect(d) => {
+                assert!(d.props.session_expiry_interval.is_none(), "{d:?}");
+                &d.props
+            }
+            Packet::Auth(_) => panic!("AUTH sent without a method: {all:?}"),
+            _ => continue,
+        };
+        assert!(props.reason_string.is_none(), "{p:?}");
+        assert!(props.user_properties.is_empty(), "{p:?}");
+    }
+    assert_eq!(subacks, 1);
+    assert_eq!(
+        rels,
+        vec![
+            (id, ReasonCode::SUCCESS),
+            (pid(999), ReasonCode::PACKET_ID_NOT_FOUND)
+        ]
+    );
+}
+
+/// [MQTT-4.3.3-9]: after a PUBREC with a failure code the same packet id starts a
+/// new message. [MQTT-4.3.3-13]: the receiver completes a QoS 2 flow even if the
+/// message expired meanwhile.
+#[test]
+fn v5_qos2_receiver_after_failed_pubrec_and_after_expiry() {
+    let mut h = H::new(1);
+    let s = h.connect(0, "s", true);
+    h.subscribe(s, "t", QoS::ExactlyOnce);
+    let c = h
+        .connect_with(0, connect5("c", true, Properties::default()))
+        .0;
+    let pfi = Properties {
+        payload_format_indicator: Some(1),
+        ..Properties::default()
+    };
+    h.send(c, publish5("t", QoS::ExactlyOnce, 7, b"\xff", pfi.clone()));
+    let got = h.recv(c);
+    assert!(
+        matches!(&got[..], [Packet::PubRec(a)] if a.reason == ReasonCode::PAYLOAD_FORMAT_INVALID),
+        "{got:?}"
+    );
+    h.send(c, publish5("t", QoS::ExactlyOnce, 7, b"ok", pfi));
+    let got = h.recv(c);
+    assert!(
+        matches!(&got[..], [Packet::PubRec(a)] if a.reason == ReasonCode::SUCCESS),
+        "a new message: {got:?}"
+    );
+    h.send(c, Packet::pubrel(pid(7)));
+    assert!(matches!(&h.recv(c)[..], [Packet::PubComp(a)] if a.reason == ReasonCode::SUCCESS));
+    let delivered = publishes(&h.recv(s));
+    assert_eq!(delivered.len(), 1, "only the good one: {delivered:?}");
+    assert_eq!(&delivered[0].payload[..], b"ok");
+    // Expiry 1 s, PUBREL 5 s later: still PUBCOMP 0x00.
+    let exp = Properties {
+        message_expiry_interval: Some(1),
+        ..Properties::default()
+    };
+    h.send(c, publish5("t", QoS::ExactlyOnce, 8, b"e", exp));
+    assert!(matches!(&h.recv(c)[..], [Packet::PubRec(a)] if a.reason == ReasonCode::SUCCESS));
+    h.advance(Duration::from_secs(5));
+    h.send(c, Packet::pubrel(pid(8)));
+    let got = h.recv(c);
+    assert!(
+        matches!(&got[..], [Packet::PubComp(a)] if a.packet_id == pid(8) && a.reason == ReasonCode::SUCCESS),
+        "{got:?}"
+    );
+}
+
+/// [MQTT-4.3.3-7]: a QoS 2 message already sent is not expired: it is resent on
+/// reconnect even after its Message Expiry Interval passed.
+#[test]
+fn v5_sent_qos2_message_is_resent_after_its_expiry() {
+    let mut h = H::new(1);
+    let props = Properties {
+        session_expiry_interval: Some(1000),
+        ..Properties::default()
+    };
+    let s = h.connect_with(0, connect5("s", true, props.clone())).0;
+    subscribe_opts(&mut h, s, "t", SubOptions::qos(QoS::ExactlyOnce), 0);
+    let p = h
+        .connect_with(0, connect5("p", true, Properties::default()))
+        .0;
+    let exp = Properties {
+        message_expiry_interval: Some(5),
+        ..Properties::default()
+    };
+    h.send(p, publish5("t", QoS::ExactlyOnce, 1, b"m", exp));
+    let first = publishes(&h.recv(s));
+    assert_eq!(first.len(), 1);
+    h.shards[0].closed(h.now, s.1);
+    h.advance(Duration::from_secs(30));
+    let s = h.connect_with(0, connect5("s", false, props)).0;
+    let again = publishes(&h.recv(s));
+    assert_eq!(again.len(), 1, "resent although expired: {again:?}");
+    assert!(again[0].dup);
+    assert_eq!(again[0].packet_id, first[0].packet_id);
+}
+
+/// [MQTT-4.4.0-2]: a PUBACK or PUBREC with a failure code acknowledges the message:
+/// it is not sent again, not even on a resumed session.
+#[test]
+fn v5_failed_puback_and_pubrec_are_not_retransmitted() {
+    let mut h = H::new(1);
+    let props = Properties {
+        session_expiry_interval: Some(1000),
+        ..Properties::default()
+    };
+    let s = h.connect_with(0, connect5("s", true, props.clone())).0;
+    subscribe_opts(&mut h, s, "t", SubOptions::qos(QoS::ExactlyOnce), 0);
+    let p = h.connect(0, "p", true);
+    h.send(p, publish("t", QoS::AtLeastOnce, 1, b"1"));
+    h.send(p, publish("t", QoS::ExactlyOnce, 2, b"2"));
+    let got = publishes(&h.recv(s));
+    assert_eq!(got.len(), 2);
+    let failed = ReasonCode::UNSPECIFIED_ERROR;
+    h.send(
+        s,
+        Packet::PubAck(ack_with(got[0].packet_id.unwrap(), failed)),
+    );
+    h.send(
+        s,
+        Packet::PubRec(ack_with(got[1].packet_id.unwrap(), failed)),
+    );
+    assert!(h.recv(s).is_empty(), "no PUBREL after a failed PUBREC");
+    h.shards[0].closed(h.now, s.1);
+    let (s, ack) = h.connect_with(0, connect5("s", false, props));
+    assert!(ack.session_present);
+    assert!(h.recv(s).is_empty(), "nothing resent");
+}
+
+/// [MQTT-3.1.2-26] [MQTT-3.3.2-11]: aliases towards a client stay within its Topic
+/// Alias Maximum; [MQTT-3.1.2-27]: none to a client that set none.
+#[test]
+fn v5_outbound_topic_aliases_respect_the_clients_maximum() {
+    let mut h = H::new(1);
+    let two = Properties {
+        topic_alias_maximum: Some(2),
+        ..Properties::default()
+    };
+    let a = h.connect_with(0, connect5("a", true, two)).0;
+    subscribe_opts(&mut h, a, "t/#", SubOptions::qos(QoS::AtMostOnce), 0);
+    let b = h
+        .connect_with(0, connect5("b", true, Properties::default()))
+        .0;
+    subscribe_opts(&mut h, b, "t/#", SubOptions::qos(QoS::AtMostOnce), 0);
+    let p = h.connect(0, "p", true);
+    for _ in 0..2 {
+        for t in ["t/1", "t/2", "t/3", "t/4"] {
+            h.send(p, publish(t, QoS::AtMostOnce, 1, b"x"));
+        }
+    }
+    let got_a = publishes(&h.recv(a));
+    assert_eq!(got_a.len(), 8);
+    let aliases: Vec<u16> = got_a.iter().filter_map(|p| p.props.topic_alias).collect();
+    assert!(!aliases.is_empty(), "aliases are used");
+    assert!(aliases.iter().all(|&n| (1..=2).contains(&n)), "{aliases:?}");
+    let got_b = publishes(&h.recv(b));
+    assert_eq!(got_b.len(), 8);
+    assert!(got_b
+        .iter()
+        .all(|p| p.props.topic_alias.is_none() && !p.topic.as_str().is_empty()));
+}
+
+/// [MQTT-4.8.2-3]: a shared member gets the QoS it was granted. [MQTT-4.8.2-4]: a
+/// QoS 2 message sent to a member that disconnects is completed with that member
+/// when it comes back, and not given to another one.
+#[test]
+fn shared_member_granted_qos_and_qos2_stays_with_the_member() {
+    let mut h = H::new(2);
+    let m0 = h
+        .connect_with(0, connect5("m0", true, Properties::default()))
+        .0;
+    subscribe_opts(
+        &mut h,
+        m0,
+        "$share/g/q0",
+        SubOptions::qos(QoS::AtMostOnce),
+        0,
+    );
+    let p = h.connect(1, "p", true);
+    h.send(p, publish("q0", QoS::ExactlyOnce, 1, b"x"));
+    let got = publishes(&h.recv(m0));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].qos, QoS::AtMostOnce, "granted QoS 0");
+
+    let props = Properties {
+        session_expiry_interval: Some(100),
+        ..Properties::default()
+    };
+    let a = h.connect_with(0, connect5("a", true, props.clone())).0;
+    subscribe_opts(
+        &mut h,
+        a,
+        "$share/g2/q2",
+        SubOptions::qos(QoS::ExactlyOnce),
+        0,
+    );
+    h.send(p, publish("q2", QoS::ExactlyOnce, 2, b"y"));
+    let sent = publishes(&h.recv(a));
+    assert_eq!(sent.len(), 1);
+    let b = h
+        .connect_with(1, connect5("b", true, Properties::default()))
+        .0;
+    subscribe_opts(
+        &mut h,
+        b,
+        "$share/g2/q2",
+        SubOptions::qos(QoS::ExactlyOnce),
+        0,
+    );
+    h.shards[0].closed(h.now, a.1);
+    h.settle();
+    assert!(
+        publishes(&h.recv(b)).is_empty(),
+        "not given to another member"
+    );
+    let a = h.connect_with(0, connect5("a", false, props)).0;
+    let again = publishes(&h.recv(a));
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert!(again[0].dup);
+    assert_eq!(again[0].packet_id, sent[0].packet_id);
+    h.send(a, Packet::pubrec(sent[0].packet_id.unwrap()));
+    assert!(matches!(&h.recv(a)[..], [Packet::PubRel(_)]));
+    h.send(a, Packet::pubcomp(sent[0].packet_id.unwrap()));
+    assert!(publishes(&h.recv(b)).is_empty());
+}
+
+/// [MQTT-4.8.2-6]: a failure PUBACK/PUBREC from a shared member ends the message;
+/// it is not sent to another member, not even when the member leaves.
+#[test]
+fn shared_member_failure_ack_is_not_sent_to_another_member() {
+    let mut h = H::new(1);
+    let a = h
+        .connect_with(0, connect5("a", true, Properties::default()))
+        .0;
+    subscribe_opts(
+        &mut h,
+        a,
+        "$share/g/t",
+        SubOptions::qos(QoS::ExactlyOnce),
+        0,
+    );
+    let p = h.connect(0, "p", true);
+    h.send(p, publish("t", QoS::AtLeastOnce, 1, b"1"));
+    h.send(p, publish("t", QoS::ExactlyOnce, 2, b"2"));
+    let got = publishes(&h.recv(a));
+    assert_eq!(got.len(), 2);
+    let failed = ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR;
+    h.send(
+        a,
+        Packet::PubAck(ack_with(got[0].packet_id.unwrap(), failed)),
+    );
+    h.send(
+        a,
+        Packet::PubRec(ack_with(got[1].packet_id.unwrap(), failed)),
+    );
+    let b = h
+        .connect_with(0, connect5("b", true, Properties::default()))
+        .0;
+    subscribe_opts(
+        &mut h,
+        b,
+        "$share/g/t",
+        SubOptions::qos(QoS::ExactlyOnce),
+        0,
+    );
+    h.shards[0].closed(h.now, a.1);
+    h.settle();
+    assert!(
+        publishes(&h.recv(b)).is_empty(),
+        "discarded, not redistributed"
+    );
+}
+
+/// [MQTT-3.1.0-2]: a second CONNECT on MQTT 5 gets DISCONNECT 0x82. [MQTT-3.1.4-6]:
+/// after a refused CONNECT nothing else is processed.
+#[test]
+fn v5_second_connect_and_packets_after_a_refused_connect() {
+    let mut h = H::new(1);
+    let c = h
+        .connect_with(0, connect5("c", true, Properties::default()))
+        .0;
+    h.send(
+        c,
+        Packet::Connect(connect5("c", true, Properties::default())),
+    );
+    assert!(h.is_closed(c));
+    assert_eq!(
+        last_disconnect(&h.recv(c)),
+        Some(ReasonCode::PROTOCOL_ERROR)
+    );
+
+    let w = h.connect(0, "w", true);
+    h.subscribe(w, "t", QoS::AtMostOnce);
+    let props = Properties {
+        authentication_method: Some("X".into()),
+        ..Properties::default()
+    };
+    let (r, ack) = h.connect_with(0, connect5("r", true, props));
+    assert_eq!(ack.code, ReasonCode::BAD_AUTHENTICATION_METHOD);
+    h.send(r, publish("t", QoS::AtMostOnce, 1, b"x"));
+    h.send(r, Packet::PingReq);
+    assert!(h.recv(r).is_empty());
+    assert!(publishes(&h.recv(w)).is_empty(), "nothing processed");
+}
+
+/// [MQTT-3.3.4-10] [MQTT-4.9.0-3]: with the client's Receive Maximum used up, only
+/// PUBLISH waits; PINGREQ, SUBSCRIBE, UNSUBSCRIBE are answered at once.
+#[test]
+fn v5_full_receive_window_delays_only_publish() {
+    let mut h = H::new(1);
+    let one = Properties {
+        receive_maximum: Some(1),
+        ..Properties::default()
+    };
+    let s = h.connect_with(0, connect5("s", true, one)).0;
+    subscribe_opts(&mut h, s, "t", SubOptions::qos(QoS::AtLeastOnce), 0);
+    let p = h.connect(0, "p", true);
+    for i in 1..=3 {
+        h.send(p, publish("t", QoS::AtLeastOnce, i, b"m"));
+    }
+    let got = publishes(&h.recv(s));
+    assert_eq!(got.len(), 1, "window of one");
+    h.send(s, Packet::PingReq);
+    h.send(
+        s,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(2),
+            filters: vec![(
+                TopicFilter::new("u").unwrap(),
+                SubOptions::qos(QoS::AtLeastOnce),
+            )],
+            props: Default::default(),
+        }),
+    );
+    h.send(
+        s,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: pid(3),
+            filters: vec![TopicFilter::new("u").unwrap()],
+            props: Default::default(),
+        }),
+    );
+    let got2 = h.recv(s);
+    assert!(
+        matches!(
+            &got2[..],
+            [Packet::PingResp, Packet::SubAck(_), Packet::UnsubAck(_)]
+        ),
+        "{got2:?}"
+    );
+    h.send(s, Packet::puback(got[0].packet_id.unwrap()));
+    assert_eq!(publishes(&h.recv(s)).len(), 1, "the next one after PUBACK");
+}
+
+/// [MQTT-3.9.3-2]: SUBACK failure codes at level 5: 0x8F for an invalid share name
+/// ([MQTT-4.8.2-1] [MQTT-4.8.2-2]) and 0x97 beyond the subscription limit.
+#[test]
+fn v5_suback_failure_codes() {
+    let cfg = Config {
+        max_subscriptions_per_session: 1,
+        ..Config::default()
+    };
+    let mut h = H::with(1, cfg);
+    let c = h
+        .connect_with(0, connect5("c", true, Properties::default()))
+        .0;
+    let mut filters = vec![(
+        TopicFilter::new("a").unwrap(),
+        SubOptions::qos(QoS::AtLeastOnce),
+    )];
+    let mut want = vec![ReasonCode::GRANTED_QOS_1];
+    for bad in ["$share//t", "$share/g+/t", "$share/g#/t", "$share/g"] {
+        if let Ok(f) = TopicFilter::new(bad) {
+            filters.push((f, SubOptions::qos(QoS::AtLeastOnce)));
+            want.push(ReasonCode::TOPIC_FILTER_INVALID);
+        }
+    }
+    assert!(
+        want.len() >= 3,
+        "the codec keeps some bad share names: {want:?}"
+    );
+    filters.push((
+        TopicFilter::new("b").unwrap(),
+        SubOptions::qos(QoS::AtLeastOnce),
+    ));
+    want.push(ReasonCode::QUOTA_EXCEEDED);
+    h.send(
+        c,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters,
+            props: Default::default(),
+        }),
+    );
+    let got = h.recv(c);
+    assert!(
+        matches!(&got[..], [Packet::SubAck(s)] if s.codes == want),
+        "{got:?}"
+    );
+}
+
+/// [MQTT-3.1.3-10]: the will keeps the order of its User Properties.
+#[test]
+fn v5_will_user_properties_keep_their_order() {
+    let mut h = H::new(1);
+    let w = h
+        .connect_with(0, connect5("w", true, Properties::default()))
+        .0;
+    subscribe_opts(&mut h, w, "will", SubOptions::qos(QoS::AtMostOnce), 0);
+    let order: Vec<(bytestring::ByteString, bytestring::ByteString)> =
+        [("b", "1"), ("a", "2"), ("b", "3"), ("c", "0")]
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.into()))
+            .collect();
+    let mut c = connect5("dev", true, Properties::default());
+    c.will = Some(Will {
+        topic: TopicName::new("will").unwrap(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        props: Properties {
+            user_properties: order.clone(),
+            ..Properties::default()
+        }
+        .into(),
+    });
+    let dev = h.connect_with(0, c).0;
+    h.shards[0].closed(h.now, dev.1);
+    h.settle();
+    let got = publishes(&h.recv(w));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].props.user_properties, order);
+}
+
+/// [MQTT-3.1.3-6] [MQTT-3.2.2-16]: an assigned client id is one no client holds,
+/// even a client that chose an id of the assigned form itself.
+#[test]
+fn v5_assigned_client_id_never_takes_over_a_chosen_one() {
+    let mut h = H::new(1);
+    let squatter = h
+        .connect_with(0, connect5("ternmq-auto-0-1", true, Properties::default()))
+        .0;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (c, ack) = h.connect_with(0, connect5("", true, Properties::default()));
+        assert_eq!(ack.code, ReasonCode::SUCCESS);
+        let id = ack
+            .props
+            .assigned_client_identifier
+            .clone()
+            .expect("assigned id");
+        assert!(!h.is_closed(c));
+        ids.push(id.to_string());
+    }
+    assert!(!h.is_closed(squatter), "not taken over");
+    assert!(!ids.contains(&"ternmq-auto-0-1".to_string()), "{ids:?}");
+    ids.dedup();
+    assert_eq!(ids.len(), 3);
+}
+
+/// [MQTT-3.1.2-24] [MQTT-3.1.2-25]: an in-flight message resent on a resumed
+/// session is not sent if it exceeds the new connection's Maximum Packet Size; it
+/// counts as delivered.
+#[test]
+fn v5_resent_message_respects_the_new_maximum_packet_size() {
+    let mut h = H::new(1);
+    let props = Properties {
+        session_expiry_interval: Some(100),
+        ..Properties::default()
+    };
+    let s = h.connect_with(0, connect5("s", true, props.clone())).0;
+    subscribe_opts(&mut h, s, "t", SubOptions::qos(QoS::AtLeastOnce), 0);
+    let p = h.connect(0, "p", true);
+    h.send(p, publish("t", QoS::AtLeastOnce, 1, &[b'x'; 200]));
+    assert_eq!(publishes(&h.recv(s)).len(), 1);
+    h.shards[0].closed(h.now, s.1);
+    let small = Properties {
+        maximum_packet_size: Some(64),
+        ..props
+    };
+    let s = h.connect_with(0, connect5("s", false, small)).0;
+    assert!(publishes(&h.recv(s)).is_empty(), "too large to resend");
+    let key = *h.shards[0].by_client.get("s").unwrap();
+    assert!(
+        h.shards[0].sessions[key].inflight.is_empty(),
+        "as if delivered"
+    );
+}
+
+/// [MQTT-3.1.2-24]: a SUBACK longer than the client's Maximum Packet Size (one code
+/// per filter) is not sent.
+#[test]
+fn v5_suback_larger_than_the_maximum_packet_size_is_not_sent() {
+    let mut h = H::new(1);
+    let small = Properties {
+        maximum_packet_size: Some(16),
+        ..Properties::default()
+    };
+    let c = h.connect_with(0, connect5("c", true, small)).0;
+    let sub = |n: usize| {
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: (0..n)
+                .map(|i| {
+                    let f = TopicFilter::new(format!("f/{i}")).unwrap();
+                    (f, SubOptions::qos(QoS::AtMostOnce))
+                })
+                .collect(),
+            props: Default::default(),
+        })
+    };
+    h.send(c, sub(5)); // 2 + 2 + 1 + 5 = 10 bytes: sent
+    assert!(matches!(&h.recv(c)[..], [Packet::SubAck(_)]));
+    h.send(c, sub(20)); // 25 bytes: too large
+    assert!(h.recv(c).is_empty());
+    assert!(!h.is_closed(c));
+}
+
+/// [MQTT-3.2.2-12] [MQTT-3.2.2-13]: ternmq supports QoS 2 and retained messages, so
+/// a will at QoS 2 with Will Retain 1 is accepted (no 0x9B/0x9A) and published so.
+#[test]
+fn v5_will_at_qos2_and_retained_is_accepted() {
+    let mut h = H::new(1);
+    let mut c = connect5("dev", true, Properties::default());
+    c.will = Some(Will {
+        topic: TopicName::new("will/r").unwrap(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::ExactlyOnce,
+        retain: true,
+        props: Properties::default().into(),
+    });
+    let (dev, ack) = h.connect_with(0, c);
+    assert_eq!(ack.code, ReasonCode::SUCCESS);
+    h.shards[0].closed(h.now, dev.1);
+    h.settle();
+    let w = h
+        .connect_with(0, connect5("w", true, Properties::default()))
+        .0;
+    h.send(
+        w,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(
+                TopicFilter::new("will/#").unwrap(),
+                SubOptions::qos(QoS::ExactlyOnce),
+            )],
+            props: Default::default(),
+        }),
+    );
+    let got = publishes(&h.recv(w));
+    assert_eq!(got.len(), 1, "the will was kept as retained: {got:?}");
+    assert!(got[0].retain);
+    assert_eq!(got[0].qos, QoS::ExactlyOnce);
 }
