@@ -100,6 +100,11 @@ pub struct Config {
     pub max_topic_levels: usize,
     /// Bytes of a topic name or filter, treated as `max_topic_levels` is. Default 4096.
     pub max_topic_bytes: usize,
+    /// Retained topics the broker keeps. A retained PUBLISH on a new topic beyond it is
+    /// delivered as a normal message but not stored (replacing or deleting a retained
+    /// topic is always allowed); counted in `$SYS/broker/limits/retained_refused`.
+    /// Default 1,000,000; each message is at most `max_packet_bytes`.
+    pub max_retained_messages: usize,
     /// Longest keep-alive a client may ask for (seconds); 65535 means no limit. MQTT 5
     /// clients asking for more (or for 0) are given this value (Server Keep Alive);
     /// 3.x clients asking for more are refused with CONNACK 0x02, as in Mosquitto.
@@ -159,6 +164,7 @@ impl Default for Config {
             max_subscriptions_per_session: 10_000,
             max_topic_levels: 128,
             max_topic_bytes: 4096,
+            max_retained_messages: 1_000_000,
             max_keep_alive_secs: u16::MAX,
             max_topic_aliases: 64,
             max_inbound_qos2: 1024,

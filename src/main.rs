@@ -82,6 +82,9 @@ struct Cli {
     /// Bytes of a topic name or filter. Default 4096.
     #[arg(long)]
     max_topic_bytes: Option<usize>,
+    /// Retained topics kept; new ones beyond are not stored. Default 1000000.
+    #[arg(long)]
+    max_retained_messages: Option<usize>,
     /// Seconds between `$SYS` publications (0 = off). Default 10.
     #[arg(long)]
     sys_interval: Option<u64>,
@@ -199,6 +202,9 @@ impl Cli {
         }
         if let Some(v) = self.max_topic_bytes {
             cfg.max_topic_bytes = v;
+        }
+        if let Some(v) = self.max_retained_messages {
+            cfg.max_retained_messages = v;
         }
     }
 }

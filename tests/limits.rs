@@ -337,6 +337,42 @@ fn queued_bytes_limit_drops_the_oldest() {
 }
 
 #[test]
+fn retained_store_limit_keeps_existing_topics_and_refuses_new_ones() {
+    let b = limited(|c| c.max_retained_messages = 2);
+    let mut p = Raw::mqtt(b.addr(), "retainer", true);
+    for (topic, body) in [("r/1", "a"), ("r/2", "b"), ("r/3", "c"), ("r/1", "a2")] {
+        p.send(&publish_packet(
+            topic,
+            QoS::AtMostOnce,
+            0,
+            body.as_bytes(),
+            true,
+        ));
+    }
+    // A PINGREQ round trip: the publishes before it have been routed.
+    p.send(&Packet::PingReq);
+    assert!(matches!(p.recv(), Some(Packet::PingResp)));
+    let mut s = Raw::mqtt(b.addr(), "late", true);
+    subscribe(&mut s, "r/#", QoS::AtMostOnce);
+    let mut got = Vec::new();
+    while let Some(Packet::Publish(m)) = s.recv_within(Duration::from_millis(300)) {
+        got.push((m.topic.to_string(), m.payload.to_vec()));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("r/1".to_string(), b"a2".to_vec()),
+            ("r/2".to_string(), b"b".to_vec())
+        ],
+        "r/3 did not fit; replacing r/1 did"
+    );
+    serves(b.addr(), "other");
+    assert!(counter_at_least(b.addr(), "limits/retained_refused", 1) >= 1);
+    b.stop_checked().expect("no worker panicked");
+}
+
+#[test]
 fn subscription_limit_refuses_the_excess_filters() {
     let b = limited(|c| c.max_subscriptions_per_session = 3);
     let mut c = Raw::mqtt(b.addr(), "many", true);

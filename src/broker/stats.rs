@@ -71,6 +71,8 @@ pub struct LimitStats {
     pub subscriptions_refused: u64,
     /// Topics (PUBLISH, SUBSCRIBE filter, will) over `max_topic_levels`/`max_topic_bytes`.
     pub topics_refused: u64,
+    /// Retained messages on new topics not stored: `max_retained_messages` reached.
+    pub retained_refused: u64,
 }
 
 impl LimitStats {
@@ -81,10 +83,11 @@ impl LimitStats {
         self.packet_too_large += o.packet_too_large;
         self.subscriptions_refused += o.subscriptions_refused;
         self.topics_refused += o.topics_refused;
+        self.retained_refused += o.retained_refused;
     }
 
     /// `$SYS/broker/limits/<name>` topics and values.
-    pub fn topics(&self) -> [(&'static str, u64); 6] {
+    pub fn topics(&self) -> [(&'static str, u64); 7] {
         [
             (
                 "limits/connections_refused_max",
@@ -98,6 +101,7 @@ impl LimitStats {
             ("limits/packet_too_large", self.packet_too_large),
             ("limits/subscriptions_refused", self.subscriptions_refused),
             ("limits/topics_refused", self.topics_refused),
+            ("limits/retained_refused", self.retained_refused),
         ]
     }
 }

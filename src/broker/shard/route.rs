@@ -158,6 +158,17 @@ impl Shard {
             // It may be held in queues or the retained store: stop pinning the read buffer.
             msg = msg.compacted();
         }
+        if msg.retain
+            && !msg.payload.is_empty()
+            && self.retained.len() >= self.cfg.max_retained_messages
+            && self.retained.get(&msg.topic).is_none()
+        {
+            // The store is full: a new topic is not retained (decided here, at the
+            // origin, so every replica applies the same updates and they converge).
+            self.stats.limits.retained_refused += 1;
+            tracing::debug!(topic = %msg.topic, "retained store full, not stored");
+            msg.retain = false;
+        }
         let origin = from.map(|conn| Origin {
             worker: self.id,
             conn,
