@@ -100,6 +100,11 @@ pub struct Config {
     pub max_topic_levels: usize,
     /// Bytes of a topic name or filter, treated as `max_topic_levels` is. Default 4096.
     pub max_topic_bytes: usize,
+    /// Seconds an offline persistent session of a 3.1/3.1.1 client is kept (its MQTT 5
+    /// counterpart is the client's own Session Expiry Interval); 0 keeps it forever, as
+    /// Mosquitto's `persistent_client_expiration` does by default. Expired sessions are
+    /// counted in `$SYS/broker/sessions/expired`. Default 0.
+    pub persistent_session_expiry_secs: u64,
     /// Retained topics the broker keeps. A retained PUBLISH on a new topic beyond it is
     /// delivered as a normal message but not stored (replacing or deleting a retained
     /// topic is always allowed); counted in `$SYS/broker/limits/retained_refused`.
@@ -165,6 +170,7 @@ impl Default for Config {
             max_topic_levels: 128,
             max_topic_bytes: 4096,
             max_retained_messages: 1_000_000,
+            persistent_session_expiry_secs: 0,
             max_keep_alive_secs: u16::MAX,
             max_topic_aliases: 64,
             max_inbound_qos2: 1024,

@@ -82,6 +82,9 @@ struct Cli {
     /// Bytes of a topic name or filter. Default 4096.
     #[arg(long)]
     max_topic_bytes: Option<usize>,
+    /// Seconds an offline 3.1/3.1.1 persistent session is kept (0 = forever). Default 0.
+    #[arg(long)]
+    persistent_session_expiry: Option<u64>,
     /// Retained topics kept; new ones beyond are not stored. Default 1000000.
     #[arg(long)]
     max_retained_messages: Option<usize>,
@@ -202,6 +205,9 @@ impl Cli {
         }
         if let Some(v) = self.max_topic_bytes {
             cfg.max_topic_bytes = v;
+        }
+        if let Some(v) = self.persistent_session_expiry {
+            cfg.persistent_session_expiry_secs = v;
         }
         if let Some(v) = self.max_retained_messages {
             cfg.max_retained_messages = v;

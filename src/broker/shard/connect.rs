@@ -431,6 +431,7 @@ impl Shard {
     }
 
     fn attach(&mut self, now: Instant, id: ConnId, key: usize, session_present: bool) {
+        let persistent_expiry = self.cfg.persistent_session_expiry_secs;
         let Some(conn) = self.conn_mut(id) else {
             // The connection vanished while its session moved here: keep the session
             // if it is persistent, as if the client had disconnected.
@@ -458,12 +459,23 @@ impl Shard {
                 }
                 (Some(new), slot @ None) => *slot = Some(Box::new(new)),
                 (None, slot) => {
-                    // A 3.1.1 client resumed a session an MQTT 5 client left: the v5
-                    // limits go, subscription identifiers stay with the subscriptions.
+                    // A 3.x client: a persistent session expires after
+                    // `persistent_session_expiry_secs` offline (0: never). A session an
+                    // MQTT 5 client left loses its v5 limits; subscription identifiers
+                    // stay with the subscriptions.
+                    let expiry = match persistent_expiry {
+                        0 => u32::MAX,
+                        secs => u32::try_from(secs).unwrap_or(u32::MAX - 1),
+                    };
                     if let Some(old) = slot {
                         old.receive_max = 0;
                         old.max_packet = 0;
-                        old.expiry_secs = u32::MAX;
+                        old.expiry_secs = expiry;
+                    } else if expiry != u32::MAX {
+                        *slot = Some(Box::new(SessionV5 {
+                            expiry_secs: expiry,
+                            ..SessionV5::default()
+                        }));
                     }
                 }
             }

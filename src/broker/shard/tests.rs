@@ -2324,3 +2324,35 @@ fn v5_will_at_qos2_and_retained_is_accepted() {
     assert!(got[0].retain);
     assert_eq!(got[0].qos, QoS::ExactlyOnce);
 }
+
+/// `persistent_session_expiry_secs`: an offline 3.1.1 persistent session goes after
+/// that long, counted; with the default (0) it stays.
+#[test]
+fn persistent_v311_session_expires_when_configured() {
+    let cfg = Config {
+        persistent_session_expiry_secs: 60,
+        ..Config::default()
+    };
+    let mut h = H::with(1, cfg);
+    let c = h.connect(0, "old", false);
+    h.subscribe(c, "t", QoS::AtLeastOnce);
+    h.shards[0].closed(h.now, c.1);
+    h.advance(Duration::from_secs(30));
+    assert_eq!(h.shards[0].session_count(), 1);
+    let back = h.connect_with(0, connect("old", false)).1;
+    assert!(back.session_present, "resumed within the expiry");
+    let c = (
+        0,
+        h.shards[0].sessions.iter().next().unwrap().1.conn.unwrap(),
+    );
+    h.shards[0].closed(h.now, c.1);
+    h.advance(Duration::from_secs(61));
+    assert_eq!(h.shards[0].session_count(), 0, "expired");
+    assert_eq!(h.shards[0].stats().sessions_expired, 1);
+
+    let mut h = H::new(1);
+    let c = h.connect(0, "kept", false);
+    h.shards[0].closed(h.now, c.1);
+    h.advance(Duration::from_secs(86_400));
+    assert_eq!(h.shards[0].session_count(), 1, "never by default");
+}
