@@ -129,11 +129,12 @@ pub enum Enqueued {
 /// A `VecDeque` whose header is allocated on the first push: most sessions (idle
 /// subscribers, QoS 0 traffic) never hold a message, and two inline deques would be 64
 /// bytes per session. Reads go through `Deref` (to a shared empty deque while
-/// unallocated); the few mutations are methods here.
+/// unallocated); the few mutations are methods here. The box also holds a weight the
+/// owner keeps (the queue's bytes), so that counter costs idle sessions nothing.
 #[derive(Debug, Clone)]
 // Boxed on purpose: one pointer per session instead of a 32-byte header.
 #[allow(clippy::box_collection)]
-pub struct LazyDeque<T: EmptyDeque>(Option<Box<VecDeque<T>>>);
+pub struct LazyDeque<T: EmptyDeque>(Option<Box<(VecDeque<T>, usize)>>);
 
 /// Element types of a [`LazyDeque`]: each provides its static empty deque.
 pub trait EmptyDeque: Sized + 'static {
@@ -164,7 +165,7 @@ impl<T: EmptyDeque> std::ops::Deref for LazyDeque<T> {
     type Target = VecDeque<T>;
     fn deref(&self) -> &VecDeque<T> {
         match &self.0 {
-            Some(d) => d,
+            Some(d) => &d.0,
             None => T::empty(),
         }
     }
@@ -180,19 +181,42 @@ impl<'a, T: EmptyDeque> IntoIterator for &'a LazyDeque<T> {
 
 impl<T: EmptyDeque> LazyDeque<T> {
     pub fn push_back(&mut self, item: T) {
-        self.0.get_or_insert_with(Default::default).push_back(item);
+        self.0
+            .get_or_insert_with(Default::default)
+            .0
+            .push_back(item);
     }
 
     pub fn pop_front(&mut self) -> Option<T> {
-        self.0.as_mut()?.pop_front()
+        self.0.as_mut()?.0.pop_front()
     }
 
     pub fn remove(&mut self, i: usize) -> Option<T> {
-        self.0.as_mut()?.remove(i)
+        self.0.as_mut()?.0.remove(i)
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut T> {
-        self.0.iter_mut().flat_map(|d| d.iter_mut())
+        self.0.iter_mut().flat_map(|d| d.0.iter_mut())
+    }
+
+    /// The owner's weight (0 until the first push).
+    pub fn weight(&self) -> usize {
+        self.0.as_ref().map_or(0, |d| d.1)
+    }
+
+    /// Adds to the weight; only after a push (the box exists then).
+    pub fn add_weight(&mut self, n: usize) {
+        debug_assert!(self.0.is_some(), "weight added to an unallocated deque");
+        if let Some(d) = &mut self.0 {
+            d.1 += n;
+        }
+    }
+
+    pub fn sub_weight(&mut self, n: usize) {
+        if let Some(d) = &mut self.0 {
+            debug_assert!(d.1 >= n, "weight below zero");
+            d.1 = d.1.saturating_sub(n);
+        }
     }
 }
 
@@ -206,7 +230,9 @@ pub struct Session {
     pub subscriptions: Vec<(TopicFilter, Grant)>,
     /// Sent and not yet completed, in send order.
     pub inflight: LazyDeque<Inflight>,
-    /// Waiting for the window, in arrival order.
+    /// Waiting for the window, in arrival order. Its weight is the bytes
+    /// ([`Message::weight_bytes`]) of the messages in it, kept by `enqueue`, `dequeue`
+    /// and `take_shared_unacked`; nothing else may push or pop it.
     pub queue: LazyDeque<Queued>,
     /// Inbound QoS 2 packet ids received and not yet released (method B of 4.3.3:
     /// delivered on PUBLISH, duplicates suppressed until PUBREL). Allocated on the first
@@ -222,9 +248,6 @@ pub struct Session {
     pub moved_in: Option<Box<crate::broker::settle::Settle>>,
     /// MQTT 5 session state, if the session was created or resumed by an MQTT 5 client.
     pub v5: Option<Box<SessionV5>>,
-    /// Bytes ([`Message::weight_bytes`]) of the messages in `queue`, kept by
-    /// `enqueue`, `dequeue` and `take_shared_unacked`, the only ways it changes.
-    queued_bytes: usize,
     next_packet_id: u16,
 }
 
@@ -240,7 +263,6 @@ impl Session {
             conn: None,
             moved_in: None,
             v5: None,
-            queued_bytes: 0,
             next_packet_id: 1,
         }
     }
@@ -350,7 +372,7 @@ impl Session {
         while i < self.queue.len() {
             if self.queue[i].msg.shared.is_some() {
                 if let Some(q) = self.queue.remove(i) {
-                    self.queued_bytes -= q.msg.weight_bytes();
+                    self.queue.sub_weight(q.msg.weight_bytes());
                     out.push(q.msg);
                 }
             } else {
@@ -422,11 +444,11 @@ impl Session {
             result = Enqueued::DroppedOldest;
         }
         let weight = item.msg.weight_bytes();
-        while self.queued_bytes + weight > max_bytes && self.dequeue().is_some() {
+        while self.queue.weight() + weight > max_bytes && self.dequeue().is_some() {
             result = Enqueued::DroppedOldest;
         }
-        self.queued_bytes += weight;
         self.queue.push_back(item);
+        self.queue.add_weight(weight);
         if result == Enqueued::Ok && self.queue.len() >= limit {
             result = Enqueued::Congested;
         }
@@ -436,13 +458,13 @@ impl Session {
     /// Takes the oldest queued message.
     pub fn dequeue(&mut self) -> Option<Queued> {
         let q = self.queue.pop_front()?;
-        self.queued_bytes -= q.msg.weight_bytes();
+        self.queue.sub_weight(q.msg.weight_bytes());
         Some(q)
     }
 
     /// Bytes of the queued messages (see [`Message::weight_bytes`]).
     pub fn queued_bytes(&self) -> usize {
-        self.queued_bytes
+        self.queue.weight()
     }
 
     /// PUBACK: completes a QoS 1 flow. False if no such flow (a stale or bogus ack).

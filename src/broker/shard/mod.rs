@@ -663,7 +663,7 @@ mod size_tests {
             size_of::<Option<super::Conn>>()
         );
         assert!(
-            size_of::<super::Session>() <= 136,
+            size_of::<super::Session>() <= 96,
             "{}",
             size_of::<super::Session>()
         );
