@@ -4,7 +4,6 @@
 
 mod common;
 
-use bytes::BytesMut;
 use common::*;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,8 +11,8 @@ use std::time::{Duration, Instant};
 use ternmq::bench::sys_stats::collect;
 use ternmq::config::Config;
 use ternmq::protocol::{
-    decode_one_v, encode_packet_v, Ack, Packet, ProtocolVersion, QoS, ReasonCode, SubOptions,
-    Subscribe, TopicFilter,
+    encode_packet_v, Ack, Packet, ProtocolVersion, QoS, ReasonCode, SubOptions, Subscribe,
+    TopicFilter,
 };
 use ternmq::runtime::BrokerHandle;
 
@@ -77,65 +76,18 @@ fn sub_packet(id: u16, filters: &[&str], qos: QoS) -> Packet {
     })
 }
 
-/// An MQTT 5 client over raw bytes.
-struct V5 {
-    stream: TcpStream,
-    buf: BytesMut,
-}
-
-impl V5 {
-    fn connect(addr: SocketAddr, id: &str) -> V5 {
-        let stream = TcpStream::connect(addr).expect("tcp connect");
-        stream
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        let mut c = V5 {
-            stream,
-            buf: BytesMut::new(),
-        };
-        let mut connect = connect_packet(id, true);
-        connect.version = ProtocolVersion::V5;
-        c.send(&Packet::Connect(connect));
-        match c.recv() {
-            Some(Packet::ConnAck(a)) => assert_eq!(a.code, ReasonCode::SUCCESS),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-        c
+/// An MQTT 5 client over raw bytes: the common raw client at level 5, connected.
+fn v5(addr: SocketAddr, id: &str) -> Raw {
+    let mut c = Raw::connect(addr);
+    c.version = ProtocolVersion::V5;
+    let mut connect = connect_packet(id, true);
+    connect.version = ProtocolVersion::V5;
+    c.send(&Packet::Connect(connect));
+    match c.recv() {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.code, ReasonCode::SUCCESS),
+        other => panic!("expected CONNACK, got {other:?}"),
     }
-
-    fn send(&mut self, p: &Packet) {
-        let mut out = Vec::new();
-        encode_packet_v(p, ProtocolVersion::V5, &mut out);
-        let _ = self.stream.write_all(&out);
-    }
-
-    /// The next packet, or None when the broker closed or nothing came in time.
-    fn recv(&mut self) -> Option<Packet> {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(Some(p)) = decode_one_v(&mut self.buf, usize::MAX, ProtocolVersion::V5) {
-                return Some(p);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return None,
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
-                Err(_) => return None,
-            }
-        }
-    }
-
-    fn closed(&mut self) -> bool {
-        self.recv().is_none()
-    }
+    c
 }
 
 /// Sends CONNECT on a fresh TCP connection: true if CONNACK came, false if the
@@ -234,7 +186,7 @@ fn oversize_packet_closes_only_its_connection() {
         false,
     ));
     assert!(big.closed().0, "3.1.1: closed");
-    let mut big5 = V5::connect(b.addr(), "big5");
+    let mut big5 = v5(b.addr(), "big5");
     let mut bytes = Vec::new();
     encode_packet_v(
         &publish_packet("t", QoS::AtLeastOnce, 1, &[7u8; 2000], false),
@@ -246,7 +198,7 @@ fn oversize_packet_closes_only_its_connection() {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::PACKET_TOO_LARGE),
         other => panic!("expected DISCONNECT 0x95, got {other:?}"),
     }
-    assert!(big5.closed());
+    assert!(big5.closed().0);
     round_trip(&mut good, "ctl/good");
     assert!(counter_at_least(b.addr(), "limits/packet_too_large", 2) >= 2);
     b.stop_checked().expect("no worker panicked");
@@ -387,7 +339,7 @@ fn subscription_limit_refuses_the_excess_filters() {
     // Replacing an existing subscription is still allowed at the limit.
     c.send(&sub_packet(2, &["a"], QoS::AtMostOnce));
     assert!(matches!(c.recv(), Some(Packet::SubAck(a)) if a.codes[0].0 == 0));
-    let mut c5 = V5::connect(b.addr(), "many5");
+    let mut c5 = v5(b.addr(), "many5");
     c5.send(&sub_packet(1, &["a", "b", "c", "d"], QoS::AtMostOnce));
     match c5.recv() {
         Some(Packet::SubAck(a)) => assert_eq!(a.codes[3], ReasonCode::QUOTA_EXCEEDED),
@@ -422,7 +374,7 @@ fn topic_levels_and_bytes_are_limited() {
     assert!(c.closed().0);
     // MQTT 5: SUBACK 0x8F; PUBACK 0x90 for QoS 1 (the connection stays); DISCONNECT
     // 0x90 for QoS 0.
-    let mut c5 = V5::connect(b.addr(), "c5");
+    let mut c5 = v5(b.addr(), "c5");
     c5.send(&sub_packet(1, &[deep], QoS::AtMostOnce));
     assert!(
         matches!(c5.recv(), Some(Packet::SubAck(a)) if a.codes[0] == ReasonCode::TOPIC_FILTER_INVALID)
@@ -439,7 +391,7 @@ fn topic_levels_and_bytes_are_limited() {
         Some(Packet::Disconnect(d)) => assert_eq!(d.reason, ReasonCode::TOPIC_NAME_INVALID),
         other => panic!("expected DISCONNECT 0x90, got {other:?}"),
     }
-    assert!(c5.closed());
+    assert!(c5.closed().0);
     // A will topic beyond: the CONNECT is refused (MQTT 5: 0x90).
     let mut w = TcpStream::connect(b.addr()).unwrap();
     let mut connect = connect_packet("will5", true);

@@ -494,6 +494,17 @@ impl Session {
         self.complete(id, QoS::ExactlyOnce, OutState::Released)
     }
 
+    /// Ends a flow whose PUBLISH is out but not acknowledged, whatever its QoS: the
+    /// client refused it (PUBREC >= 0x80, 4.3.3) or it cannot be resent (over the
+    /// client's Maximum Packet Size). False if no such flow.
+    pub fn end_published(&mut self, id: PacketId) -> bool {
+        let qos = match self.inflight.iter().find(|m| m.packet_id == id) {
+            Some(m) if m.state == OutState::Published => m.qos,
+            _ => return false,
+        };
+        self.complete(id, qos, OutState::Published)
+    }
+
     fn complete(&mut self, id: PacketId, qos: QoS, state: OutState) -> bool {
         // Acks nearly always arrive in order, so the front is checked first.
         let pos = match self.inflight.front() {

@@ -548,7 +548,7 @@ impl Shard {
                 // The new connection's Maximum Packet Size is below it: not sent, and
                 // treated as delivered ([MQTT-3.1.2-24]).
                 if let Some(s) = self.sessions.get_mut(key) {
-                    s.puback(pid);
+                    s.end_published(pid);
                 }
                 self.stats.dropped_too_large += 1;
                 return;

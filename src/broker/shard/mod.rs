@@ -363,7 +363,7 @@ impl Shard {
                 };
                 if !a.reason.is_success() {
                     // 4.3.3: a failed PUBREC ends the flow; the id is free again.
-                    if s.pubrec(a.packet_id) && s.pubcomp(a.packet_id) {
+                    if s.end_published(a.packet_id) {
                         self.pump(now, id, session);
                     }
                 } else if s.pubrec(a.packet_id) {

@@ -2235,28 +2235,31 @@ fn v5_assigned_client_id_never_takes_over_a_chosen_one() {
 /// counts as delivered.
 #[test]
 fn v5_resent_message_respects_the_new_maximum_packet_size() {
-    let mut h = H::new(1);
-    let props = Properties {
-        session_expiry_interval: Some(100),
-        ..Properties::default()
-    };
-    let s = h.connect_with(0, connect5("s", true, props.clone())).0;
-    subscribe_opts(&mut h, s, "t", SubOptions::qos(QoS::AtLeastOnce), 0);
-    let p = h.connect(0, "p", true);
-    h.send(p, publish("t", QoS::AtLeastOnce, 1, &[b'x'; 200]));
-    assert_eq!(publishes(&h.recv(s)).len(), 1);
-    h.shards[0].closed(h.now, s.1);
-    let small = Properties {
-        maximum_packet_size: Some(64),
-        ..props
-    };
-    let s = h.connect_with(0, connect5("s", false, small)).0;
-    assert!(publishes(&h.recv(s)).is_empty(), "too large to resend");
-    let key = *h.shards[0].by_client.get("s").unwrap();
-    assert!(
-        h.shards[0].sessions[key].inflight.is_empty(),
-        "as if delivered"
-    );
+    // At QoS 1 and QoS 2: the flow ends either way, none is left in flight forever.
+    for qos in [QoS::AtLeastOnce, QoS::ExactlyOnce] {
+        let mut h = H::new(1);
+        let props = Properties {
+            session_expiry_interval: Some(100),
+            ..Properties::default()
+        };
+        let s = h.connect_with(0, connect5("s", true, props.clone())).0;
+        subscribe_opts(&mut h, s, "t", SubOptions::qos(qos), 0);
+        let p = h.connect(0, "p", true);
+        h.send(p, publish("t", qos, 1, &[b'x'; 200]));
+        assert_eq!(publishes(&h.recv(s)).len(), 1);
+        h.shards[0].closed(h.now, s.1);
+        let small = Properties {
+            maximum_packet_size: Some(64),
+            ..props
+        };
+        let s = h.connect_with(0, connect5("s", false, small)).0;
+        assert!(publishes(&h.recv(s)).is_empty(), "too large to resend");
+        let key = *h.shards[0].by_client.get("s").unwrap();
+        assert!(
+            h.shards[0].sessions[key].inflight.is_empty(),
+            "as if delivered ({qos:?})"
+        );
+    }
 }
 
 /// [MQTT-3.1.2-24]: a SUBACK longer than the client's Maximum Packet Size (one code
