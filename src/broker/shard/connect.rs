@@ -812,7 +812,10 @@ impl Shard {
                 Some(&a) => ("", Some(a)),
                 None if (v5.aliases_out.len() as u64) < u64::from(v5.alias_max_out) => {
                     let a = v5.aliases_out.len() as u16 + 1;
-                    v5.aliases_out.insert(msg.topic.clone(), a);
+                    // Owned copy: a QoS 0 message's topic is a slice of the worker's
+                    // read buffer, which the map would otherwise pin for the
+                    // connection's life.
+                    v5.aliases_out.insert(msg.topic.compacted(), a);
                     (msg.topic.as_str(), Some(a))
                 }
                 None => (msg.topic.as_str(), None),

@@ -319,29 +319,36 @@ impl Shard {
         let Some(g) = self.shared.groups.get_mut(slot) else {
             return;
         };
-        let online: Vec<(usize, Grant)> = g
-            .local
-            .iter()
-            .copied()
-            .filter(|(k, _)| {
-                Some(*k) != exclude && self.sessions.get(*k).is_some_and(|s| s.conn.is_some())
-            })
-            .collect();
+        // Connected members other than `exclude`, picked without collecting them
+        // (this runs once per shared delivery).
+        let sessions = &self.sessions;
+        let connected =
+            |k: usize| Some(k) != exclude && sessions.get(k).is_some_and(|s| s.conn.is_some());
+        let n = g.local.iter().filter(|(k, _)| connected(*k)).count();
         let group = g.key.clone();
-        let chosen = if online.is_empty() {
+        let chosen = if n == 0 {
             None
         } else {
             let sticky = g
                 .sticky_member
-                .and_then(|m| online.iter().find(|(k, _)| *k == m).copied());
-            Some(match (strategy, sticky) {
-                (SharedStrategy::Sticky, Some(m)) => m,
-                (SharedStrategy::Random, _) => online[(random % online.len() as u64) as usize],
-                _ => {
-                    g.local_rr = g.local_rr.wrapping_add(1);
-                    online[g.local_rr % online.len()]
+                .filter(|&m| connected(m))
+                .and_then(|m| g.local.iter().copied().find(|(k, _)| *k == m));
+            match (strategy, sticky) {
+                (SharedStrategy::Sticky, Some(m)) => Some(m),
+                (strategy, _) => {
+                    let i = if strategy == SharedStrategy::Random {
+                        (random % n as u64) as usize
+                    } else {
+                        g.local_rr = g.local_rr.wrapping_add(1);
+                        g.local_rr % n
+                    };
+                    g.local
+                        .iter()
+                        .copied()
+                        .filter(|(k, _)| connected(*k))
+                        .nth(i)
                 }
-            })
+            }
         };
         if let Some((key, _)) = chosen {
             g.sticky_member = Some(key);
