@@ -34,6 +34,14 @@ use std::time::{Duration, Instant};
 
 /// Per-worker read buffer size; reads land here and whole packets are decoded in place.
 const SCRATCH_BYTES: usize = 64 * 1024;
+
+/// A read that returns less than it asked for emptied the socket, so the next read
+/// would only say WouldBlock: skip it (half the `recv` calls when clients send small
+/// packets, as acks are). Safe on Linux because an edge-triggered epoll registration
+/// reports every arrival of new data (and the FIN), not only the empty-to-readable
+/// transition: whatever comes after this read brings a new event. Other systems'
+/// pollers promise less, so they read until WouldBlock.
+const DRAINED_ON_SHORT_READ: bool = cfg!(target_os = "linux");
 /// Connections accepted per listener per turn, so accepting cannot starve traffic.
 const ACCEPT_PER_TURN_MAX: usize = 256;
 /// Rounds of effects carried out per turn (each round may cause the next).
@@ -552,6 +560,7 @@ impl Worker {
                     None => return,
                 }
             }
+            let room = self.scratch.capacity() - self.scratch.len();
             match read_into_spare(&c.stream, &mut self.scratch) {
                 Ok(0) => {
                     self.shard.closed(now, id);
@@ -562,7 +571,7 @@ impl Worker {
                     budget = budget.saturating_sub(n);
                     self.shard.count_rx_bytes(n);
                     let chunk = self.scratch.split();
-                    if !self.decode(now, slot, id, chunk) {
+                    if !self.decode(now, slot, id, chunk) || (DRAINED_ON_SHORT_READ && n < room) {
                         return;
                     }
                 }
@@ -728,13 +737,15 @@ impl Worker {
                 }
             }
         }
-        if written == tx.len() {
-            // Idle connections own no write buffer.
-            *tx = Vec::new();
-        } else {
+        let all = written == tx.len();
+        if !all {
             tx.drain(..written);
         }
-        let backlog = tx.len();
+        let backlog = if all { 0 } else { tx.len() };
+        if all {
+            // Idle connections own no write buffer: it goes back to the pool.
+            self.shard.recycle_tx(id);
+        }
         self.shard.count_tx_bytes(written);
         if c.read_pending && backlog < self.cfg.max_outbound_bytes && c.paused_until.is_none() {
             self.pending_reads.push(slot);

@@ -779,7 +779,7 @@ impl Shard {
         packet_id: Option<crate::protocol::PacketId>,
         dup: bool,
     ) {
-        let Some(conn) = self.conn_mut(id) else {
+        let Some(conn) = self.tx_buf(id) else {
             return;
         };
         if conn.v5.is_none() {

@@ -145,6 +145,12 @@ pub(crate) struct ConnV5 {
 /// length-prefixed fields of at most 65535 bytes.
 const CONNECT_BYTES_MAX: usize = 5 + 10 + 5 * (2 + 65_535);
 
+/// A write buffer's first capacity: a turn's worth of small packets for one connection.
+const TX_INITIAL: usize = 4096;
+/// Pooled write buffers per worker, and the largest capacity kept: at most 2 MiB.
+const TX_POOL_MAX: usize = 32;
+const TX_POOL_BUF_MAX: usize = 64 * 1024;
+
 /// Packets a client may send after CONNECT before its session is attached.
 const EARLY_PACKETS_MAX: usize = 64;
 
@@ -190,6 +196,10 @@ pub struct Shard {
     pub(crate) matches: Vec<(u32, Grant)>,
     /// Reused per MQTT 5 delivery: the subscription identifiers to send.
     pub(crate) sub_ids: Vec<u32>,
+    /// Emptied write buffers kept for the next connection that writes (see
+    /// [`Shard::recycle_tx`]): a busy connection gets a buffer of working size at
+    /// once instead of growing one from nothing every turn, and an idle one owns none.
+    pub(crate) tx_pool: Vec<Vec<u8>>,
     pub(crate) next_auto_id: u64,
     /// Routing sequence number of this worker's last routed message.
     pub(crate) seq: u64,
@@ -251,6 +261,7 @@ impl Shard {
             next_sys_at,
             matches: Vec::new(),
             sub_ids: Vec::new(),
+            tx_pool: Vec::new(),
             feeders: HashMap::new(),
             next_auto_id: 0,
             seq: 0,
@@ -463,6 +474,33 @@ impl Shard {
         }
     }
 
+    /// The runtime wrote all of a connection's buffer: it goes back to the pool (if
+    /// not oversized), so the idle connection owns no write buffer.
+    pub fn recycle_tx(&mut self, id: ConnId) {
+        let Some(conn) = self.conn_mut(id) else {
+            return;
+        };
+        let mut tx = std::mem::take(&mut conn.tx);
+        if tx.capacity() <= TX_POOL_BUF_MAX && self.tx_pool.len() < TX_POOL_MAX {
+            tx.clear();
+            self.tx_pool.push(tx);
+        }
+    }
+
+    /// A connection's write buffer, ready for a packet: an empty one is given a pooled
+    /// buffer (or a fresh one of working size) before anything is appended.
+    pub(crate) fn tx_buf(&mut self, id: ConnId) -> Option<&mut Conn> {
+        let pool = &mut self.tx_pool;
+        let conn = match self.conns.get_mut(id.slot as usize) {
+            Some(Some(c)) if c.gen == id.gen => c,
+            _ => return None,
+        };
+        if conn.tx.capacity() == 0 {
+            conn.tx = pool.pop().unwrap_or_else(|| Vec::with_capacity(TX_INITIAL));
+        }
+        Some(conn)
+    }
+
     /// Bytes waiting in the connection's write buffer (0 for unknown connections).
     pub fn tx_len(&self, id: ConnId) -> usize {
         self.conn(id).map_or(0, |c| c.tx.len())
@@ -481,7 +519,7 @@ impl Shard {
     /// Appends an encoded packet to a connection's write buffer, in the layout of the
     /// connection's protocol version.
     pub(crate) fn write_packet(&mut self, id: ConnId, packet: &Packet) {
-        let Some(conn) = self.conn_mut(id) else {
+        let Some(conn) = self.tx_buf(id) else {
             return;
         };
         let before = conn.tx.len();
