@@ -190,7 +190,10 @@ impl<'a, T> Iterator for ChildrenIter<'a, T> {
 /// beyond, so hot-path traversals do not allocate in any realistic case and still cannot
 /// overflow on pathological input.
 pub(crate) struct InlineStack<T: Copy, const N: usize> {
-    inline: [Option<T>; N],
+    /// `inline[..len]` are initialised: written by `push`, never read past `len`.
+    /// Uninitialised on purpose: a walk per publish would otherwise clear all `N`
+    /// slots (a 768-byte memset for 32 of them) before doing anything.
+    inline: [std::mem::MaybeUninit<T>; N],
     len: usize,
     spill: Vec<T>,
 }
@@ -198,7 +201,7 @@ pub(crate) struct InlineStack<T: Copy, const N: usize> {
 impl<T: Copy, const N: usize> InlineStack<T, N> {
     pub(crate) fn new() -> Self {
         InlineStack {
-            inline: [None; N],
+            inline: [const { std::mem::MaybeUninit::uninit() }; N],
             len: 0,
             spill: Vec::new(),
         }
@@ -207,7 +210,7 @@ impl<T: Copy, const N: usize> InlineStack<T, N> {
     pub(crate) fn push(&mut self, item: T) {
         match self.inline.get_mut(self.len) {
             Some(slot) => {
-                *slot = Some(item);
+                slot.write(item);
                 self.len += 1;
             }
             None => self.spill.push(item),
@@ -219,7 +222,10 @@ impl<T: Copy, const N: usize> InlineStack<T, N> {
             return Some(item);
         }
         self.len = self.len.checked_sub(1)?;
-        self.inline.get_mut(self.len).and_then(Option::take)
+        let slot = self.inline.get(self.len)?;
+        // SAFETY: slots below the old `len` were written by `push` (the spill only
+        // fills once all `N` are in use, and empties before they are popped).
+        Some(unsafe { slot.assume_init() })
     }
 }
 
@@ -470,7 +476,8 @@ const END: usize = usize::MAX;
 /// The level starting at byte `pos` of `s` and the position of the next one.
 fn level_at(s: &str, pos: usize) -> (&str, usize) {
     let rest = s.get(pos..).unwrap_or("");
-    match rest.find('/') {
+    // A plain scan: levels are a few bytes long, shorter than a `memchr` call's setup.
+    match rest.bytes().position(|b| b == b'/') {
         Some(i) => (&rest[..i], pos + i + 1),
         None => (rest, END),
     }
@@ -859,6 +866,26 @@ mod tests {
                 ("/finance", &["+/+", "/+", "#"]),
             ],
         );
+    }
+
+    #[test]
+    fn inline_stack_is_lifo_across_the_spill() {
+        let mut st: InlineStack<u32, 3> = InlineStack::new();
+        assert_eq!(st.pop(), None);
+        for round in 0..2 {
+            for i in 0..7 {
+                st.push(i + round);
+            }
+            for i in (0..7).rev() {
+                assert_eq!(st.pop(), Some(i + round));
+            }
+            assert_eq!(st.pop(), None);
+        }
+        st.push(9);
+        st.push(10);
+        assert_eq!(st.pop(), Some(10));
+        st.push(11);
+        assert_eq!((st.pop(), st.pop(), st.pop()), (Some(11), Some(9), None));
     }
 
     #[test]

@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 /// Per-worker read buffer size; reads land here and whole packets are decoded in place.
 const SCRATCH_BYTES: usize = 64 * 1024;
 
+/// The largest capacity (in messages) a new cross-worker batch starts with.
+const MESH_BATCH_HINT_MAX: usize = 4096;
+
 /// A read that returns less than it asked for emptied the socket, so the next read
 /// would only say WouldBlock: skip it (half the `recv` calls when clients send small
 /// packets, as acks are). Safe on Linux because an edge-triggered epoll registration
@@ -791,12 +794,17 @@ impl Worker {
         }
         // One batch and one wake per destination.
         for w in 0..self.workers {
-            let batch = std::mem::take(&mut self.shard.effects().mesh[w]);
-            if batch.is_empty() {
+            let slot = &mut self.shard.effects().mesh[w];
+            if slot.is_empty() {
                 continue;
             }
+            // The batch leaves with the message; the next one starts at this one's
+            // capacity (a high-water mark, capped), so a steady stream costs one
+            // allocation per turn rather than a chain of regrowths.
+            let n = slot.len();
+            let next = Vec::with_capacity(slot.capacity().min(MESH_BATCH_HINT_MAX));
+            let batch = std::mem::replace(slot, next);
             // Counted before sending, so that the receiver never subtracts first.
-            let n = batch.len();
             self.mesh.backlog[w].fetch_add(n, Ordering::Relaxed);
             if self.mesh.peers[w]
                 .send(Envelope::Batch {
