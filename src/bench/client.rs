@@ -286,7 +286,14 @@ impl Conn {
 
     /// Reads what the socket has, up to [`READ_BUDGET`], into the read buffer.
     /// Returns false on end of stream.
-    pub fn read(&mut self, scratch: &mut [u8]) -> Result<bool, ClientError> {
+    ///
+    /// Unless `to_end`, a read shorter than `scratch` ends it: TCP returns less than
+    /// asked only when its receive queue is empty, and data arriving later is a new
+    /// event for the edge-triggered poll, so the `recv` that would only say
+    /// `WouldBlock` (one per message at a low per-socket rate) is skipped. With
+    /// `to_end` (the event reported a FIN or an error, which bring no new edge) it
+    /// reads until `WouldBlock` or the end of the stream.
+    pub fn read(&mut self, scratch: &mut [u8], to_end: bool) -> Result<bool, ClientError> {
         let Some(s) = &mut self.stream else {
             return Ok(true);
         };
@@ -306,6 +313,9 @@ impl Conn {
                     total += n;
                     if total >= READ_BUDGET {
                         self.more_to_read = true;
+                        return Ok(true);
+                    }
+                    if n < scratch.len() && !to_end {
                         return Ok(true);
                     }
                 }

@@ -99,6 +99,7 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
         distinct: AtomicU64::new(0),
         unacked: AtomicI64::new(0),
         publishers_done: AtomicUsize::new(0),
+        quiet_threads: AtomicUsize::new(0),
         delivered: (0..plan.publishers()).map(|_| AtomicU64::new(0)).collect(),
         wakers,
         p50: (0..threads).map(|_| AtomicU64::new(0)).collect(),
@@ -118,7 +119,7 @@ pub fn run(cfg: &BenchConfig) -> Result<Report, BenchError> {
                             tracing::warn!(core = id, "cannot pin generator thread");
                         }
                     }
-                    let r = Worker::new(i, cfg, plan, shared, poll).run();
+                    let r = Worker::new(i, cfg, plan, shared, poll).and_then(Worker::run);
                     if r.is_err() {
                         shared.failed.store(true, Ordering::Release);
                     }
@@ -240,10 +241,14 @@ fn coordinate(cfg: &BenchConfig, plan: &Plan, shared: &Shared) -> Result<Coord, 
     shared.set_phase(Phase::Draining);
     let drain_end = Instant::now() + cfg.drain;
     let drained = loop {
+        // A thread may still be in the turn that sent the last messages, with its
+        // `expected` not yet added: until every thread is quiet, `got >= expected` could
+        // hold with those deliveries still on their way (and then lost to the stop).
+        let quiet = shared.quiet_threads.load(Ordering::Acquire) >= cfg.threads;
         let expected = shared.expected.load(Ordering::Acquire);
         let got = shared.distinct.load(Ordering::Acquire);
         let unacked = shared.unacked.load(Ordering::Acquire);
-        if got >= expected && unacked <= 0 {
+        if quiet && got >= expected && unacked <= 0 {
             break true;
         }
         if Instant::now() >= drain_end || shared.failed.load(Ordering::Acquire) {

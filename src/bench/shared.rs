@@ -40,6 +40,9 @@ pub(crate) struct Shared {
     /// QoS 1/2 publishes not yet acknowledged.
     pub unacked: AtomicI64,
     pub publishers_done: AtomicUsize,
+    /// Threads that have seen [`Phase::Draining`] and published their counters after
+    /// their last send: `expected` is final once this equals the thread count.
+    pub quiet_threads: AtomicUsize,
     /// Per publisher: deliveries received (closed-loop QoS 0 acknowledgement).
     pub delivered: Vec<AtomicU64>,
     pub wakers: Vec<Waker>,

@@ -7,25 +7,38 @@
 //! [`Shared`] once per turn; the latency histogram stays thread-local and is merged by
 //! the caller at the end.
 //!
+//! A turn costs in proportion to what happened in it, not to the number of clients:
+//! open-loop publishers wait in a heap by their next send time ([`publish`]), the poll
+//! sleeps until the first of them, woken on time by a `timerfd` ([`timer`]; `mio`'s
+//! timeout has millisecond resolution), and a read that returns less than asked for
+//! ends that socket's reading (the kernel's receive queue is then empty, and more data
+//! is a new edge-triggered event), saving the `recv` that would return `WouldBlock`.
+//!
 //! The thread stops by itself when the coordinator sets [`Phase::Done`], and the
-//! coordinator does so after `warmup + duration + drain` at the latest.
+//! coordinator does so after `warmup + duration + drain` at the latest. In the first
+//! turn that sees [`Phase::Draining`] it sends nothing and then counts itself in
+//! [`Shared::quiet_threads`]: the coordinator compares deliveries with sends only after
+//! every thread has published its last send (see `coordinate` in `bench/mod.rs`).
 
 use super::accounting::{Outcome, Stream};
 use super::client::{ClientError, Conn, Incoming, State};
 use super::payload;
-use super::scenario::{BenchConfig, Load, Plan, Role};
+use super::scenario::{BenchConfig, Load, Plan, Role, Scenario};
 use super::stats::{new_histogram, thread_cpu_ns};
 use super::BenchError;
 use crate::protocol::QoS;
 mod publish;
+mod timer;
 
 use super::shared::{Phase, Shared, ThreadResult, WAKER};
 use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
 use publish::Pub;
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use timer::{Timer, TIMER};
 
 /// Handshakes in progress per thread, at most.
 const MAX_HANDSHAKES: usize = 256;
@@ -50,6 +63,19 @@ pub(crate) struct Worker<'a> {
     again: Vec<usize>,
     pub_of: Vec<Option<usize>>,
     pubs: Vec<Pub>,
+    /// Open loop (`--rate`, fleet): publishers are paced by their schedule.
+    scheduled: bool,
+    /// Open loop: the schedules are set and `due` filled (first sending turn).
+    scheduled_all: bool,
+    /// Open loop: (time of the next scheduled send, publisher), earliest first.
+    due: BinaryHeap<Reverse<(u64, usize)>>,
+    /// Open loop: publishers with a send due that they could not make (retried every turn).
+    blocked: Vec<usize>,
+    /// Open loop: scratch for publishers that hit the burst cap this turn.
+    later: Vec<Reverse<(u64, usize)>>,
+    timer: Timer,
+    /// Counted in `Shared::quiet_threads`.
+    quiet: bool,
     streams: Vec<Option<HashMap<u32, Stream>>>,
     pending: VecDeque<usize>,
     handshakes: usize,
@@ -84,7 +110,7 @@ impl<'a> Worker<'a> {
         plan: &'a Plan,
         shared: &'a Shared,
         poll: Poll,
-    ) -> Worker<'a> {
+    ) -> Result<Worker<'a>, BenchError> {
         let mut conns = Vec::new();
         let mut pub_of = Vec::new();
         let mut pubs = Vec::new();
@@ -133,7 +159,8 @@ impl<'a> Worker<'a> {
             streams.push(s);
         }
         let n = conns.len();
-        Worker {
+        let timer = Timer::new(poll.registry())?;
+        Ok(Worker {
             index,
             cfg,
             plan,
@@ -145,6 +172,13 @@ impl<'a> Worker<'a> {
             again: Vec::new(),
             pub_of,
             pubs,
+            scheduled: cfg.scenario == Scenario::Fleet || matches!(cfg.load, Load::Rate(_)),
+            scheduled_all: false,
+            due: BinaryHeap::new(),
+            blocked: Vec::new(),
+            later: Vec::new(),
+            timer,
+            quiet: false,
             streams,
             pending: (0..n).collect(),
             handshakes: 0,
@@ -182,7 +216,7 @@ impl<'a> Worker<'a> {
             churn_last_ns: 0,
             cpu_start: None,
             cpu_done: false,
-        }
+        })
     }
 
     /// Runs until the coordinator says [`Phase::Done`].
@@ -201,7 +235,7 @@ impl<'a> Worker<'a> {
             }
             let now = self.shared.now_ns();
             self.start_connections(now, thread_start)?;
-            let timeout = self.timeout(now, phase);
+            let timeout = self.timeout(now, phase)?;
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     return Err(BenchError::Io(e));
@@ -210,25 +244,29 @@ impl<'a> Worker<'a> {
             let now = self.shared.now_ns();
             let (m_start, m_end) = self.window();
             for ev in events.iter() {
-                if ev.token() == WAKER {
+                if ev.token() == TIMER {
+                    self.timer.fired();
                     continue;
                 }
                 let i = ev.token().0;
-                if i >= self.conns.len() {
+                if ev.token() == WAKER || i >= self.conns.len() {
                     continue;
                 }
                 if ev.is_writable() {
                     self.on_writable(i)?;
                 }
-                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    self.on_readable(i, now, phase, m_start, m_end)?;
+                let closed = ev.is_read_closed() || ev.is_error();
+                if ev.is_readable() || closed {
+                    self.on_readable(i, now, phase, m_start, m_end, closed)?;
                 }
             }
             for i in std::mem::take(&mut self.again) {
                 if self.conns[i].more_to_read {
-                    self.on_readable(i, now, phase, m_start, m_end)?;
+                    self.on_readable(i, now, phase, m_start, m_end, false)?;
                 }
             }
+            // Sends are stamped and their lag measured after the reads, on a fresh clock.
+            let now = self.shared.now_ns();
             if phase == Phase::Running && now < m_end {
                 self.send(now, m_start);
                 if self.cfg.churn > 0.0 {
@@ -237,6 +275,11 @@ impl<'a> Worker<'a> {
             }
             self.flush_dirty(phase)?;
             self.publish_counters();
+            if phase >= Phase::Draining && !self.quiet {
+                // Nothing was sent this turn, and every earlier send is counted now.
+                self.quiet = true;
+                self.shared.quiet_threads.fetch_add(1, Ordering::AcqRel);
+            }
             self.measure_cpu(now, m_start, m_end, phase);
             if now.saturating_sub(last_progress) >= 500_000_000 {
                 last_progress = now;
@@ -257,24 +300,25 @@ impl<'a> Worker<'a> {
         )
     }
 
-    fn timeout(&self, now: u64, phase: Phase) -> Duration {
+    /// How long the next poll may sleep; arms the timer for the next scheduled send.
+    fn timeout(&mut self, now: u64, phase: Phase) -> Result<Duration, BenchError> {
         let mut t = 10_000_000u64;
         if !self.again.is_empty() {
-            return Duration::ZERO;
+            return Ok(Duration::ZERO);
         }
-        if phase == Phase::Running {
-            for p in &self.pubs {
-                if let Some(s) = &p.schedule {
-                    if !p.done && p.sent < p.limit {
-                        t = t.min(s.at(p.sent).saturating_sub(now));
-                    }
+        let m_end = self.shared.measure_end_ns.load(Ordering::Acquire);
+        if phase == Phase::Running && now < m_end {
+            if let Some(at) = self.next_due() {
+                if at <= now {
+                    return Ok(Duration::ZERO);
                 }
+                self.timer.arm(at, at - now)?;
             }
         }
         if !self.pending.is_empty() {
             t = t.min(1_000_000);
         }
-        Duration::from_nanos(t)
+        Ok(Duration::from_nanos(t))
     }
 
     fn start_connections(&mut self, now: u64, thread_start: u64) -> Result<(), BenchError> {
@@ -338,12 +382,14 @@ impl<'a> Worker<'a> {
         phase: Phase,
         m_start: u64,
         m_end: u64,
+        closed: bool,
     ) -> Result<(), BenchError> {
         let c = &mut self.conns[i];
         if c.stream.is_none() || c.state == State::Connecting {
             return Ok(());
         }
-        let open = c.read(&mut self.scratch);
+        // A FIN or an error comes without new data: read to the end to see it.
+        let open = c.read(&mut self.scratch, closed);
         let eof = matches!(open, Ok(false));
         let mut result = open.map(|_| ());
         if result.is_ok() {
@@ -522,6 +568,10 @@ impl<'a> Worker<'a> {
             self.close(i, State::Closed);
         }
         self.publish_counters();
+        if !self.quiet {
+            self.quiet = true;
+            self.shared.quiet_threads.fetch_add(1, Ordering::AcqRel);
+        }
         let mut res = self.res;
         res.latency = self.latency;
         res.lag = self.lag;

@@ -1,6 +1,15 @@
 //! The publishing half of a generator thread: pacing each publisher (open-loop
 //! schedule, closed-loop window, QoS 1/2 packet-id cap), writing timestamped payloads,
 //! and fleet churn.
+//!
+//! Open loop (`--rate`, and `fleet`) keeps the thread's publishers in a min-heap by the
+//! time of their next scheduled message, so a turn touches only the publishers that
+//! have something due (O(log n) each) and the poll timeout is the heap's top, instead
+//! of two passes over every publisher per turn: with 1000 publishers and one turn per
+//! message that scan cost more than the sockets. A publisher that has something due but
+//! cannot send (not connected, write buffer full, no packet id free) waits in a
+//! `blocked` list, retried every turn, and does not shorten the poll timeout: what
+//! unblocks it (CONNACK, writable, PUBACK) is itself a socket event.
 
 use super::super::payload::Header;
 use super::super::scenario::{Load, Scenario};
@@ -9,6 +18,7 @@ use super::{Worker, MAX_WBUF, SEND_BURST, STALL_NS};
 use crate::bench::client::State;
 use crate::bench::BenchError;
 use crate::protocol::QoS;
+use std::cmp::Reverse;
 use std::sync::atomic::Ordering;
 
 /// One publisher of this thread.
@@ -26,88 +36,181 @@ pub(super) struct Pub {
     pub(super) done: bool,
 }
 
+/// What one open-loop publisher does next, after a turn's sends.
+enum Next {
+    /// Sent its last message.
+    Done,
+    /// Its next message is due at this time (possibly already: the burst cap).
+    At(u64),
+    /// Has a message due but cannot send it now.
+    Blocked,
+}
+
 impl Worker<'_> {
     pub(super) fn send(&mut self, now: u64, m_start: u64) {
-        let qos = self.cfg.qos;
+        if self.scheduled {
+            self.send_due(now, m_start);
+        } else {
+            self.send_window(now, m_start);
+        }
+    }
+
+    /// The first open-loop turn: every publisher's schedule, into the heap.
+    fn schedule_all(&mut self) {
         let send_start = self.shared.send_start_ns.load(Ordering::Acquire);
         let npubs = self.plan.publishers() as u32;
+        for (pi, p) in self.pubs.iter_mut().enumerate() {
+            let s = match (self.cfg.scenario, self.cfg.load) {
+                (Scenario::Fleet, _) => {
+                    Schedule::periodic(send_start, p.publisher, npubs, self.cfg.interval_secs)
+                }
+                (_, Load::Rate(rate)) => Schedule::new(send_start, p.publisher, npubs, rate),
+                (_, Load::Max) => unreachable!("closed loop has no schedule"),
+            };
+            p.schedule = Some(s);
+            if !p.done && p.sent < p.limit {
+                self.due.push(Reverse((s.at(p.sent), pi)));
+            }
+        }
+        self.scheduled_all = true;
+    }
+
+    /// The time of the first scheduled send, if any publisher has one left.
+    pub(super) fn next_due(&self) -> Option<u64> {
+        self.due.peek().map(|&Reverse((at, _))| at)
+    }
+
+    /// Open loop: every message due by `now`, timestamped with its scheduled time.
+    fn send_due(&mut self, now: u64, m_start: u64) {
+        if !self.scheduled_all {
+            self.schedule_all();
+        }
+        for pi in std::mem::take(&mut self.blocked) {
+            let p = &self.pubs[pi];
+            if let Some(s) = p.schedule {
+                self.due.push(Reverse((s.at(p.sent), pi)));
+            }
+        }
+        let mut later = std::mem::take(&mut self.later);
+        while let Some(&Reverse((at, pi))) = self.due.peek() {
+            if at > now {
+                break;
+            }
+            self.due.pop();
+            match self.send_scheduled(pi, now, m_start) {
+                Next::Done => {}
+                Next::Blocked => self.blocked.push(pi),
+                Next::At(t) if t <= now => later.push(Reverse((t, pi))),
+                Next::At(t) => self.due.push(Reverse((t, pi))),
+            }
+        }
+        // Publishers that hit the burst cap go on next turn (the timeout is zero then).
+        self.due.extend(later.drain(..));
+        self.later = later;
+    }
+
+    fn send_scheduled(&mut self, pi: usize, now: u64, m_start: u64) -> Next {
+        let p = &self.pubs[pi];
+        let c = &self.conns[p.conn];
+        if p.done {
+            return Next::Done;
+        }
+        let Some(s) = p.schedule else {
+            return Next::Done;
+        };
+        if c.state != State::Ready || c.wbuf.len() >= MAX_WBUF {
+            return Next::Blocked;
+        }
+        let mut n = s.due(p.sent, now, (p.limit - p.sent).min(SEND_BURST));
+        let wanted = n;
+        if self.cfg.qos != QoS::AtMostOnce {
+            n = n.min((self.cfg.inflight - c.ids.in_use.min(self.cfg.inflight)) as u64);
+        }
+        let sent = self.emit(pi, n, Some(s), now, m_start);
+        let p = &self.pubs[pi];
+        if p.done {
+            return Next::Done;
+        }
+        let next = s.at(p.sent);
+        if next > now || (sent == wanted && wanted == SEND_BURST) {
+            Next::At(next)
+        } else {
+            Next::Blocked
+        }
+    }
+
+    /// Closed loop (`--max`): fill each publisher's window.
+    fn send_window(&mut self, now: u64, m_start: u64) {
+        let qos = self.cfg.qos;
         for pi in 0..self.pubs.len() {
             let p = &mut self.pubs[pi];
-            let c = &mut self.conns[p.conn];
+            let c = &self.conns[p.conn];
             if p.done || c.state != State::Ready || c.wbuf.len() >= MAX_WBUF {
                 continue;
             }
             let mut n = (p.limit - p.sent).min(SEND_BURST);
-            let mut sched = None;
-            match (self.cfg.scenario, self.cfg.load) {
-                (Scenario::Fleet, _) => {
-                    let s = *p.schedule.get_or_insert_with(|| {
-                        Schedule::periodic(send_start, p.publisher, npubs, self.cfg.interval_secs)
-                    });
-                    n = s.due(p.sent, now, n);
-                    sched = Some(s);
+            if qos == QoS::AtMostOnce {
+                let delivered = self.shared.delivered[p.publisher as usize].load(Ordering::Relaxed);
+                if delivered != p.last_delivered || p.last_progress_ns == 0 {
+                    p.last_delivered = delivered;
+                    p.last_progress_ns = now;
                 }
-                (_, Load::Rate(rate)) => {
-                    let s = *p
-                        .schedule
-                        .get_or_insert_with(|| Schedule::new(send_start, p.publisher, npubs, rate));
-                    n = s.due(p.sent, now, n);
-                    sched = Some(s);
+                let done = delivered + p.credit;
+                let mut outstanding = (p.sent * p.fanout).saturating_sub(done);
+                if outstanding > 0 && now - p.last_progress_ns > STALL_NS {
+                    p.credit += outstanding;
+                    outstanding = 0;
+                    p.last_progress_ns = now;
+                    self.res.stalls += 1;
                 }
-                (_, Load::Max) if qos == QoS::AtMostOnce => {
-                    let delivered =
-                        self.shared.delivered[p.publisher as usize].load(Ordering::Relaxed);
-                    if delivered != p.last_delivered || p.last_progress_ns == 0 {
-                        p.last_delivered = delivered;
-                        p.last_progress_ns = now;
-                    }
-                    let done = delivered + p.credit;
-                    let mut outstanding = (p.sent * p.fanout).saturating_sub(done);
-                    if outstanding > 0 && now - p.last_progress_ns > STALL_NS {
-                        p.credit += outstanding;
-                        outstanding = 0;
-                        p.last_progress_ns = now;
-                        self.res.stalls += 1;
-                    }
-                    let cap = self.cfg.inflight as u64 * p.fanout;
-                    n = n.min(cap.saturating_sub(outstanding) / p.fanout);
-                }
-                (_, Load::Max) => {}
-            }
-            if qos != QoS::AtMostOnce {
+                let cap = self.cfg.inflight as u64 * p.fanout;
+                n = n.min(cap.saturating_sub(outstanding) / p.fanout);
+            } else {
                 n = n.min((self.cfg.inflight - c.ids.in_use.min(self.cfg.inflight)) as u64);
             }
-            for _ in 0..n {
-                let ts = sched.map_or(now, |s| s.at(p.sent));
-                let h = Header {
-                    ts_ns: ts,
-                    seq: p.sent as u32,
-                    publisher: p.publisher,
-                };
-                let _ = h.write(&mut self.body);
-                if c.publish(&p.topic, qos, &self.body).is_none() {
-                    break;
-                }
-                if sched.is_some() && ts >= m_start {
-                    self.lag.saturating_record(now.saturating_sub(ts).max(1));
-                }
-                if ts >= m_start {
-                    self.res.sent_measured += 1;
-                }
-                p.sent += 1;
-                self.sent_turn += 1;
-                self.expected_turn += p.fanout;
-                if qos != QoS::AtMostOnce {
-                    self.unacked_turn += 1;
-                }
-            }
-            if p.sent >= p.limit && !p.done {
-                p.done = true;
-                self.shared.publishers_done.fetch_add(1, Ordering::AcqRel);
-            }
-            let ci = p.conn;
-            self.mark(ci);
+            self.emit(pi, n, None, now, m_start);
         }
+    }
+
+    /// Appends up to `n` messages of publisher `pi` to its connection's write buffer
+    /// (timestamps from `sched`, or `now` in closed loop) and returns how many.
+    fn emit(&mut self, pi: usize, n: u64, sched: Option<Schedule>, now: u64, m_start: u64) -> u64 {
+        let qos = self.cfg.qos;
+        let p = &mut self.pubs[pi];
+        let c = &mut self.conns[p.conn];
+        let mut sent = 0;
+        for _ in 0..n {
+            let ts = sched.map_or(now, |s| s.at(p.sent));
+            let h = Header {
+                ts_ns: ts,
+                seq: p.sent as u32,
+                publisher: p.publisher,
+            };
+            let _ = h.write(&mut self.body);
+            if c.publish(&p.topic, qos, &self.body).is_none() {
+                break;
+            }
+            if sched.is_some() && ts >= m_start {
+                self.lag.saturating_record(now.saturating_sub(ts).max(1));
+            }
+            if ts >= m_start {
+                self.res.sent_measured += 1;
+            }
+            p.sent += 1;
+            sent += 1;
+            self.sent_turn += 1;
+            self.expected_turn += p.fanout;
+            if qos != QoS::AtMostOnce {
+                self.unacked_turn += 1;
+            }
+        }
+        if p.sent >= p.limit && !p.done {
+            p.done = true;
+            self.shared.publishers_done.fetch_add(1, Ordering::AcqRel);
+        }
+        let ci = p.conn;
+        self.mark(ci);
+        sent
     }
 
     /// Drops and reconnects `churn` x devices per second (fleet).
