@@ -94,8 +94,8 @@ mod tests {
         let mut t = Timer::new(poll.registry()).unwrap();
         let mut events = Events::with_capacity(4);
         let mut best = Duration::MAX;
-        // Best of a few tries: a shared machine may deschedule us.
-        for round in 0..5u64 {
+        // Best of many tries: a shared machine may deschedule us on any one of them.
+        for round in 0..20u64 {
             let start = Instant::now();
             t.arm(round, 200_000).unwrap();
             poll.poll(&mut events, Some(Duration::from_millis(100)))
