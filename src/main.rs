@@ -48,7 +48,7 @@ struct Cli {
     /// Largest packet accepted, in bytes. Default 1048576.
     #[arg(long)]
     max_packet_size: Option<usize>,
-    /// Unacknowledged QoS 1/2 messages in flight per client. Default 20.
+    /// Unacknowledged QoS 1/2 messages in flight per client. Default 100.
     #[arg(long)]
     max_inflight: Option<usize>,
     /// QoS 1/2 messages queued per session. Default 1000.
