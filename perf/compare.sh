@@ -26,6 +26,8 @@ MPORT=18834
 TPORT=18835
 RPORT=18836
 T2PORT=18837
+M100PORT=18838
+T20PORT=18839
 [ -x "$BIN" ] || { echo "build first: cargo build --release ($BIN missing)" >&2; exit 1; }
 # 19,500 connections: the brokers (which inherit this) and the generator (which
 # raises its own soft limit too) each need one descriptor per connection.
@@ -39,6 +41,9 @@ cleanup() {
 trap cleanup EXIT
 
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n' "$MPORT" > "$WORK/mosquitto.conf"
+# The QoS 1 scenario also runs each broker at the other's default in-flight window
+# (Mosquitto 20, ternmq 100), so the ratio can be read window for window.
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages 100\n' "$M100PORT" > "$WORK/mosquitto-if100.conf"
 # rumqttd: one v4 server; router settings as in rumqttd's own example config,
 # max_connections above the 19,500 of `conns`. The router is one thread by design
 # (not configurable); the server's connections run on tokio, pinned by taskset.
@@ -69,7 +74,10 @@ CMD[ternmq]="taskset -c 0 $BIN --listen 127.0.0.1:$TPORT --workers 1 --no-pin --
 CMD[rumqttd]="taskset -c 0 $RUMQTTD -q -c $WORK/rumqttd.toml"
 # Two workers pinned to cores 0 and 1: core 1 is shared with the generator.
 CMD[ternmq-w2]="$BIN --listen 127.0.0.1:$T2PORT --workers 2 --sys-interval 0 --log-level warn"
-PORT=([mosquitto]=$MPORT [ternmq]=$TPORT [rumqttd]=$RPORT [ternmq-w2]=$T2PORT)
+CMD[mosquitto-if100]="taskset -c 0 /usr/sbin/mosquitto -c $WORK/mosquitto-if100.conf"
+CMD[ternmq-if20]="taskset -c 0 $BIN --listen 127.0.0.1:$T20PORT --workers 1 --no-pin --sys-interval 0 --log-level warn --max-inflight 20"
+PORT=([mosquitto]=$MPORT [ternmq]=$TPORT [rumqttd]=$RPORT [ternmq-w2]=$T2PORT [mosquitto-if100]=$M100PORT [ternmq-if20]=$T20PORT)
+EXTRA_Q1="mosquitto-if100 ternmq-if20"  # run in pairs100q1 only
 
 BROKERS=${BROKERS:-mosquitto rumqttd ternmq}
 if [[ " $BROKERS " == *" rumqttd "* ]] && [ ! -x "$RUMQTTD" ]; then
@@ -88,19 +96,19 @@ start() { # start BROKER: (re)starts it, sets PID[BROKER]
   done
   echo "# $b did not start: $(tail -n 3 "$WORK/$b.log" | tr '\n' ' ')"
 }
-for b in $BROKERS ternmq-w2; do start "$b"; done
+for b in $BROKERS ternmq-w2 $EXTRA_Q1; do start "$b"; done
 sleep 1
 
 COMMIT=$(git rev-parse HEAD)$(git diff --quiet HEAD -- src Cargo.toml || echo "-dirty")
 DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 MACHINE="nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
-echo "# brokers: $BROKERS (and ternmq-w2 for pairs100w2), $DATE"
+echo "# brokers: $BROKERS (and ternmq-w2 for pairs100w2, $EXTRA_Q1 for pairs100q1), $DATE"
 echo "# commit $COMMIT"
 echo "# loadavg at start: $(cat /proc/loadavg) (shared machine: other processes compete for both cores)"
 echo "# machine: $MACHINE"
 echo "# open files: $(ulimit -n)"
 echo "# mosquitto: $(/usr/sbin/mosquitto -h 2>&1 | head -1); config: $(tr '\n' ';' < "$WORK/mosquitto.conf")"
-for b in $BROKERS ternmq-w2; do echo "# $b: ${CMD[$b]}"; done
+for b in $BROKERS ternmq-w2 $EXTRA_Q1; do echo "# $b: ${CMD[$b]}"; done
 if [[ " $BROKERS " == *" rumqttd "* ]]; then
   echo "# rumqttd: $("$RUMQTTD" --version 2>&1 | head -1); config: $(grep -v '^ *$' "$WORK/rumqttd.toml" | tr -s ' ' | tr '\n' ';')"
 fi
@@ -119,7 +127,9 @@ declare -A SCEN=(
 SCENARIOS=${SCENARIOS:-pairs1 pairs100 fanin100 fanout1000 pairs100q1 rate50k conns19500 pairs100w2}
 mkdir -p "$OUT_DIR"
 for name in $SCENARIOS; do
-  if [ "$name" = pairs100w2 ]; then brokers=ternmq-w2; else brokers=$BROKERS; fi
+  brokers=$BROKERS
+  if [ "$name" = pairs100w2 ]; then brokers=ternmq-w2; fi
+  if [ "$name" = pairs100q1 ]; then brokers="$BROKERS $EXTRA_Q1"; fi
   for rep in $(seq 1 "$REPS"); do
     for broker in $brokers; do
       # RSS per connection: a fresh broker each time, or the allocator hands back
