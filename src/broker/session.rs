@@ -105,6 +105,9 @@ pub struct Inflight {
     /// flight than the client's new Receive Maximum allows (4.9), so the rest waits
     /// for acknowledgements (see `pump`). Fits in padding: no size cost.
     pub held: bool,
+    /// How many packet ids the session had tried when this one was allocated (see
+    /// [`Session::next_packet_id`]).
+    tried: u64,
 }
 
 /// A message waiting for room in the in-flight window.
@@ -228,7 +231,9 @@ pub struct Session {
     pub clean: bool,
     /// Subscriptions with their granted options, in subscription order.
     pub subscriptions: Vec<(TopicFilter, Grant)>,
-    /// Sent and not yet completed, in send order.
+    /// Sent and not yet completed, in send order (which is packet-id allocation
+    /// order). Its weight counts the packet ids tried so far (`next_packet_id`);
+    /// only `start_inflight` pushes it.
     pub inflight: LazyDeque<Inflight>,
     /// Waiting for the window, in arrival order. Its weight is the bytes
     /// ([`Message::weight_bytes`]) of the messages in it, kept by `enqueue`, `dequeue`
@@ -387,10 +392,20 @@ impl Session {
         self.inbound_qos2.as_ref().map_or(0, |s| s.len())
     }
 
-    /// Allocates the next free packet id. The caller guarantees the window is open and
-    /// `max_inflight` is below 65535, so a free id always exists.
-    pub fn next_packet_id(&mut self) -> PacketId {
+    /// Allocates the next free packet id, and the try count it was allocated at. The
+    /// caller guarantees the window is open and `max_inflight` is below 65535, so a
+    /// free id always exists.
+    ///
+    /// Ids are tried in sequence, and the in-flight list is in allocation order (only
+    /// `start_inflight` pushes, at the back), each entry with the number of ids tried
+    /// when it got its own (the in-flight deque's weight counts tries). So while the
+    /// oldest one in flight got its id fewer than 65,535 tries ago, every id in flight
+    /// lies within the last 65,534 tried and the next one is free: no scan of the
+    /// window, which would touch one entry (a cache line or two) per message in it.
+    /// Only a message stuck in flight for a whole cycle of ids needs the scan.
+    fn next_packet_id(&mut self) -> (PacketId, u64) {
         debug_assert!(self.inflight.len() < 65_535);
+        let mut tried = self.inflight.weight() as u64;
         loop {
             let candidate = self.next_packet_id;
             self.next_packet_id = if candidate == u16::MAX {
@@ -398,10 +413,21 @@ impl Session {
             } else {
                 candidate + 1
             };
-            if let Some(id) = PacketId::new(candidate) {
-                if !self.inflight.iter().any(|m| m.packet_id == id) {
-                    return id;
-                }
+            tried += 1;
+            let Some(id) = PacketId::new(candidate) else {
+                continue;
+            };
+            let in_use = |s: &Self| s.inflight.iter().any(|m| m.packet_id == id);
+            let recent = self
+                .inflight
+                .front()
+                .is_none_or(|oldest| tried - oldest.tried < 65_535);
+            if recent {
+                debug_assert!(!in_use(self), "packet id {id} reused while in flight");
+                return (id, tried);
+            }
+            if !in_use(self) {
+                return (id, tried);
             }
         }
     }
@@ -414,7 +440,8 @@ impl Session {
             !self.inflight.back().is_some_and(|m| m.held),
             "held messages go out before new ones"
         );
-        let packet_id = self.next_packet_id();
+        let before = self.inflight.weight() as u64;
+        let (packet_id, tried) = self.next_packet_id();
         self.inflight.push_back(Inflight {
             packet_id,
             qos,
@@ -422,7 +449,9 @@ impl Session {
             retain,
             state: OutState::Published,
             held: false,
+            tried,
         });
+        self.inflight.add_weight((tried - before) as usize);
         packet_id
     }
 
@@ -552,14 +581,30 @@ mod tests {
     #[test]
     fn packet_ids_skip_zero_and_ids_in_use() {
         let mut s = Session::new("c".into(), false);
-        s.next_packet_id = u16::MAX;
-        let a = s.start_inflight(QoS::AtLeastOnce, msg(1), false);
+        // One message stays in flight while a whole cycle of ids goes by.
+        let stuck = s.start_inflight(QoS::AtLeastOnce, msg(1), false);
+        assert_eq!(stuck.get(), 1);
+        let mut last = stuck;
+        for _ in 0..65_533 {
+            last = s.start_inflight(QoS::AtLeastOnce, msg(2), false);
+            assert!(s.puback(last));
+        }
+        assert_eq!(last.get(), u16::MAX - 1);
+        let a = s.start_inflight(QoS::AtLeastOnce, msg(3), false);
         assert_eq!(a.get(), u16::MAX);
-        let b = s.start_inflight(QoS::AtLeastOnce, msg(2), false);
-        assert_eq!(b.get(), 1, "wraps past 0 [MQTT-2.3.1-1]");
-        s.next_packet_id = u16::MAX;
-        let c = s.start_inflight(QoS::AtLeastOnce, msg(3), false);
-        assert_eq!(c.get(), 2, "skips ids still in flight [MQTT-2.3.1-2]");
+        let b = s.start_inflight(QoS::AtLeastOnce, msg(4), false);
+        assert_eq!(
+            b.get(),
+            2,
+            "wraps past 0 [MQTT-2.3.1-1] and skips 1, still in flight [MQTT-2.3.1-2]"
+        );
+        // Ids after the skip are still allocated in order, and never reused.
+        assert!(s.puback(a));
+        let c = s.start_inflight(QoS::AtLeastOnce, msg(5), false);
+        assert_eq!(c.get(), 3);
+        assert!(s.puback(stuck));
+        let ids: Vec<u16> = s.inflight.iter().map(|m| m.packet_id.get()).collect();
+        assert_eq!(ids, [2, 3]);
     }
 
     #[test]
