@@ -441,14 +441,26 @@ fn decode_publish(flags: u8, buf: &mut Bytes, v5: bool) -> Result<Publish> {
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::DupOnQoS0); // [MQTT-3.3.1-2]
     }
-    let raw_topic = read_string(buf)?;
+    // Nearly every topic is plain ASCII: one pass proves it a valid topic name.
+    let (plain, raw_topic) = match TopicName::from_plain_ascii(read_binary(buf)?) {
+        Ok(topic) => (Some(topic), ByteString::new()),
+        Err(raw) => {
+            if raw.contains(&0) {
+                return Err(DecodeError::NullChar);
+            }
+            let s = ByteString::try_from(raw).map_err(|_| DecodeError::InvalidUtf8)?;
+            (None, s)
+        }
+    };
     let packet_id = if qos == QoS::AtMostOnce {
         None
     } else {
         Some(packet_id(buf)?)
     };
     let props = props(buf, v5, Allowed::PUBLISH)?;
-    let topic = if v5 && raw_topic.is_empty() {
+    let topic = if let Some(topic) = plain {
+        topic
+    } else if v5 && raw_topic.is_empty() {
         if props.topic_alias.is_none() {
             return Err(DecodeError::EmptyTopicWithoutAlias);
         }

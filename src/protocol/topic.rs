@@ -58,6 +58,23 @@ impl TopicName {
         Ok(TopicName(s))
     }
 
+    /// The common case of [`TopicName::new`] in one pass over the bytes: `raw` is
+    /// 1 to 65,535 bytes of ASCII without U+0000, `+` or `#`, so it is valid UTF-8
+    /// and a valid topic name. Anything else comes back untouched for the caller to
+    /// validate the slow way, which also tells what is wrong.
+    pub fn from_plain_ascii(raw: bytes::Bytes) -> Result<TopicName, bytes::Bytes> {
+        let plain = !raw.is_empty()
+            && raw.len() <= TOPIC_LEN_MAX
+            && raw
+                .iter()
+                .all(|&b| (1..0x80).contains(&b) && b != b'+' && b != b'#');
+        if !plain {
+            return Err(raw);
+        }
+        // SAFETY: every byte is in 1..0x80, so `raw` is ASCII and thus valid UTF-8.
+        Ok(TopicName(unsafe { ByteString::from_bytes_unchecked(raw) }))
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -251,6 +268,23 @@ mod tests {
             );
         }
         assert_eq!(TopicFilter::new(""), Err(TopicError::Empty));
+    }
+
+    #[test]
+    fn plain_ascii_topics_take_the_short_way_and_others_do_not() {
+        let ok = TopicName::from_plain_ascii(bytes::Bytes::from_static(b"a/b c/~")).unwrap();
+        assert_eq!(ok.as_str(), "a/b c/~");
+        for bad in [
+            &b""[..],
+            b"a/+",
+            b"a/#",
+            b"a\0b",
+            "caf\u{e9}".as_bytes(),
+            b"\xff",
+        ] {
+            let raw = bytes::Bytes::copy_from_slice(bad);
+            assert_eq!(TopicName::from_plain_ascii(raw.clone()), Err(raw));
+        }
     }
 
     #[test]
