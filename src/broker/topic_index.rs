@@ -1,18 +1,24 @@
 //! The per-worker subscription index: which local subscriptions match a topic name.
 //!
-//! Owns: a trie keyed by topic level whose nodes hold the subscribers of the filter that
-//! ends there, plus one `+` child and one `#` subscriber set per node. It is the hot path
-//! of every PUBLISH, so [`TopicIndex::for_each_match`] and [`TopicIndex::has_match`] do
-//! not allocate (up to [`INLINE_BRANCHES`] pending `+` branches, which no real filter set
-//! reaches) and cost O(topic depth × `+` branches taken), independent of how many filters
-//! or subscribers the index holds. Also owns [`Children`], the level map shared with the
-//! retained store.
+//! Owns: a hash map from each wildcard-free filter's text to its subscribers (such a
+//! filter matches only the topic spelled the same, so one lookup answers it), and for
+//! filters with a wildcard a trie keyed by topic level whose nodes hold the subscribers
+//! of the filter that ends there, plus one `+` child and one `#` subscriber set per node.
+//! It is the hot path of every PUBLISH, so [`TopicIndex::for_each_match`] and
+//! [`TopicIndex::has_match`] do not allocate (up to [`INLINE_BRANCHES`] pending `+`
+//! branches, which no real filter set reaches) and cost one lookup plus O(topic depth ×
+//! `+` branches taken), independent of how many filters or subscribers the index holds;
+//! the trie is not walked while it is empty. Also owns [`Children`], the level map shared
+//! with the retained store.
 //!
 //! Must not: know what a subscriber or its value is (a session id and a `Copy` value,
 //! typically the granted QoS), deduplicate overlapping matches (the caller does), or hold
 //! anything per message.
 //!
 //! Invariants:
+//! - the map holds only wildcard-free filters, the trie only filters with a wildcard,
+//!   and the map never holds an empty subscriber set (its memory is given back as it
+//!   empties);
 //! - every node other than the root has at least one "link": a subscriber, a `#` set, a
 //!   `+` child or an exact child (empty nodes are pruned on remove, so memory returns);
 //! - a `#` subscriber set, when present, is never empty;
@@ -468,6 +474,11 @@ impl<'a> FilterPath<'a> {
     fn levels(self) -> impl Iterator<Item = &'a str> + Clone {
         self.levels.into_iter().flat_map(|p| p.split('/'))
     }
+
+    /// No `+` or `#` level: the filter matches only the topic spelled the same.
+    fn is_exact(self) -> bool {
+        !self.hash && self.levels().all(|l| l != "+")
+    }
 }
 
 /// Marks "no level left" in a topic position (distinct from an empty last level).
@@ -483,8 +494,11 @@ fn level_at(s: &str, pos: usize) -> (&str, usize) {
     }
 }
 
-/// The subscription trie of one worker. See the module documentation.
+/// The subscription index of one worker. See the module documentation.
 pub struct TopicIndex<V> {
+    /// Filters without a wildcard, by their whole text: a match is one lookup.
+    exact: HashMap<Box<str>, SubSet<V>>,
+    /// Filters with a `+` or `#`.
     root: Node<V>,
     subscriptions: usize,
     filters: usize,
@@ -499,6 +513,7 @@ impl<V: Copy> Default for TopicIndex<V> {
 impl<V: Copy> TopicIndex<V> {
     pub fn new() -> Self {
         TopicIndex {
+            exact: HashMap::default(),
             root: Node::new(),
             subscriptions: 0,
             filters: 0,
@@ -509,6 +524,18 @@ impl<V: Copy> TopicIndex<V> {
     /// this exact filter before.
     pub fn insert(&mut self, filter: &TopicFilter, sub: SubscriberId, value: V) -> Inserted<V> {
         let path = FilterPath::new(filter);
+        if path.is_exact() {
+            let set = match self.exact.get_mut(filter.as_str()) {
+                Some(set) => set,
+                None => self
+                    .exact
+                    .entry(Box::from(filter.as_str()))
+                    .or_insert(SubSet::Empty),
+            };
+            let filter_was_empty = set.is_empty();
+            let previous = set.insert(sub, value);
+            return self.counted_insert(previous, filter_was_empty);
+        }
         let mut node = &mut self.root;
         for level in path.levels() {
             node = if level == "+" {
@@ -524,6 +551,10 @@ impl<V: Copy> TopicIndex<V> {
         };
         let filter_was_empty = set.is_empty();
         let previous = set.insert(sub, value);
+        self.counted_insert(previous, filter_was_empty)
+    }
+
+    fn counted_insert(&mut self, previous: Option<V>, filter_was_empty: bool) -> Inserted<V> {
         if previous.is_none() {
             self.subscriptions += 1;
         }
@@ -542,6 +573,35 @@ impl<V: Copy> TopicIndex<V> {
     /// nodes left empty, so memory returns.
     pub fn remove(&mut self, filter: &TopicFilter, sub: SubscriberId) -> Removed<V> {
         let path = FilterPath::new(filter);
+        if path.is_exact() {
+            let Some(set) = self.exact.get_mut(filter.as_str()) else {
+                return Removed {
+                    previous: None,
+                    filter_now_empty: true,
+                };
+            };
+            let previous = set.remove(sub);
+            let filter_now_empty = set.is_empty();
+            if filter_now_empty {
+                self.exact.remove(filter.as_str());
+                // Give memory back once the map is mostly empty, as pruning does.
+                if self.exact.len() * 4 < self.exact.capacity() {
+                    self.exact.shrink_to(self.exact.len() * 2);
+                }
+            }
+            if previous.is_some() {
+                debug_assert!(self.subscriptions > 0);
+                self.subscriptions -= 1;
+                if filter_now_empty {
+                    debug_assert!(self.filters > 0);
+                    self.filters -= 1;
+                }
+            }
+            return Removed {
+                previous,
+                filter_now_empty,
+            };
+        }
         let mut node = Some(&mut self.root);
         for level in path.levels() {
             node = node.and_then(|n| n.step_mut(level));
@@ -670,14 +730,22 @@ impl<V: Copy> TopicIndex<V> {
     /// Calls `f` once per (subscription, value) whose filter matches `topic`; a subscriber
     /// with two matching filters is reported twice (the caller dedups). Does not allocate.
     pub fn for_each_match(&self, topic: &TopicName, mut f: impl FnMut(SubscriberId, V)) {
-        let _ = self.walk::<()>(topic, |set| {
+        if let Some(set) = self.exact_set(topic) {
             set.for_each(&mut f);
-            ControlFlow::Continue(())
-        });
+        }
+        if self.root.has_children() || self.root.hash.is_some() {
+            let _ = self.walk::<()>(topic, |set| {
+                set.for_each(&mut f);
+                ControlFlow::Continue(())
+            });
+        }
     }
 
     /// True if any filter matches `topic` (stops at the first match).
     pub fn has_match(&self, topic: &TopicName) -> bool {
+        if self.exact_set(topic).is_some() {
+            return true; // the map holds no empty set
+        }
         self.walk(topic, |set| {
             if set.is_empty() {
                 ControlFlow::Continue(())
@@ -686,6 +754,15 @@ impl<V: Copy> TopicIndex<V> {
             }
         })
         .is_break()
+    }
+
+    /// The subscribers of the wildcard-free filter spelled as `topic`.
+    fn exact_set(&self, topic: &TopicName) -> Option<&SubSet<V>> {
+        if self.exact.is_empty() {
+            None // no hashing when every filter has a wildcard (fan-in)
+        } else {
+            self.exact.get(topic.as_str())
+        }
     }
 
     /// Number of (filter, subscriber) pairs.
@@ -698,11 +775,12 @@ impl<V: Copy> TopicIndex<V> {
         self.filters
     }
 
-    /// Trie nodes other than the root, plus `#` sets (each is an allocation).
+    /// Trie nodes other than the root, `#` sets and exact filters (each is an
+    /// allocation).
     #[cfg(test)]
     fn node_count(&self) -> usize {
         self.check_invariants();
-        let mut count = 0;
+        let mut count = self.exact.len();
         let mut stack = vec![&self.root];
         while let Some(node) = stack.pop() {
             count += usize::from(node.hash.is_some());
@@ -721,7 +799,30 @@ impl<V: Copy> TopicIndex<V> {
     /// Recounts everything and checks the module invariants.
     #[cfg(test)]
     fn check_invariants(&self) {
+        fn check_set<V: Copy>(set: &SubSet<V>) {
+            if let SubSet::Many(m) = set {
+                assert!(m.entries.len() >= 2);
+                if m.indexed() {
+                    assert_eq!(m.index.len(), m.entries.len());
+                    for (i, (s, _)) in m.entries.iter().enumerate() {
+                        assert_eq!(m.index.get(s), Some(&(i as u32)));
+                    }
+                } else {
+                    assert!(m.entries.len() <= INDEX_ABOVE);
+                }
+            }
+        }
         let (mut subs, mut filters) = (0, 0);
+        for (filter, set) in &self.exact {
+            assert!(!set.is_empty(), "empty exact set left in the map");
+            assert!(
+                FilterPath::new(&TopicFilter::new(filter.to_string()).unwrap()).is_exact(),
+                "wildcard filter {filter} in the exact map"
+            );
+            check_set(set);
+            subs += set.len();
+            filters += 1;
+        }
         let mut stack = vec![(&self.root, true)];
         while let Some((node, is_root)) = stack.pop() {
             assert!(
@@ -741,17 +842,7 @@ impl<V: Copy> TopicIndex<V> {
                 .into_iter()
                 .flatten()
             {
-                if let SubSet::Many(m) = set {
-                    assert!(m.entries.len() >= 2);
-                    if m.indexed() {
-                        assert_eq!(m.index.len(), m.entries.len());
-                        for (i, (s, _)) in m.entries.iter().enumerate() {
-                            assert_eq!(m.index.get(s), Some(&(i as u32)));
-                        }
-                    } else {
-                        assert!(m.entries.len() <= INDEX_ABOVE);
-                    }
-                }
+                check_set(set);
             }
             stack.extend(node.exact.iter().map(|(_, c)| (c, false)));
             stack.extend(node.plus.as_deref().map(|c| (c, false)));
@@ -1055,8 +1146,9 @@ mod tests {
     #[test]
     fn wide_level_goes_to_a_map_and_back() {
         let mut index = TopicIndex::new();
+        // Wildcard filters, so that they live in the trie (exact ones go to the map).
         for id in 0..1000u32 {
-            index.insert(&f(&format!("devices/{id}/telemetry")), id, 0u8);
+            index.insert(&f(&format!("devices/{id}/+")), id, 0u8);
         }
         index.insert(&f("devices/+/telemetry"), 5000, 1u8);
         assert_eq!(
@@ -1069,11 +1161,43 @@ mod tests {
             Some(Children::Large(_))
         ));
         for id in 0..1000u32 {
-            index.remove(&f(&format!("devices/{id}/telemetry")), id);
+            index.remove(&f(&format!("devices/{id}/+")), id);
         }
         assert_eq!(index.node_count(), 3); // devices, +, telemetry
         index.remove(&f("devices/+/telemetry"), 5000);
         assert_eq!(index.node_count(), 0);
+    }
+
+    #[test]
+    fn exact_filters_live_in_the_map_and_wildcards_in_the_trie() {
+        let mut index = TopicIndex::new();
+        for id in 0..100u32 {
+            index.insert(&f(&format!("devices/{id}/telemetry")), id, 0u8);
+        }
+        index.insert(&f("$SYS/broker/uptime"), 500, 2u8);
+        assert_eq!((index.exact.len(), index.root.has_children()), (101, false));
+        assert_eq!(matches(&index, "devices/7/telemetry"), vec![(7, 0)]);
+        assert_eq!(matches(&index, "devices/7"), vec![]);
+        assert_eq!(matches(&index, "$SYS/broker/uptime"), vec![(500, 2)]);
+        index.insert(&f("devices/+/telemetry"), 1000, 1u8);
+        index.insert(&f("#"), 1001, 1u8);
+        assert_eq!(
+            matches(&index, "devices/7/telemetry"),
+            vec![(7, 0), (1000, 1), (1001, 1)]
+        );
+        assert_eq!(matches(&index, "$SYS/broker/uptime"), vec![(500, 2)]);
+        assert!(index.has_match(&t("devices/8/telemetry")));
+        for id in 0..100u32 {
+            assert!(
+                index
+                    .remove(&f(&format!("devices/{id}/telemetry")), id)
+                    .filter_now_empty
+            );
+        }
+        index.remove(&f("$SYS/broker/uptime"), 500);
+        assert!(index.exact.is_empty());
+        assert!(index.exact.capacity() < 100, "the map gave its memory back");
+        assert_eq!(index.node_count(), 4); // devices, +, telemetry, the # set
     }
 
     #[test]
