@@ -268,17 +268,25 @@ fn mesh_summary(b: &Batch) -> String {
                 let id = parse_payload(&msg.payload).map_or(u64::MAX, |p| p.0);
                 let _ = write!(s, "Forward({client_id} m{id}) ");
             }
-            MeshMsg::Flushed { client_id } => {
-                let _ = write!(s, "Flushed({client_id}) ");
+            MeshMsg::Flushed { client_id, move_id } => {
+                let _ = write!(s, "Flushed({client_id} #{move_id:x}) ");
             }
-            MeshMsg::Done { client_id, origin } => {
-                let _ = write!(s, "Done({client_id} w{origin}) ");
+            MeshMsg::Done {
+                client_id,
+                origin,
+                move_id,
+            } => {
+                let _ = write!(s, "Done({client_id} w{origin} #{move_id:x}) ");
             }
-            MeshMsg::Ping { client_id, stub_at } => {
-                let _ = write!(s, "Ping({client_id} stub@w{stub_at}) ");
+            MeshMsg::Ping {
+                client_id,
+                stub_at,
+                move_id,
+            } => {
+                let _ = write!(s, "Ping({client_id} stub@w{stub_at} #{move_id:x}) ");
             }
-            MeshMsg::Pong { client_id } => {
-                let _ = write!(s, "Pong({client_id}) ");
+            MeshMsg::Pong { client_id, move_id } => {
+                let _ = write!(s, "Pong({client_id} #{move_id:x}) ");
             }
 
             MeshMsg::Pause { .. } => s.push_str("Pause "),

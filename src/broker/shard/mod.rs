@@ -191,6 +191,8 @@ pub struct Shard {
     /// Reused per MQTT 5 delivery: the subscription identifiers to send.
     pub(crate) sub_ids: Vec<u32>,
     pub(crate) next_auto_id: u64,
+    /// Sessions moved away from this worker so far (numbers the moves, `moved.rs`).
+    pub(crate) moves_out: u64,
     /// Routing sequence number of this worker's last routed message.
     pub(crate) seq: u64,
     /// The last routing sequence number received from each worker.
@@ -253,6 +255,7 @@ impl Shard {
             sub_ids: Vec::new(),
             feeders: HashMap::new(),
             next_auto_id: 0,
+            moves_out: 0,
             seq: 0,
             last_seen: vec![0; workers],
             stubs: Slab::new(),
