@@ -12,8 +12,8 @@
 //!   publish, never unsubscribes) at least once (QoS 1) or exactly once (QoS 2) at the
 //!   application level, at min(published, granted) QoS;
 //! * no subscriber ever sees a QoS 2 message twice at the application level;
-//! * per subscriber, per publisher connection, per topic and QoS, first deliveries arrive
-//!   in publish order ([MQTT-4.6.0-6]);
+//! * per subscriber session (client epoch), per publisher connection, per topic and QoS,
+//!   first deliveries arrive in publish order ([MQTT-4.6.0-6]);
 //! * nothing is left behind: no connections, only the stable subscribers' sessions and
 //!   subscriptions, no queued messages, the registry knows exactly those client ids and
 //!   no worker still forwards to a worker that lost interest;
@@ -182,9 +182,9 @@ struct Sim {
     got: HashMap<(usize, u64), u32>,
     /// Deliveries per (client, client epoch, message), for the exactly-once check.
     got_in_epoch: HashMap<(usize, u64, u64), u32>,
-    /// Last first-delivered message per (subscriber, publisher link, topic,
-    /// 3 * published QoS + delivered QoS).
-    order: HashMap<(usize, u32, usize, u8), u64>,
+    /// Last first-delivered message per (subscriber, subscriber epoch, publisher link,
+    /// topic, 3 * published QoS + delivered QoS).
+    order: HashMap<(usize, u64, u32, usize, u8), u64>,
     trace: Option<Vec<String>>,
     cross_worker_connects: usize,
     takeovers: usize,
@@ -268,17 +268,25 @@ fn mesh_summary(b: &Batch) -> String {
                 let id = parse_payload(&msg.payload).map_or(u64::MAX, |p| p.0);
                 let _ = write!(s, "Forward({client_id} m{id}) ");
             }
-            MeshMsg::Flushed { client_id } => {
-                let _ = write!(s, "Flushed({client_id}) ");
+            MeshMsg::Flushed { client_id, move_id } => {
+                let _ = write!(s, "Flushed({client_id} #{move_id:x}) ");
             }
-            MeshMsg::Done { client_id, origin } => {
-                let _ = write!(s, "Done({client_id} w{origin}) ");
+            MeshMsg::Done {
+                client_id,
+                origin,
+                move_id,
+            } => {
+                let _ = write!(s, "Done({client_id} w{origin} #{move_id:x}) ");
             }
-            MeshMsg::Ping { client_id, stub_at } => {
-                let _ = write!(s, "Ping({client_id} stub@w{stub_at}) ");
+            MeshMsg::Ping {
+                client_id,
+                stub_at,
+                move_id,
+            } => {
+                let _ = write!(s, "Ping({client_id} stub@w{stub_at} #{move_id:x}) ");
             }
-            MeshMsg::Pong { client_id } => {
-                let _ = write!(s, "Pong({client_id}) ");
+            MeshMsg::Pong { client_id, move_id } => {
+                let _ = write!(s, "Pong({client_id} #{move_id:x}) ");
             }
 
             MeshMsg::Pause { .. } => s.push_str("Pause "),
@@ -958,17 +966,27 @@ impl Sim {
         let epoch = self.clients[c].epoch;
         let in_epoch = self.got_in_epoch.entry((c, epoch, msg)).or_insert(0);
         *in_epoch += 1;
-        if p.qos == QoS::ExactlyOnce && *in_epoch > 1 {
+        let in_epoch = *in_epoch;
+        if p.qos == QoS::ExactlyOnce && in_epoch > 1 {
             self.fail(format!(
                 "{name}: QoS 2 message m{msg} delivered {n} times to the application"
             ));
         }
-        if n == 1 {
+        if in_epoch == 1 {
             // [MQTT-4.6.0-6]: per topic and QoS, in the order received from one client
             // (here: one publisher connection). Keyed by published and delivered QoS: a
             // subscriber that changes its granted QoS may see a QoS 0 delivery overtake
-            // a queued QoS 1 one, which the rule ("same Topic and QoS") allows.
-            let key = (c, pub_link, topic, pub_qos.as_u8() * 3 + p.qos.as_u8());
+            // a queued QoS 1 one, which the rule ("same Topic and QoS") allows. And by
+            // the subscriber's epoch: a new session (clean start) is a new ordering
+            // context, and a message still on its way between workers may reach its
+            // new subscription after a later one reached the discarded session.
+            let key = (
+                c,
+                epoch,
+                pub_link,
+                topic,
+                pub_qos.as_u8() * 3 + p.qos.as_u8(),
+            );
             if let Some(&prev) = self.order.get(&key) {
                 check!(
                     self,

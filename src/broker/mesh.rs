@@ -24,15 +24,12 @@ pub struct Origin {
 
 /// Identifies one routing of a message: the worker that routed it and that
 /// worker's routing sequence number (strictly increasing per worker). It orders
-/// retained-store updates and pairs a forwarded copy with its direct twin while a
-/// session moves (see `shard/moved.rs`); `targets` is the set of workers that got a
-/// direct copy (the origin itself included: it delivers locally).
+/// retained-store updates, and while a session moves its `worker` says which
+/// origin's cut a copy is judged by (see `settle.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     pub worker: WorkerId,
     pub seq: u64,
-    /// Bit `w` set: worker `w` got a direct copy.
-    pub targets: u64,
 }
 
 /// One cross-worker message.
@@ -77,22 +74,24 @@ pub enum MeshMsg {
     },
     /// Sent by a session's new home to every worker after its interest updates:
     /// the receiver replies `Pong` to the old home `stub_at` and `Flushed` to the
-    /// sender.
+    /// sender. `move_id` names the move in all four messages of its protocol.
     Ping {
         client_id: Arc<str>,
         stub_at: WorkerId,
+        move_id: u64,
     },
     /// To the old home: everything the sender routed before it knew the new home is
     /// ahead of this message; from now on it routes there.
-    Pong { client_id: Arc<str> },
+    Pong { client_id: Arc<str>, move_id: u64 },
     /// To the new home: every direct copy the sender routed there before it knew of
     /// the move is ahead of this message.
-    Flushed { client_id: Arc<str> },
-    /// From the old home to the new: every forward of messages from `origin` has
-    /// been sent.
+    Flushed { client_id: Arc<str>, move_id: u64 },
+    /// From the old home to the new: every forward of messages from `origin` that
+    /// the new home is to take has been sent.
     Done {
         client_id: Arc<str>,
         origin: WorkerId,
+        move_id: u64,
     },
     /// The sender gained (`add`) or lost a member of a shared subscription group.
     SharedMember {

@@ -328,11 +328,7 @@ impl Shard {
     /// is asked to confirm it routes here: see `moved.rs`) and returns its key.
     pub(super) fn install_session(&mut self, mut session: Session) -> usize {
         session.conn = None;
-        let watermark = self.watermark();
-        let stub_at = session.moved_in.as_mut().map(|m| {
-            m.installed = watermark;
-            m.from
-        });
+        let moved = session.moved_in.as_ref().map(|m| (m.from, m.move_id));
         self.drop_stub_for(&session.client_id);
         let client_id = session.client_id.clone();
         let subs = session.subscriptions.clone();
@@ -350,8 +346,10 @@ impl Shard {
             }
         }
         self.arm_session_timers(key);
-        if let Some(stub_at) = stub_at {
-            self.ping_for(&client_id, stub_at);
+        // The pings go in the same call as the interest updates, with nothing routed
+        // in between: this is the new home's cut (see `settle.rs`).
+        if let Some((stub_at, move_id)) = moved {
+            self.ping_for(&client_id, stub_at, move_id);
         }
         key
     }

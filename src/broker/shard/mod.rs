@@ -201,6 +201,8 @@ pub struct Shard {
     /// once instead of growing one from nothing every turn, and an idle one owns none.
     pub(crate) tx_pool: Vec<Vec<u8>>,
     pub(crate) next_auto_id: u64,
+    /// Sessions moved away from this worker so far (numbers the moves, `moved.rs`).
+    pub(crate) moves_out: u64,
     /// Routing sequence number of this worker's last routed message.
     pub(crate) seq: u64,
     /// The last routing sequence number received from each worker.
@@ -264,6 +266,7 @@ impl Shard {
             tx_pool: Vec::new(),
             feeders: HashMap::new(),
             next_auto_id: 0,
+            moves_out: 0,
             seq: 0,
             last_seen: vec![0; workers],
             stubs: Slab::new(),

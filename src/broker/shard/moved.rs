@@ -1,21 +1,29 @@
 //! Sessions in motion: how a persistent session moves from worker A to worker B on
 //! takeover without losing, duplicating or reordering the messages in flight.
 //!
-//! 1. A hands the session over (`Handover`, carrying A's routing watermark) and keeps
-//!    its filters in the local index pointing at a *stub*: workers that have not yet
-//!    learned of B keep routing to A, and A forwards every match to B
-//!    ([`MeshMsg::Forward`]) in the order received.
-//! 2. B installs the session, noting its own watermark; its interest updates go out
-//!    first, then a `Ping` to every other worker, who answers `Pong` to A: everything
-//!    it routed before knowing B is ahead of that, and it routes to B from then on.
+//! 1. A hands the session over (`Handover`) and keeps its filters in the local index
+//!    pointing at a *stub*: workers that have not yet learned of B keep routing to
+//!    A, and A forwards every match to B ([`MeshMsg::Forward`]) in the order
+//!    received.
+//! 2. B installs the session; its interest updates go out first, then, in the same
+//!    call, a `Ping` to every other worker, who answers `Pong` to A and `Flushed` to
+//!    B: everything it routed before knowing B is ahead of those, and it routes to B
+//!    from then on. That moment is the worker's *cut*.
 //! 3. A tells B `Done` for each origin worker as its pong arrives (for A and B
-//!    themselves when B's ping arrives), after that origin's last forward, and drops
-//!    the stub when all are in.
-//! 4. B settles the session meanwhile ([`Settle`]): each message is taken from
-//!    exactly one path, and direct copies wait for their origin's `Done`.
+//!    themselves when B's ping arrives), after that origin's last forward from before
+//!    its cut, and drops the stub when all are in.
+//! 4. B settles the session meanwhile ([`Settle`]): per origin, forwards before its
+//!    `Done` and direct copies after its `Flushed` are taken, nothing else, and
+//!    direct copies wait for the `Done`. `settle.rs` states why that is exactly once
+//!    and in order.
 //!
-//! Settling takes a few mesh hops. A takeover that would move a settling session
-//! again waits until it has settled, so moves never overlap.
+//! **Invariant:** moves of one session never overlap. A takeover of a session that
+//! is still settling waits until it has settled (`shard/takeover.rs`), and the stub
+//! goes before the last `Done` reaches the new home, so when a session leaves a
+//! worker no copy routed to it, nor any forward of an earlier move, is still on its
+//! way there: each move's settling depends on that move alone. Each move has an id
+//! (`move_id`, chosen by the old home) carried by its ping, pongs, `Flushed` and
+//! `Done`s, so a late one of an abandoned move of the same client counts for nothing.
 
 use super::Shard;
 use crate::broker::mesh::{MeshMsg, Origin, Stamp};
@@ -39,6 +47,8 @@ pub(crate) struct Stub {
     pub filters: Vec<(TopicFilter, crate::broker::session::Grant)>,
     /// Workers whose `Pong` (or, for this worker, the new home's `Ping`) is due.
     pub waiting: u64,
+    /// The move this stub belongs to (see [`Settle::move_id`]).
+    pub move_id: u64,
 }
 
 impl Shard {
@@ -48,14 +58,6 @@ impl Shard {
         } else {
             (1u64 << self.workers) - 1
         }
-    }
-
-    /// The last routing stamp this worker has received from each worker, itself
-    /// included.
-    pub(crate) fn watermark(&self) -> Box<[u64]> {
-        let mut w = self.last_seen.clone();
-        w[self.id] = self.seq;
-        w.into_boxed_slice()
     }
 
     /// Settles a direct copy for a session that moved here and is still settling;
@@ -85,19 +87,17 @@ impl Shard {
     /// Takes a persistent session off this worker for `to`, leaving a stub behind.
     /// The session must not be settling (moves do not overlap).
     pub(crate) fn move_out(&mut self, key: usize, to: WorkerId) -> Option<Session> {
-        let watermark = self.watermark();
         let mut session = self.sessions.try_remove(key)?;
         debug_assert!(session.moved_in.is_none(), "moves must not overlap");
         let others = self.all_workers() & !(1u64 << to);
-        session.moved_in = Some(Box::new(Settle {
-            from: self.id,
-            departed: watermark,
-            waiting: self.all_workers(),
-            // The old home's `Done` follows its direct copies on the same channel,
-            // and the new home routes to itself: neither sends `Flushed`.
-            unflushed: others & !(1u64 << self.id),
-            ..Settle::default()
-        }));
+        self.moves_out += 1;
+        let move_id = self.moves_out << 16 | self.id as u64;
+        session.moved_in = Some(Box::new(Settle::new(
+            self.id,
+            to,
+            self.all_workers(),
+            move_id,
+        )));
         self.by_client.remove(&session.client_id);
         self.drop_stub_for(&session.client_id);
         let stub_key = self.stubs.insert(Stub {
@@ -105,6 +105,7 @@ impl Shard {
             to,
             filters: session.subscriptions.clone(),
             waiting: others,
+            move_id,
         });
         debug_assert!((stub_key as u32) < STUB_BIT && (key as u32) < STUB_BIT);
         let sid = stub_key as u32 | STUB_BIT;
@@ -127,7 +128,7 @@ impl Shard {
     }
 
     /// After installing a moved session: ask every worker to confirm it routes here.
-    pub(crate) fn ping_for(&mut self, client_id: &Arc<str>, stub_at: WorkerId) {
+    pub(crate) fn ping_for(&mut self, client_id: &Arc<str>, stub_at: WorkerId, move_id: u64) {
         let me = self.id;
         for w in (0..self.workers).filter(|&w| w != me) {
             self.send_mesh(
@@ -135,6 +136,7 @@ impl Shard {
                 MeshMsg::Ping {
                     client_id: client_id.clone(),
                     stub_at,
+                    move_id,
                 },
             );
         }
@@ -186,10 +188,11 @@ impl Shard {
         );
     }
 
-    /// A forwarded message for a session that moved here.
+    /// A forwarded message from worker `from` for a session that moved here.
     pub(crate) fn on_forward(
         &mut self,
         now: Instant,
+        from: WorkerId,
         client_id: Arc<str>,
         msg: Message,
         origin: Option<Origin>,
@@ -203,14 +206,10 @@ impl Shard {
         };
         // Only a settling session is owed forwards; a fresh one (clean takeover)
         // does not inherit the old one's messages.
-        let Some(settle) = session.moved_in.as_mut() else {
+        let Some(settle) = session.moved_in.as_ref() else {
             return;
         };
-        let (before, take) = settle.forward(self.id, &stamp);
-        for h in before {
-            self.deliver(now, key, &h.msg, h.granted, false, h.origin);
-        }
-        if !take {
+        if settle.from != from || !settle.forward(&stamp) {
             return;
         }
         let Some(session) = self.sessions.get(key) else {
@@ -228,36 +227,49 @@ impl Shard {
     }
 
     /// `Ping` from the new home `from` of a session whose stub is at `stub_at`.
-    pub(crate) fn on_ping(&mut self, from: WorkerId, client_id: Arc<str>, stub_at: WorkerId) {
+    /// `Ping` from the new home `from` of a session whose stub is at `stub_at`: this
+    /// is our cut for the move.
+    pub(crate) fn on_ping(
+        &mut self,
+        from: WorkerId,
+        client_id: Arc<str>,
+        stub_at: WorkerId,
+        move_id: u64,
+    ) {
         if stub_at != self.id {
             self.send_mesh(
                 stub_at,
                 MeshMsg::Pong {
                     client_id: client_id.clone(),
+                    move_id,
                 },
             );
-            return self.send_mesh(from, MeshMsg::Flushed { client_id });
+            return self.send_mesh(from, MeshMsg::Flushed { client_id, move_id });
         }
         // We are the old home. Everything routed here before this ping, by us or by
         // the new home, has been forwarded: both origins are done.
         let me = self.id;
-        self.stub_done(&client_id, from);
-        self.stub_done(&client_id, me);
+        self.stub_done(&client_id, from, move_id);
+        self.stub_done(&client_id, me, move_id);
     }
 
-    /// `Pong` from worker `from`: its messages for the session are all forwarded.
-    pub(crate) fn on_pong(&mut self, from: WorkerId, client_id: &str) {
-        self.stub_done(client_id, from);
+    /// `Pong` from worker `from`: its messages for the session from before its cut
+    /// are all forwarded.
+    pub(crate) fn on_pong(&mut self, from: WorkerId, client_id: &str, move_id: u64) {
+        self.stub_done(client_id, from, move_id);
     }
 
     /// Tells the new home that origin `w` is done; drops the stub when all are.
-    fn stub_done(&mut self, client_id: &str, w: WorkerId) {
+    fn stub_done(&mut self, client_id: &str, w: WorkerId, move_id: u64) {
         let Some(&stub_key) = self.stub_by_client.get(client_id) else {
             return;
         };
         let Some(stub) = self.stubs.get_mut(stub_key) else {
             return;
         };
+        if stub.move_id != move_id {
+            return; // a late answer about an earlier move of the client
+        }
         stub.waiting &= !(1u64 << w);
         let (to, client, finished) = (stub.to, stub.client_id.clone(), stub.waiting == 0);
         self.send_mesh(
@@ -265,6 +277,7 @@ impl Shard {
             MeshMsg::Done {
                 client_id: client,
                 origin: w,
+                move_id,
             },
         );
         if finished {
@@ -272,27 +285,35 @@ impl Shard {
         }
     }
 
-    /// `Flushed` from worker `from`: its direct copies for the session are all here.
-    pub(crate) fn on_flushed(&mut self, now: Instant, from: WorkerId, client_id: &str) {
-        self.settle_step(now, client_id, None, |s| {
+    /// `Flushed` from worker `from`: its direct copies for the session from before
+    /// its cut are all here.
+    pub(crate) fn on_flushed(
+        &mut self,
+        now: Instant,
+        from: WorkerId,
+        client_id: &str,
+        move_id: u64,
+    ) {
+        self.settle_step(now, client_id, move_id, |s| {
             s.flushed(from);
             Vec::new()
         });
     }
 
-    /// `Done` from the old home `from`: origin `w`'s forwards are all here.
-    pub(crate) fn on_done(&mut self, now: Instant, from: WorkerId, client_id: &str, w: WorkerId) {
-        self.settle_step(now, client_id, Some(from), |s| s.done(w));
+    /// `Done` from the old home: origin `w`'s forwards from before its cut are all
+    /// here.
+    pub(crate) fn on_done(&mut self, now: Instant, client_id: &str, w: WorkerId, move_id: u64) {
+        self.settle_step(now, client_id, move_id, |s| s.done(w));
     }
 
-    /// Applies `step` to the settling state of `client_id`'s session (if it moved
-    /// from `from`, when given), delivers what it releases, and ends the state when
-    /// settled.
+    /// Applies `step` to the settling state of `client_id`'s session (if it is
+    /// settling after move `move_id`), delivers what it releases, and ends the state
+    /// when settled.
     fn settle_step(
         &mut self,
         now: Instant,
         client_id: &str,
-        from: Option<WorkerId>,
+        move_id: u64,
         step: impl FnOnce(&mut Settle) -> Vec<crate::broker::settle::Held>,
     ) {
         let Some(&key) = self.by_client.get(client_id) else {
@@ -301,7 +322,7 @@ impl Shard {
         let Some(settle) = self.sessions.get_mut(key).and_then(|s| s.moved_in.as_mut()) else {
             return;
         };
-        if from.is_some_and(|f| f != settle.from) {
+        if settle.move_id != move_id {
             return;
         }
         let ready = step(settle);

@@ -186,7 +186,6 @@ impl Shard {
         let stamp = Stamp {
             worker: self.id,
             seq: self.seq,
-            targets: mask | (1u64 << self.id),
         };
         if msg.retain {
             self.store_retained(&msg, (now, self.id, self.seq));
@@ -739,7 +738,7 @@ impl Shard {
                 msg,
                 origin,
                 stamp,
-            } => self.on_forward(now, client_id, msg, origin, stamp),
+            } => self.on_forward(now, from, client_id, msg, origin, stamp),
             MeshMsg::Interest { filter, add } => {
                 if add {
                     self.interest.insert(&filter, from as u32, ());
@@ -755,10 +754,20 @@ impl Shard {
             MeshMsg::Handover {
                 client_id, session, ..
             } => self.on_handover(now, client_id, session),
-            MeshMsg::Ping { client_id, stub_at } => self.on_ping(from, client_id, stub_at),
-            MeshMsg::Pong { client_id } => self.on_pong(from, &client_id),
-            MeshMsg::Done { client_id, origin } => self.on_done(now, from, &client_id, origin),
-            MeshMsg::Flushed { client_id } => self.on_flushed(now, from, &client_id),
+            MeshMsg::Ping {
+                client_id,
+                stub_at,
+                move_id,
+            } => self.on_ping(from, client_id, stub_at, move_id),
+            MeshMsg::Pong { client_id, move_id } => self.on_pong(from, &client_id, move_id),
+            MeshMsg::Done {
+                client_id,
+                origin,
+                move_id,
+            } => self.on_done(now, &client_id, origin, move_id),
+            MeshMsg::Flushed { client_id, move_id } => {
+                self.on_flushed(now, from, &client_id, move_id)
+            }
             MeshMsg::SharedMember { group, add } => self.on_shared_member(from, group, add),
             MeshMsg::Shared {
                 group,

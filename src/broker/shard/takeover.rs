@@ -106,8 +106,8 @@ impl Shard {
     /// are still asked to confirm, so that the old home's stub goes.
     fn drop_moved(&mut self, session: Option<Box<Session>>) {
         if let Some(s) = session {
-            if let Some(stub_at) = s.moved_in.as_ref().map(|m| m.from) {
-                self.ping_for(&s.client_id, stub_at);
+            if let Some(m) = s.moved_in.as_ref() {
+                self.ping_for(&s.client_id, m.from, m.move_id);
             }
         }
     }

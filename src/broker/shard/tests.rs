@@ -72,6 +72,12 @@ impl H {
 
     /// Delivers mesh batches until none are left and collects closes.
     fn settle(&mut self) {
+        self.settle_except(&[]);
+    }
+
+    /// As `settle`, but holds back what goes over the channels `blocked` (from, to):
+    /// their batches wait, in order, for a later `pump` or `settle`.
+    fn settle_except(&mut self, blocked: &[(usize, usize)]) {
         loop {
             let mut moved = false;
             for from in 0..self.shards.len() {
@@ -79,6 +85,9 @@ impl H {
                 self.closed
                     .extend(closes.into_iter().map(|(id, tx)| ((from, id), tx)));
                 for to in 0..self.shards.len() {
+                    if blocked.contains(&(from, to)) {
+                        continue;
+                    }
                     let batch = std::mem::take(&mut self.shards[from].effects().mesh[to]);
                     if !batch.is_empty() {
                         moved = true;
@@ -94,6 +103,11 @@ impl H {
 
     fn recv(&mut self, c: (usize, ConnId)) -> Vec<Packet> {
         self.settle();
+        self.read(c)
+    }
+
+    /// What the connection was sent so far, without delivering any mesh traffic.
+    fn read(&mut self, c: (usize, ConnId)) -> Vec<Packet> {
         let mut buf = match self.shards[c.0].tx_mut(c.1) {
             Some(tx) => BytesMut::from(&std::mem::take(tx)[..]),
             None => match self.closed.iter_mut().find(|(k, _)| *k == c) {
@@ -619,6 +633,124 @@ fn publishes_racing_a_session_move_are_delivered_exactly_once() {
         assert_eq!(n, 1, "direct_first={direct_first}: {got:?}");
         assert!(h.is_closed(old));
     }
+}
+
+/// The PUBLISH packets in `got` whose payload is `payload`.
+fn copies_of<'a>(got: &'a [Packet], payload: &[u8]) -> Vec<&'a Publish> {
+    got.iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) if &p.payload[..] == payload => Some(p),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Simulation seeds 11751 and 23064: the session moves w1 -> w0 -> w2. A message
+/// published on w1 between the first move and w1's cut is forwarded to w0 and
+/// delivered there; its direct copy to w2 (where another subscriber is) is held up
+/// on the channel until the session has moved on to w2. It must not be delivered
+/// again: it was routed before w1's cut of the second move, so the old path had it.
+#[test]
+fn a_copy_forwarded_in_an_earlier_move_is_not_delivered_again() {
+    let mut h = H::new(3);
+    let first = h.connect(1, "s", false);
+    h.subscribe(first, "t", QoS::ExactlyOnce);
+    let other = h.connect(2, "other", true);
+    h.subscribe(other, "t", QoS::AtMostOnce);
+    let pubc = h.connect(1, "p", true);
+
+    // First move, w1 -> w0, with the message published on w1 behind the stub.
+    let second = h.open(0);
+    h.send_only(second, Packet::Connect(connect("s", false)));
+    h.pump(0, 1); // Takeover: the session leaves w1
+    h.send_only(pubc, publish("t", QoS::ExactlyOnce, 1, b"once"));
+    h.settle_except(&[(1, 2)]);
+    assert!(h.shards[0]
+        .sessions
+        .iter()
+        .all(|(_, s)| s.moved_in.is_none()));
+    // (`read` and `send_only`: `recv` and `send` would deliver the held-up copy.)
+    let got = h.read(second);
+    let copies = copies_of(&got, b"once");
+    assert_eq!(copies.len(), 1, "delivered via the forward: {got:?}");
+    let id = copies[0].packet_id.unwrap();
+    h.send_only(second, Packet::PubRec(Ack::new(id)));
+    assert_eq!(h.read(second), vec![Packet::pubrel(id)]);
+    h.send_only(second, Packet::PubComp(Ack::new(id)));
+
+    // Second move, w0 -> w2, while w1's direct copy to w2 is still on its way.
+    let third = h.open(2);
+    h.send_only(third, Packet::Connect(connect("s", false)));
+    h.settle_except(&[(1, 2)]);
+    assert!(h.is_closed(second));
+    assert!(
+        h.shards[2]
+            .sessions
+            .iter()
+            .any(|(_, s)| s.moved_in.is_some()),
+        "w1's `Flushed` is held up too"
+    );
+    assert!(
+        copies_of(&h.read(other), b"once").is_empty(),
+        "not there yet"
+    );
+    h.settle();
+    let got = h.recv(third);
+    assert!(
+        copies_of(&got, b"once").is_empty(),
+        "delivered twice: {got:?}"
+    );
+    assert_eq!(copies_of(&h.recv(other), b"once").len(), 1);
+    assert!(h.shards[2]
+        .sessions
+        .iter()
+        .all(|(_, s)| s.moved_in.is_none()));
+}
+
+/// Simulation seed 22654: the session moves w0 -> w1 while w2 publishes two
+/// messages. The first also goes to w1 for another subscriber, who unsubscribes
+/// before the second; the session's own interest reaches w2 only after both. Both
+/// come forwarded; the direct copy of the first arrives last, and must not be taken
+/// instead of its forward (the second would overtake it).
+#[test]
+fn a_direct_copy_arriving_after_later_forwards_does_not_reorder() {
+    let mut h = H::new(3);
+    let old = h.connect(0, "s", false);
+    h.subscribe(old, "t", QoS::AtLeastOnce);
+    let other = h.connect(1, "other", true);
+    h.subscribe(other, "+", QoS::AtMostOnce);
+    let pubc = h.connect(2, "p", true);
+
+    let new = h.open(1);
+    h.send_only(new, Packet::Connect(connect("s", false)));
+    h.pump(1, 0); // Takeover: the session leaves w0, a stub stays
+    h.send_only(pubc, publish("t", QoS::AtLeastOnce, 1, b"first"));
+    h.send_only(
+        other,
+        Packet::Unsubscribe(Unsubscribe {
+            packet_id: pid(9),
+            filters: vec![TopicFilter::new("+").unwrap()],
+            props: Default::default(),
+        }),
+    );
+    h.pump(1, 2); // w2 learns w1 lost interest in "+"
+    h.send_only(pubc, publish("t", QoS::AtLeastOnce, 2, b"second"));
+    h.pump(2, 0); // both reach the stub on w0 and are forwarded
+    h.pump(0, 1); // handover, then the two forwards
+    h.settle(); // the direct copy of the first, then the rest of the protocol
+    let got = h.recv(new);
+    let payloads: Vec<&[u8]> = got
+        .iter()
+        .filter_map(|p| match p {
+            Packet::Publish(p) => Some(&p.payload[..]),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(payloads, vec![&b"first"[..], &b"second"[..]], "{got:?}");
+    assert!(h.shards[1]
+        .sessions
+        .iter()
+        .all(|(_, s)| s.moved_in.is_none()));
 }
 
 #[test]
