@@ -56,6 +56,15 @@ pub fn encode_packet_v(packet: &Packet, version: ProtocolVersion, out: &mut Vec<
         }
         return;
     }
+    if let Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) = packet {
+        if a.reason == ReasonCode::SUCCESS && a.props.is_empty() {
+            // One per QoS 1/2 message each way: the same four bytes in every version
+            // (3.4.2.1: MQTT 5 leaves out a Success reason code without properties).
+            let [hi, lo] = a.packet_id.get().to_be_bytes();
+            out.extend_from_slice(&[first_byte(packet), 2, hi, lo]);
+            return;
+        }
+    }
     let body = body_len(packet, v5);
     start(out, first_byte(packet), body);
     match packet {

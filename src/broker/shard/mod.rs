@@ -35,6 +35,11 @@ use crate::protocol::{Disconnect, Packet, ProtocolVersion, ReasonCode, TopicName
 use slab::Slab;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+
+/// The maps looked up per message (the congested sessions' feeders on every ack, a
+/// connection's outbound topic aliases on every MQTT 5 delivery): foldhash, seeded per
+/// map, instead of SipHash, which cost more than the rest of the lookup.
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -131,7 +136,7 @@ pub(crate) struct ConnV5 {
     /// Topic aliases the client set for its PUBLISH packets (index = alias - 1).
     pub aliases_in: Vec<Option<TopicName>>,
     /// Topic aliases the broker set towards the client.
-    pub aliases_out: HashMap<TopicName, u16>,
+    pub aliases_out: FastMap<TopicName, u16>,
     /// The client's Topic Alias Maximum (aliases the broker may use).
     pub alias_max_out: u16,
     /// The broker assigned the client id (sent back in CONNACK).
@@ -191,7 +196,7 @@ pub struct Shard {
     pub(crate) started_at: Instant,
     pub(crate) next_sys_at: Option<Instant>,
     /// Publishers paused because of each congested session, by session key.
-    pub(crate) feeders: HashMap<usize, Vec<super::mesh::Origin>>,
+    pub(crate) feeders: FastMap<usize, Vec<super::mesh::Origin>>,
     /// Reused per publish: (session key, subscription options) of local matches.
     pub(crate) matches: Vec<(u32, Grant)>,
     /// Reused per MQTT 5 delivery: the subscription identifiers to send.
@@ -264,7 +269,7 @@ impl Shard {
             matches: Vec::new(),
             sub_ids: Vec::new(),
             tx_pool: Vec::new(),
-            feeders: HashMap::new(),
+            feeders: FastMap::default(),
             next_auto_id: 0,
             moves_out: 0,
             seq: 0,

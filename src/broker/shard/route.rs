@@ -468,6 +468,9 @@ impl Shard {
     /// The session's queue has drained: its paused publishers may go on now rather
     /// than at the end of their pause.
     fn resume_feeders(&mut self, key: usize) {
+        if self.feeders.is_empty() {
+            return; // nothing is congested: the common case, called on every ack
+        }
         let Some(feeders) = self.feeders.remove(&key) else {
             return;
         };
