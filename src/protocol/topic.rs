@@ -96,11 +96,11 @@ impl TopicName {
         let mut buf = bytes::BytesMut::with_capacity(t + payload.len());
         buf.extend_from_slice(self.0.as_bytes());
         buf.extend_from_slice(payload);
-        let all = buf.freeze();
-        let topic = ByteString::try_from(all.slice(..t))
-            .map(TopicName)
-            .unwrap_or_else(|_| self.compacted()); // cannot fail: a copy of valid UTF-8
-        (topic, all.slice(t..))
+        let mut all = buf.freeze();
+        let payload = all.split_off(t);
+        // SAFETY: the first `t` bytes are a copy of this topic, valid UTF-8.
+        let topic = TopicName(unsafe { ByteString::from_bytes_unchecked(all) });
+        (topic, payload)
     }
 
     /// The empty topic of an MQTT 5 PUBLISH that names its topic by alias alone
