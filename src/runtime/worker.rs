@@ -35,6 +35,9 @@ use std::time::{Duration, Instant};
 /// Per-worker read buffer size; reads land here and whole packets are decoded in place.
 const SCRATCH_BYTES: usize = 64 * 1024;
 
+/// Readable sockets read between two flushes within a turn (see `flush_slice`).
+const FLUSH_EVERY_READS: usize = 16;
+
 /// The largest capacity (in messages) a new cross-worker batch starts with.
 const MESH_BATCH_HINT_MAX: usize = 4096;
 
@@ -226,11 +229,15 @@ impl Worker {
             ready.append(&mut self.pending_reads);
             self.resume_paused(now, &mut ready);
             let mesh_congested = self.mesh_congested();
-            for &slot in &ready {
+            let mut slice = (now, publishes_before);
+            for (i, &slot) in ready.iter().enumerate() {
                 if mesh_congested {
                     self.mark_read_pending(slot);
                 } else {
                     self.read(now, slot);
+                }
+                if (i + 1) % FLUSH_EVERY_READS == 0 && !self.shard.effects().dirty.is_empty() {
+                    slice = self.flush_slice(slice);
                 }
             }
             self.shard.tick(now);
@@ -243,11 +250,7 @@ impl Worker {
                     break;
                 }
             }
-            self.record_turn(
-                now,
-                publishes_before,
-                !ready.is_empty() || !events.is_empty(),
-            );
+            self.record_turn(now, slice, !ready.is_empty() || !events.is_empty());
         }
         tracing::debug!(worker = self.id, "worker stopped");
     }
@@ -277,8 +280,27 @@ impl Worker {
         deadline.map(|d| d.saturating_duration_since(now) + Duration::from_micros(500))
     }
 
-    /// One clock read at the end of a turn feeds the latency histograms.
-    fn record_turn(&mut self, start: Instant, publishes_before: u64, busy: bool) {
+    /// Mid-turn: hands what the last `FLUSH_EVERY_READS` reads wrote to the sockets,
+    /// so a long turn (a loaded broker reading hundreds of sockets) does not hold the
+    /// first messages it decoded until its end. The publishes decoded since the
+    /// slice began are recorded as handed over now; returns the next slice's start.
+    fn flush_slice(&mut self, (start, publishes_before): (Instant, u64)) -> (Instant, u64) {
+        self.flush_dirty();
+        self.apply_closes();
+        let done = Instant::now();
+        let publishes = self.shard.publishes_received();
+        let ns = done.saturating_duration_since(start).as_nanos() as u64;
+        self.shard
+            .latency
+            .record_publish(ns, publishes - publishes_before);
+        (done, publishes)
+    }
+
+    /// One clock read at the end of a turn feeds the latency histograms: the turn's
+    /// duration from `start`, and the publishes decoded since the last slice (see
+    /// `flush_slice`) as handed over now.
+    fn record_turn(&mut self, start: Instant, slice: (Instant, u64), busy: bool) {
+        let (slice_start, publishes_before) = slice;
         let local = self.shard.publishes_received() - publishes_before;
         if !busy && local == 0 && self.remote_publishes.is_empty() {
             return;
@@ -287,7 +309,7 @@ impl Worker {
         let ns = |t: Instant| done.saturating_duration_since(t).as_nanos() as u64;
         let lat = &mut self.shard.latency;
         lat.record_turn(ns(start));
-        lat.record_publish(ns(start), local);
+        lat.record_publish(ns(slice_start), local);
         for (t, n) in self.remote_publishes.drain(..) {
             lat.record_publish(ns(t), n);
         }
@@ -821,6 +843,12 @@ impl Worker {
                 self.mesh.backlog[w].fetch_sub(n, Ordering::Relaxed);
             }
         }
+        self.flush_dirty();
+        self.apply_closes();
+    }
+
+    /// Writes every connection the shard marked dirty.
+    fn flush_dirty(&mut self) {
         let dirty = std::mem::take(&mut self.shard.effects().dirty);
         for id in &dirty {
             if self
@@ -838,7 +866,6 @@ impl Worker {
         if effects.dirty.is_empty() {
             effects.dirty = dirty;
         }
-        self.apply_closes();
     }
 
     fn apply_closes(&mut self) {
