@@ -489,7 +489,8 @@ impl Shard {
             return;
         };
         let mut tx = std::mem::take(&mut conn.tx);
-        if tx.capacity() <= TX_POOL_BUF_MAX && self.tx_pool.len() < TX_POOL_MAX {
+        if tx.capacity() > 0 && tx.capacity() <= TX_POOL_BUF_MAX && self.tx_pool.len() < TX_POOL_MAX
+        {
             tx.clear();
             self.tx_pool.push(tx);
         }

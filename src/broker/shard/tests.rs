@@ -2491,3 +2491,36 @@ fn persistent_v311_session_expires_when_configured() {
     h.advance(Duration::from_secs(86_400));
     assert_eq!(h.shards[0].session_count(), 1, "never by default");
 }
+
+#[test]
+fn a_flushed_write_buffer_goes_to_the_pool_and_serves_the_next_write() {
+    let mut h = H::new(1);
+    let c = h.connect(0, "a", true);
+    h.send(c, Packet::PingReq);
+    let shard = &mut h.shards[0];
+    assert_eq!(shard.tx_len(c.1), 2, "PINGRESP");
+    let cap = shard.conn(c.1).map_or(0, |k| k.tx.capacity());
+    assert!(cap >= 2);
+    // The runtime wrote everything: the connection gives its buffer back.
+    shard.recycle_tx(c.1);
+    assert_eq!(
+        shard.conn(c.1).map(|k| k.tx.capacity()),
+        Some(0),
+        "idle: no buffer"
+    );
+    assert_eq!(shard.tx_pool.len(), 1);
+    h.send(c, Packet::PingReq);
+    let shard = &mut h.shards[0];
+    assert!(
+        shard.tx_pool.is_empty(),
+        "the next write took the pooled buffer"
+    );
+    assert_eq!(shard.tx_len(c.1), 2);
+    assert_eq!(shard.conn(c.1).map(|k| k.tx.capacity()), Some(cap));
+    // Oversized buffers are freed, not pooled.
+    if let Some(tx) = shard.tx_mut(c.1) {
+        tx.reserve(128 * 1024);
+    }
+    shard.recycle_tx(c.1);
+    assert!(shard.tx_pool.is_empty());
+}
