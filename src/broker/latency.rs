@@ -13,9 +13,10 @@ const HIGHEST_NS: u64 = 60_000_000_000;
 /// One worker's latency histograms.
 #[derive(Debug, Clone)]
 pub struct Latency {
-    /// From the turn that decoded a PUBLISH to the end of the flush that handed this
-    /// worker's deliveries of it to the sockets (ns). Cross-worker publishes are
-    /// measured from the origin's turn to the destination's flush.
+    /// From the start of the turn (or of the turn's 16-socket slice) that decoded a
+    /// PUBLISH to the end of the flush that handed this worker's deliveries of it to
+    /// the sockets (ns). Cross-worker publishes are measured from the origin's turn to
+    /// the destination's flush.
     pub publish_ns: Histogram<u64>,
     /// Duration of event-loop turns that did work (ns).
     pub turn_ns: Histogram<u64>,
