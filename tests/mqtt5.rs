@@ -206,13 +206,7 @@ impl std::ops::DerefMut for Raw5 {
 fn connect5(client_id: &str) -> Connect {
     Connect {
         version: ProtocolVersion::V5,
-        clean_session: true,
-        keep_alive_secs: 60,
-        client_id: client_id.into(),
-        will: None,
-        username: None,
-        password: None,
-        props: Default::default(),
+        ..*common::connect_packet(client_id, true)
     }
 }
 

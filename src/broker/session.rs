@@ -133,7 +133,8 @@ pub enum Enqueued {
 /// subscribers, QoS 0 traffic) never hold a message, and two inline deques would be 64
 /// bytes per session. Reads go through `Deref` (to a shared empty deque while
 /// unallocated); the few mutations are methods here. The box also holds a weight the
-/// owner keeps (the queue's bytes), so that counter costs idle sessions nothing.
+/// owner keeps (the queue's bytes; the in-flight window's count of packet ids tried),
+/// so that counter costs idle sessions nothing.
 #[derive(Debug, Clone)]
 // Boxed on purpose: one pointer per session instead of a 32-byte header.
 #[allow(clippy::box_collection)]

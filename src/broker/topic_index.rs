@@ -28,11 +28,8 @@
 //!   insert, remove, match and drop walk iteratively and cannot overflow the stack.
 
 use crate::protocol::{TopicFilter, TopicName};
-/// Hash maps of the trie: foldhash, seeded at random per map (level strings come from
-/// clients, so the seed keeps collision flooding impractical), at a fraction of
-/// SipHash's cost per lookup: the wide levels (`devices/<id>`) are hashed on every
-/// publish.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+// The wide levels (`devices/<id>`) and exact filters are hashed on every publish.
+use super::FastMap as HashMap;
 use std::ops::ControlFlow;
 
 /// The caller's handle for a subscriber (a session slot on this worker).

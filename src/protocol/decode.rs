@@ -287,7 +287,11 @@ fn read_binary(buf: &mut Bytes) -> Result<Bytes> {
 
 /// A UTF-8 encoded string ([MQTT-1.5.3-1], [MQTT-1.5.3-2]); zero-copy.
 fn read_string(buf: &mut Bytes) -> Result<ByteString> {
-    let raw = read_binary(buf)?;
+    checked_string(read_binary(buf)?)
+}
+
+/// `raw` as a string: valid UTF-8 without U+0000 ([MQTT-1.5.3-1], [MQTT-1.5.3-2]).
+fn checked_string(raw: Bytes) -> Result<ByteString> {
     if raw.contains(&0) {
         return Err(DecodeError::NullChar);
     }
@@ -441,16 +445,12 @@ fn decode_publish(flags: u8, buf: &mut Bytes, v5: bool) -> Result<Publish> {
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::DupOnQoS0); // [MQTT-3.3.1-2]
     }
-    // Nearly every topic is plain ASCII: one pass proves it a valid topic name.
-    let (plain, raw_topic) = match TopicName::from_plain_ascii(read_binary(buf)?) {
-        Ok(topic) => (Some(topic), ByteString::new()),
-        Err(raw) => {
-            if raw.contains(&0) {
-                return Err(DecodeError::NullChar);
-            }
-            let s = ByteString::try_from(raw).map_err(|_| DecodeError::InvalidUtf8)?;
-            (None, s)
-        }
+    // Nearly every topic is plain ASCII: one pass proves it a valid topic name. Any
+    // other is checked as a string now (its errors come first, as before) and as a
+    // topic once the properties tell whether an empty one names an alias.
+    let topic = match TopicName::from_plain_ascii(read_binary(buf)?) {
+        Ok(topic) => Ok(topic),
+        Err(raw) => Err(checked_string(raw)?),
     };
     let packet_id = if qos == QoS::AtMostOnce {
         None
@@ -458,15 +458,15 @@ fn decode_publish(flags: u8, buf: &mut Bytes, v5: bool) -> Result<Publish> {
         Some(packet_id(buf)?)
     };
     let props = props(buf, v5, Allowed::PUBLISH)?;
-    let topic = if let Some(topic) = plain {
-        topic
-    } else if v5 && raw_topic.is_empty() {
-        if props.topic_alias.is_none() {
-            return Err(DecodeError::EmptyTopicWithoutAlias);
+    let topic = match topic {
+        Ok(topic) => topic,
+        Err(raw) if v5 && raw.is_empty() => {
+            if props.topic_alias.is_none() {
+                return Err(DecodeError::EmptyTopicWithoutAlias);
+            }
+            TopicName::alias_only()
         }
-        TopicName::alias_only()
-    } else {
-        TopicName::new(raw_topic)? // [MQTT-3.3.2-1], [MQTT-3.3.2-2]
+        Err(raw) => TopicName::new(raw)?, // [MQTT-3.3.2-1], [MQTT-3.3.2-2]
     };
     let payload = std::mem::take(buf);
     Ok(Publish {

@@ -762,14 +762,12 @@ impl Worker {
                 }
             }
         }
-        let all = written == tx.len();
-        if !all {
-            tx.drain(..written);
-        }
-        let backlog = if all { 0 } else { tx.len() };
-        if all {
+        let backlog = tx.len() - written;
+        if backlog == 0 {
             // Idle connections own no write buffer: it goes back to the pool.
             self.shard.recycle_tx(id);
+        } else {
+            tx.drain(..written);
         }
         self.shard.count_tx_bytes(written);
         if c.read_pending && backlog < self.cfg.max_outbound_bytes && c.paused_until.is_none() {

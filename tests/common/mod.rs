@@ -45,16 +45,7 @@ pub struct Raw {
 
 impl Raw {
     pub fn connect(addr: SocketAddr) -> Raw {
-        let stream = TcpStream::connect(addr).expect("tcp connect");
-        stream.set_nodelay(true).unwrap();
-        stream
-            .set_read_timeout(Some(Duration::from_millis(100)))
-            .unwrap();
-        Raw {
-            stream,
-            buf: BytesMut::new(),
-            version: ProtocolVersion::V3_1_1,
-        }
+        Raw::from_stream(TcpStream::connect(addr).expect("tcp connect"))
     }
 
     /// A client on an already connected stream (e.g. bound to a chosen source).

@@ -29,17 +29,12 @@ use super::retained::RetainedStore;
 use super::session::{Grant, Session};
 use super::stats::Stats;
 use super::topic_index::TopicIndex;
-use super::{ConnId, WorkerId};
+use super::{ConnId, FastMap, WorkerId};
 use crate::config::Config;
 use crate::protocol::{Disconnect, Packet, ProtocolVersion, ReasonCode, TopicName, Will};
 use slab::Slab;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-
-/// The maps looked up per message (the congested sessions' feeders on every ack, a
-/// connection's outbound topic aliases on every MQTT 5 delivery): foldhash, seeded per
-/// map, instead of SipHash, which cost more than the rest of the lookup.
-pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
