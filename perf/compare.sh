@@ -6,6 +6,9 @@
 # alternately (A B C A B C ...); one JSON line per run (with commit, date and
 # machine), plus a header with the exact commands. The 50k msg/s latency runs also
 # leave one .hgrm per broker and rep and a percentile plot beside the output.
+# `rate50kbp` repeats them with the generator busy polling (`bench --busy-poll`: its
+# own wake-up leaves the measured latency), and adds ternmq busy polling too
+# (`ternmq-bp`, `--busy-poll 200`).
 #
 # Usage: perf/compare.sh [REPS] > perf/results/DATE-compare.txt
 #        python3 perf/summarize.py perf/results/DATE-compare.txt >> perf/results/DATE-compare.txt
@@ -28,6 +31,7 @@ RPORT=18836
 T2PORT=18837
 M100PORT=18838
 T20PORT=18839
+TBPPORT=18840
 [ -x "$BIN" ] || { echo "build first: cargo build --release ($BIN missing)" >&2; exit 1; }
 # 19,500 connections: the brokers (which inherit this) and the generator (which
 # raises its own soft limit too) each need one descriptor per connection.
@@ -76,8 +80,10 @@ CMD[rumqttd]="taskset -c 0 $RUMQTTD -q -c $WORK/rumqttd.toml"
 CMD[ternmq-w2]="$BIN --listen 127.0.0.1:$T2PORT --workers 2 --sys-interval 0 --log-level warn"
 CMD[mosquitto-if100]="taskset -c 0 /usr/sbin/mosquitto -c $WORK/mosquitto-if100.conf"
 CMD[ternmq-if20]="taskset -c 0 $BIN --listen 127.0.0.1:$T20PORT --workers 1 --no-pin --sys-interval 0 --log-level warn --max-inflight 20"
-PORT=([mosquitto]=$MPORT [ternmq]=$TPORT [rumqttd]=$RPORT [ternmq-w2]=$T2PORT [mosquitto-if100]=$M100PORT [ternmq-if20]=$T20PORT)
+CMD[ternmq-bp]="taskset -c 0 $BIN --listen 127.0.0.1:$TBPPORT --workers 1 --no-pin --sys-interval 0 --log-level warn --busy-poll 200"
+PORT=([mosquitto]=$MPORT [ternmq]=$TPORT [rumqttd]=$RPORT [ternmq-w2]=$T2PORT [mosquitto-if100]=$M100PORT [ternmq-if20]=$T20PORT [ternmq-bp]=$TBPPORT)
 EXTRA_Q1="mosquitto-if100 ternmq-if20"  # run in pairs100q1 only
+EXTRA_BP="ternmq-bp"  # run in rate50kbp only
 
 BROKERS=${BROKERS:-mosquitto rumqttd ternmq}
 if [[ " $BROKERS " == *" rumqttd "* ]] && [ ! -x "$RUMQTTD" ]; then
@@ -96,19 +102,19 @@ start() { # start BROKER: (re)starts it, sets PID[BROKER]
   done
   echo "# $b did not start: $(tail -n 3 "$WORK/$b.log" | tr '\n' ' ')"
 }
-for b in $BROKERS ternmq-w2 $EXTRA_Q1; do start "$b"; done
+for b in $BROKERS ternmq-w2 $EXTRA_Q1 $EXTRA_BP; do start "$b"; done
 sleep 1
 
 COMMIT=$(git rev-parse HEAD)$(git diff --quiet HEAD -- src Cargo.toml || echo "-dirty")
 DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 MACHINE="nproc $(nproc), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(uname -r)"
-echo "# brokers: $BROKERS (and ternmq-w2 for pairs100w2, $EXTRA_Q1 for pairs100q1), $DATE"
+echo "# brokers: $BROKERS (and ternmq-w2 for pairs100w2, $EXTRA_Q1 for pairs100q1, $EXTRA_BP for rate50kbp), $DATE"
 echo "# commit $COMMIT"
 echo "# loadavg at start: $(cat /proc/loadavg) (shared machine: other processes compete for both cores)"
 echo "# machine: $MACHINE"
 echo "# open files: $(ulimit -n)"
 echo "# mosquitto: $(/usr/sbin/mosquitto -h 2>&1 | head -1); config: $(tr '\n' ';' < "$WORK/mosquitto.conf")"
-for b in $BROKERS ternmq-w2 $EXTRA_Q1; do echo "# $b: ${CMD[$b]}"; done
+for b in $BROKERS ternmq-w2 $EXTRA_Q1 $EXTRA_BP; do echo "# $b: ${CMD[$b]}"; done
 if [[ " $BROKERS " == *" rumqttd "* ]]; then
   echo "# rumqttd: $("$RUMQTTD" --version 2>&1 | head -1); config: $(grep -v '^ *$' "$WORK/rumqttd.toml" | tr -s ' ' | tr '\n' ';')"
 fi
@@ -121,15 +127,17 @@ declare -A SCEN=(
   [fanout1000]="fanout -n 1000 --qos 0 --max --payload 64 $D"
   [pairs100q1]="pairs -n 100 --qos 1 --max --inflight 100 --payload 64 $D"
   [rate50k]="pairs -n 1000 --qos 0 --rate 50000 --payload 64 $D"
+  [rate50kbp]="pairs -n 1000 --qos 0 --rate 50000 --payload 64 --busy-poll $D"
   [conns19500]="conns -n 19500 --source 127.0.0.2-127.0.0.20 --warmup 0 --duration 3"
   [pairs100w2]="pairs -n 100 --qos 0 --max --payload 64 $D"
 )
-SCENARIOS=${SCENARIOS:-pairs1 pairs100 fanin100 fanout1000 pairs100q1 rate50k conns19500 pairs100w2}
+SCENARIOS=${SCENARIOS:-pairs1 pairs100 fanin100 fanout1000 pairs100q1 rate50k rate50kbp conns19500 pairs100w2}
 mkdir -p "$OUT_DIR"
 for name in $SCENARIOS; do
   brokers=$BROKERS
   if [ "$name" = pairs100w2 ]; then brokers=ternmq-w2; fi
   if [ "$name" = pairs100q1 ]; then brokers="$BROKERS $EXTRA_Q1"; fi
+  if [ "$name" = rate50kbp ]; then brokers="$BROKERS $EXTRA_BP"; fi
   for rep in $(seq 1 "$REPS"); do
     for broker in $brokers; do
       # RSS per connection: a fresh broker each time, or the allocator hands back
@@ -143,7 +151,7 @@ for name in $SCENARIOS; do
         start "$broker"; sleep 1
       fi
       extra=""
-      if [ "$name" = rate50k ]; then extra="--hgrm $OUT_DIR/$TAG-rate50k-$broker-$rep.hgrm"; fi
+      case $name in rate50k*) extra="--hgrm $OUT_DIR/$TAG-$name-$broker-$rep.hgrm" ;; esac
       # --keep-alive for every broker alike: rumqttd refuses keep-alive 0.
       cmd="taskset -c 1 $BIN bench ${SCEN[$name]} --keep-alive 600 --port ${PORT[$broker]} --broker-pid ${PID[$broker]} --quiet --json $extra"
       echo "# run $name rep $rep $broker: $cmd"

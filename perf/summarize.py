@@ -53,4 +53,8 @@ for run in sorted({k[0] for k in med}):
             out.append("# %-12s vs %-10s throughput x%.2f, CPU per message x%.3f (ternmq %.3f us, %s %.3f us)" % (
                 run, other, t['rate'] / o['rate'] if o['rate'] else float('nan'),
                 t['cpu'] / o['cpu'] if o['cpu'] else float('nan'), t['cpu'], other, o['cpu']))
+for (run, broker), rs in sorted(by.items()):
+    if run.startswith('rate'):
+        out.append("# %-12s %-10s p50 run by run (us): %s" % (
+            run, broker, ", ".join("%.0f" % x['latency_us']['p50'] for x in rs)))
 print("\n".join(out))

@@ -140,6 +140,13 @@ pub struct Config {
     pub sys_interval_secs: u64,
     /// Bytes read from one connection per event-loop turn before moving on.
     pub read_budget_bytes: usize,
+    /// Microseconds a worker keeps polling without sleeping after its last activity
+    /// (0, the default: it sleeps as soon as nothing is ready). Polling spares the
+    /// wake-up of every message when messages arrive one by one (each wake-up is a
+    /// few microseconds of CPU and of latency on both sides of the socket), at the
+    /// price of a worker busy for this long after each activity; see
+    /// ARCHITECTURE.md, "Busy polling". At most 1,000,000.
+    pub busy_poll_us: u64,
     /// Log filter (tracing `EnvFilter` syntax) when `RUST_LOG` is unset.
     pub log_level: String,
     /// Password file (`user:hash` lines, see `ternmq passwd`); none by default.
@@ -184,6 +191,7 @@ impl Default for Config {
             handover_timeout_ms: 5000,
             sys_interval_secs: 10,
             read_budget_bytes: 256 * 1024,
+            busy_poll_us: 0,
             log_level: "info".to_string(),
             password_file: None,
             acl_file: None,
@@ -259,6 +267,9 @@ impl Config {
         if self.sys_interval_secs > DAY_SECS {
             return bad("sys_interval_secs must be at most 86400");
         }
+        if self.busy_poll_us > 1_000_000 {
+            return bad("busy_poll_us must be at most 1000000");
+        }
         if self.max_outbound_bytes < 4096 {
             return bad("max_outbound_bytes must be at least 4096");
         }
@@ -313,6 +324,10 @@ impl Config {
 
     pub fn backpressure_pause(&self) -> Duration {
         Duration::from_millis(self.backpressure_pause_ms)
+    }
+
+    pub fn busy_poll(&self) -> Duration {
+        Duration::from_micros(self.busy_poll_us)
     }
 
     /// True when a topic name or filter is within `max_topic_levels` and
@@ -373,10 +388,22 @@ mod tests {
                 max_queued_bytes: 0,
                 ..Config::default()
             },
+            Config {
+                busy_poll_us: 1_000_001,
+                ..Config::default()
+            },
         ];
         for cfg in bad {
             assert!(cfg.validate().is_err(), "{cfg:?}");
         }
+    }
+
+    #[test]
+    fn busy_polling_is_off_by_default_and_read_in_microseconds() {
+        assert_eq!(Config::default().busy_poll(), Duration::ZERO);
+        let cfg: Config = toml::from_str("busy_poll_us = 200").unwrap();
+        cfg.validate().unwrap();
+        assert_eq!(cfg.busy_poll(), Duration::from_micros(200));
     }
 
     #[test]

@@ -45,6 +45,11 @@ struct Cli {
     /// Do not pin workers to cores.
     #[arg(long)]
     no_pin: bool,
+    /// Microseconds a worker keeps polling, without sleeping, after its last activity
+    /// (0 = sleep at once). Trades CPU for latency when messages arrive one by one.
+    /// Default 0.
+    #[arg(long, value_name = "US")]
+    busy_poll: Option<u64>,
     /// Largest packet accepted, in bytes. Default 1048576.
     #[arg(long)]
     max_packet_size: Option<usize>,
@@ -146,6 +151,9 @@ impl Cli {
         }
         if self.no_pin {
             cfg.pin_cores = false;
+        }
+        if let Some(v) = self.busy_poll {
+            cfg.busy_poll_us = v;
         }
         if let Some(v) = self.max_packet_size {
             cfg.max_packet_bytes = v;

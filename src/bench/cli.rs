@@ -103,6 +103,11 @@ pub struct BenchArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Generator threads poll without sleeping: a delivery finds its subscriber
+    /// running, so the generator's own wake-up is not in the measured latency. Each
+    /// thread keeps its core busy; its CPU share then counts only turns that found work.
+    #[arg(long)]
+    pub busy_poll: bool,
     /// Connect over TLS (1.2 or 1.3, rustls); needs --cafile. The broker's certificate
     /// must name the --host IP address.
     #[arg(long, requires = "cafile")]
@@ -233,6 +238,7 @@ impl BenchArgs {
             keep_alive_secs: self.keep_alive,
             broker_pid: self.broker_pid,
             progress: !self.quiet,
+            busy_poll: self.busy_poll,
             tls: match &self.cafile {
                 Some(path) if self.tls => Some(tls_client_config(path)?),
                 _ => None,

@@ -73,6 +73,11 @@ impl Report {
             (_, Load::Rate(r)) => format!("rate={r}"),
             (_, Load::Max) => format!("max inflight={}", cfg.inflight),
         };
+        let mode = if cfg.busy_poll {
+            format!("{mode} busy-poll")
+        } else {
+            mode
+        };
         Report {
             scenario: cfg.scenario,
             connections: plan.clients.len(),

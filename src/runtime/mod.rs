@@ -8,6 +8,7 @@
 //! shard returns.
 
 mod admission;
+pub(crate) mod busy_poll;
 mod cert_name;
 mod io;
 pub mod tls;

@@ -1,6 +1,7 @@
 //! One worker thread: a `mio` event loop around one [`Shard`].
 //!
-//! A turn: wait for events (timeout = the shard's next deadline), drain the mesh
+//! A turn: wait for events (timeout = the shard's next deadline, or zero while
+//! busy polling after recent work, see [`BusyPoll`]), drain the mesh
 //! inbox, read every readable connection (bounded per connection), fire timers, then
 //! carry out the shard's effects: one batch and one wake per destination worker,
 //! one write per dirty connection, closes last.
@@ -11,6 +12,7 @@
 //! a side table (`Worker::tls`), so plain connections pay nothing for it.
 
 use super::admission::{self, Admission, Refusal};
+use super::busy_poll::BusyPoll;
 use super::io::read_into_spare;
 use super::tls::TlsConn;
 use super::{Control, Envelope, LISTENER_TOKEN_BASE, WAKER_TOKEN};
@@ -187,8 +189,10 @@ impl Worker {
     pub(crate) fn run(&mut self) {
         let mut events = Events::with_capacity(1024);
         let mut ready = Vec::new();
+        let mut busy_poll = BusyPoll::new(self.cfg.busy_poll());
         loop {
-            let timeout = self.poll_timeout(Instant::now());
+            let before = Instant::now();
+            let timeout = busy_poll.timeout(before, self.poll_timeout(before));
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     tracing::error!(worker = self.id, error = %e, "poll failed");
@@ -250,7 +254,11 @@ impl Worker {
                     break;
                 }
             }
-            self.record_turn(now, slice, !ready.is_empty() || !events.is_empty());
+            let busy = !ready.is_empty() || !events.is_empty();
+            if busy {
+                busy_poll.active(now);
+            }
+            self.record_turn(now, slice, busy);
         }
         tracing::debug!(worker = self.id, "worker stopped");
     }

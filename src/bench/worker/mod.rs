@@ -13,6 +13,8 @@
 //! timeout has millisecond resolution), and a read that returns less than asked for
 //! ends that socket's reading (the kernel's receive queue is then empty, and more data
 //! is a new edge-triggered event), saving the `recv` that would return `WouldBlock`.
+//! With `--busy-poll` the poll never sleeps, and turns that found no work are counted
+//! as idle, not as CPU (the saturation warning looks at the rest).
 //!
 //! The thread stops by itself when the coordinator sets [`Phase::Done`], and the
 //! coordinator does so after `warmup + duration + drain` at the latest. In the first
@@ -101,6 +103,8 @@ pub(crate) struct Worker<'a> {
     churn_last_ns: u64,
     cpu_start: Option<(u64, u64)>,
     cpu_done: bool,
+    /// Busy polling: nanoseconds of turns that found no work while CPU is measured.
+    idle_ns: u64,
 }
 
 impl<'a> Worker<'a> {
@@ -216,6 +220,7 @@ impl<'a> Worker<'a> {
             churn_last_ns: 0,
             cpu_start: None,
             cpu_done: false,
+            idle_ns: 0,
         })
     }
 
@@ -234,6 +239,7 @@ impl<'a> Worker<'a> {
                 break;
             }
             let now = self.shared.now_ns();
+            let turn_start = now;
             self.start_connections(now, thread_start)?;
             let timeout = self.timeout(now, phase)?;
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -274,6 +280,10 @@ impl<'a> Worker<'a> {
                 }
             }
             self.flush_dirty(phase)?;
+            let idle = events.is_empty() && self.sent_turn == 0 && self.again.is_empty();
+            if self.cfg.busy_poll && idle && self.cpu_start.is_some() && !self.cpu_done {
+                self.idle_ns += self.shared.now_ns().saturating_sub(turn_start);
+            }
             self.publish_counters();
             if phase >= Phase::Draining && !self.quiet {
                 // Nothing was sent this turn, and every earlier send is counted now.
@@ -303,7 +313,7 @@ impl<'a> Worker<'a> {
     /// How long the next poll may sleep; arms the timer for the next scheduled send.
     fn timeout(&mut self, now: u64, phase: Phase) -> Result<Duration, BenchError> {
         let mut t = 10_000_000u64;
-        if !self.again.is_empty() {
+        if !self.again.is_empty() || self.cfg.busy_poll {
             return Ok(Duration::ZERO);
         }
         let m_end = self.shared.measure_end_ns.load(Ordering::Acquire);
@@ -553,7 +563,10 @@ impl<'a> Worker<'a> {
         if let (Some((cpu0, t0)), false) = (self.cpu_start, self.cpu_done) {
             if now >= m_end || phase >= Phase::Draining {
                 self.cpu_done = true;
-                self.res.cpu_ns = thread_cpu_ns().saturating_sub(cpu0);
+                // Busy polling: the turns that found nothing were waiting, not work.
+                self.res.cpu_ns = thread_cpu_ns()
+                    .saturating_sub(cpu0)
+                    .saturating_sub(self.idle_ns);
                 self.res.wall_ns = now.saturating_sub(t0);
             }
         }
