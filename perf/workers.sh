@@ -2,28 +2,33 @@
 # What the cross-worker path costs: broker CPU per delivered message for 100 pairs
 # (QoS 0, max) with one worker on core 0, two workers sharing core 0, and two workers
 # pinned to cores 0 and 1. The generator runs on core 1 in all three, so only the
-# third shares a core with it. Alternating, REPS times (default 3).
+# third shares a core with it. Alternating, REPS times (default 3). The last two rows
+# run one worker and two workers (cores 0 and 1) at the same offered rate (open loop,
+# RATE msg/s, default 1000000), since CPU per message depends on how many messages
+# each wake-up and syscall carries, and `--max` throughput differs between the two.
 # Usage: perf/workers.sh > perf/results/DATE-workers.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${CARGO_TARGET_DIR:-target}/release/ternmq
 [ -x "$BIN" ] || { echo "build first: cargo build --release ($BIN missing)" >&2; exit 1; }
 echo "# commit $(git rev-parse HEAD), $(date -u +%Y-%m-%dT%H:%M:%SZ), loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
-run() { # label, command prefix, broker arguments
+run() { # label, command prefix, broker arguments[, load mode]
   local port=$((20000 + RANDOM % 2000)) pid out
   $2 "$BIN" --listen 127.0.0.1:$port $3 --sys-interval 0 --log-level warn >/dev/null 2>&1 &
   pid=$!
   sleep 0.5
-  out=$(taskset -c 1 "$BIN" bench pairs -n 100 --max --qos 0 --payload 64 --warmup 1 \
+  out=$(taskset -c 1 "$BIN" bench pairs -n 100 ${4:---max} --qos 0 --payload 64 --warmup 1 \
     --duration "${DURATION:-4}" --keep-alive 600 --port $port --broker-pid $pid --quiet --json)
   kill -INT $pid; wait $pid 2>/dev/null || true
   echo "$out" | python3 -c "
 import json, sys
 r = json.loads(sys.stdin.read())
-print('%-16s msg/s %9.0f  broker CPU us/msg %.3f  lost %d' % ('$1', r['msgs_per_sec'], r['broker']['us_per_msg'], r['lost']))"
+print('%-16s msg/s %9.0f  broker CPU us/msg %.3f  p50 us %.0f  lost %d' % ('$1', r['msgs_per_sec'], r['broker']['us_per_msg'], r['latency_us']['p50'], r['lost']))"
 }
 for _ in $(seq "${REPS:-3}"); do
   run w1-core0 "taskset -c 0" "--workers 1 --no-pin"
   run w2-core0 "taskset -c 0" "--workers 2 --no-pin"
   run w2-cores01 "" "--workers 2"
+  run w1-rate "taskset -c 0" "--workers 1 --no-pin" "--rate ${RATE:-1000000}"
+  run w2-rate "" "--workers 2" "--rate ${RATE:-1000000}"
 done
