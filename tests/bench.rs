@@ -8,12 +8,17 @@ use ternmq::protocol::QoS;
 use ternmq::runtime::{start, BrokerHandle};
 
 fn broker() -> BrokerHandle {
+    broker_with(Config::default())
+}
+
+/// One unpinned worker on an ephemeral loopback port, no `$SYS`; the rest from `cfg`.
+fn broker_with(cfg: Config) -> BrokerHandle {
     start(Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
         workers: 1,
         pin_cores: false,
         sys_interval_secs: 0,
-        ..Config::default()
+        ..cfg
     })
     .expect("broker starts")
 }
@@ -92,15 +97,10 @@ fn fanout_open_loop_delivers_to_every_subscriber() {
 /// that only polled (at 2,000 msg/s it does little, though it never sleeps).
 #[test]
 fn busy_polling_on_both_sides_delivers_an_open_loop_run() {
-    let b = start(Config {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        workers: 1,
-        pin_cores: false,
-        sys_interval_secs: 0,
+    let b = broker_with(Config {
         busy_poll_us: 200,
         ..Config::default()
-    })
-    .expect("broker starts");
+    });
     let c = BenchConfig {
         load: Load::Rate(2000.0),
         busy_poll: true,
