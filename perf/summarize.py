@@ -55,6 +55,9 @@ for run in sorted({k[0] for k in med}):
                 t['cpu'] / o['cpu'] if o['cpu'] else float('nan'), t['cpu'], other, o['cpu']))
 for (run, broker), rs in sorted(by.items()):
     if run.startswith('rate'):
-        out.append("# %-12s %-10s p50 run by run (us): %s" % (
-            run, broker, ", ".join("%.0f" % x['latency_us']['p50'] for x in rs)))
+        # The generator's lag says whether it kept to its schedule (over 1 ms: it
+        # fell behind, and the latency includes its own queueing).
+        out.append("# %-12s %-10s p50 run by run (us): %s; generator lag p99 (us): %s" % (
+            run, broker, ", ".join("%.0f" % x['latency_us']['p50'] for x in rs),
+            ", ".join("%.0f" % x['lag_p99_us'] for x in rs)))
 print("\n".join(out))
