@@ -274,7 +274,8 @@ impl Config {
             return bad("max_outbound_bytes must be at least 4096");
         }
         if self.max_inflight > 1024 {
-            // Packet ids are found by scanning the window: keep it small.
+            // An ack that is not for the oldest message in flight (and every PUBREC)
+            // finds it by scanning the window: keep it small.
             return bad("max_inflight must be at most 1024");
         }
         if self.max_subscriptions_per_session == 0 {

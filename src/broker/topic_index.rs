@@ -625,13 +625,19 @@ impl<V: Copy> TopicIndex<V> {
             let previous = node.subs.remove(sub);
             (previous, node.subs.is_empty())
         };
+        if previous.is_some() && filter_now_empty {
+            self.prune(path);
+        }
+        self.counted_removal(previous, filter_now_empty)
+    }
+
+    fn counted_removal(&mut self, previous: Option<V>, filter_now_empty: bool) -> Removed<V> {
         if previous.is_some() {
             debug_assert!(self.subscriptions > 0);
             self.subscriptions -= 1;
             if filter_now_empty {
                 debug_assert!(self.filters > 0);
                 self.filters -= 1;
-                self.prune(path);
             }
         }
         debug_assert!(self.filters <= self.subscriptions);
@@ -730,7 +736,7 @@ impl<V: Copy> TopicIndex<V> {
         if let Some(set) = self.exact_set(topic) {
             set.for_each(&mut f);
         }
-        if self.root.has_children() || self.root.hash.is_some() {
+        if self.has_wildcards() {
             let _ = self.walk::<()>(topic, |set| {
                 set.for_each(&mut f);
                 ControlFlow::Continue(())
@@ -743,14 +749,21 @@ impl<V: Copy> TopicIndex<V> {
         if self.exact_set(topic).is_some() {
             return true; // the map holds no empty set
         }
-        self.walk(topic, |set| {
-            if set.is_empty() {
-                ControlFlow::Continue(())
-            } else {
-                ControlFlow::Break(())
-            }
-        })
-        .is_break()
+        self.has_wildcards()
+            && self
+                .walk(topic, |set| {
+                    if set.is_empty() {
+                        ControlFlow::Continue(())
+                    } else {
+                        ControlFlow::Break(())
+                    }
+                })
+                .is_break()
+    }
+
+    /// True when the trie holds a filter (every filter there has a wildcard).
+    fn has_wildcards(&self) -> bool {
+        self.root.has_children() || self.root.hash.is_some()
     }
 
     /// The subscribers of the wildcard-free filter spelled as `topic`.

@@ -151,6 +151,15 @@ const TX_INITIAL: usize = 4096;
 const TX_POOL_MAX: usize = 32;
 const TX_POOL_BUF_MAX: usize = 64 * 1024;
 
+/// The live connection `id` names in `conns` (a field borrow, so that a caller may
+/// hold other fields of the shard at the same time).
+fn conn_in(conns: &mut [Option<Conn>], id: ConnId) -> Option<&mut Conn> {
+    match conns.get_mut(id.slot as usize) {
+        Some(Some(c)) if c.gen == id.gen => Some(c),
+        _ => None,
+    }
+}
+
 /// Packets a client may send after CONNECT before its session is attached.
 const EARLY_PACKETS_MAX: usize = 64;
 
@@ -313,10 +322,7 @@ impl Shard {
     }
 
     pub(crate) fn conn_mut(&mut self, id: ConnId) -> Option<&mut Conn> {
-        match self.conns.get_mut(id.slot as usize) {
-            Some(Some(c)) if c.gen == id.gen => Some(c),
-            _ => None,
-        }
+        conn_in(&mut self.conns, id)
     }
 
     /// True while the connection exists in the shard.
@@ -494,13 +500,12 @@ impl Shard {
     /// A connection's write buffer, ready for a packet: an empty one is given a pooled
     /// buffer (or a fresh one of working size) before anything is appended.
     pub(crate) fn tx_buf(&mut self, id: ConnId) -> Option<&mut Conn> {
-        let pool = &mut self.tx_pool;
-        let conn = match self.conns.get_mut(id.slot as usize) {
-            Some(Some(c)) if c.gen == id.gen => c,
-            _ => return None,
-        };
+        let conn = conn_in(&mut self.conns, id)?;
         if conn.tx.capacity() == 0 {
-            conn.tx = pool.pop().unwrap_or_else(|| Vec::with_capacity(TX_INITIAL));
+            conn.tx = self
+                .tx_pool
+                .pop()
+                .unwrap_or_else(|| Vec::with_capacity(TX_INITIAL));
         }
         Some(conn)
     }

@@ -23,6 +23,14 @@ struct H {
 }
 
 impl H {
+    /// True while a session that moved to worker `w` is still settling there.
+    fn settling(&self, w: usize) -> bool {
+        self.shards[w]
+            .sessions
+            .iter()
+            .any(|(_, s)| s.moved_in.is_some())
+    }
+
     fn new(workers: usize) -> H {
         Self::with(workers, Config::default())
     }
@@ -665,10 +673,7 @@ fn a_copy_forwarded_in_an_earlier_move_is_not_delivered_again() {
     h.pump(0, 1); // Takeover: the session leaves w1
     h.send_only(pubc, publish("t", QoS::ExactlyOnce, 1, b"once"));
     h.settle_except(&[(1, 2)]);
-    assert!(h.shards[0]
-        .sessions
-        .iter()
-        .all(|(_, s)| s.moved_in.is_none()));
+    assert!(!h.settling(0));
     // (`read` and `send_only`: `recv` and `send` would deliver the held-up copy.)
     let got = h.read(second);
     let copies = copies_of(&got, b"once");
@@ -683,13 +688,7 @@ fn a_copy_forwarded_in_an_earlier_move_is_not_delivered_again() {
     h.send_only(third, Packet::Connect(connect("s", false)));
     h.settle_except(&[(1, 2)]);
     assert!(h.is_closed(second));
-    assert!(
-        h.shards[2]
-            .sessions
-            .iter()
-            .any(|(_, s)| s.moved_in.is_some()),
-        "w1's `Flushed` is held up too"
-    );
+    assert!(h.settling(2), "w1's `Flushed` is held up too");
     assert!(
         copies_of(&h.read(other), b"once").is_empty(),
         "not there yet"
@@ -701,10 +700,7 @@ fn a_copy_forwarded_in_an_earlier_move_is_not_delivered_again() {
         "delivered twice: {got:?}"
     );
     assert_eq!(copies_of(&h.recv(other), b"once").len(), 1);
-    assert!(h.shards[2]
-        .sessions
-        .iter()
-        .all(|(_, s)| s.moved_in.is_none()));
+    assert!(!h.settling(2));
 }
 
 /// Simulation seed 22654: the session moves w0 -> w1 while w2 publishes two
@@ -739,18 +735,9 @@ fn a_direct_copy_arriving_after_later_forwards_does_not_reorder() {
     h.pump(0, 1); // handover, then the two forwards
     h.settle(); // the direct copy of the first, then the rest of the protocol
     let got = h.recv(new);
-    let payloads: Vec<&[u8]> = got
-        .iter()
-        .filter_map(|p| match p {
-            Packet::Publish(p) => Some(&p.payload[..]),
-            _ => None,
-        })
-        .collect();
+    let payloads: Vec<_> = publishes(&got).into_iter().map(|p| p.payload).collect();
     assert_eq!(payloads, vec![&b"first"[..], &b"second"[..]], "{got:?}");
-    assert!(h.shards[1]
-        .sessions
-        .iter()
-        .all(|(_, s)| s.moved_in.is_none()));
+    assert!(!h.settling(1));
 }
 
 #[test]
@@ -774,13 +761,7 @@ fn stubs_go_once_every_worker_routes_to_the_new_home() {
     h.settle(); // handover, pings, pongs, stub gone
     assert_eq!(h.shards[0].index.filter_count(), 0, "the stub is gone");
     assert!(h.shards.iter().all(|s| s.stubs.is_empty()));
-    assert!(
-        h.shards[1]
-            .sessions
-            .iter()
-            .all(|(_, s)| s.moved_in.is_none()),
-        "settled"
-    );
+    assert!(!h.settling(1), "settled");
     assert_eq!(
         h.shards[2].interest.filter_count(),
         1,
