@@ -67,8 +67,8 @@ fn setup(subscribers: usize) -> Setup {
     shards[0].open(now, publisher);
     shards[0].packet(now, publisher, connect("p".into()));
     // Let worker 0 learn worker 1's interest.
-    let batch = std::mem::take(&mut shards[1].effects().mesh[0]);
-    shards[0].mesh(now, 1, batch);
+    let mut batch = std::mem::take(&mut shards[1].effects().mesh[0]);
+    shards[0].mesh(now, 1, &mut batch);
     let mut s = Setup {
         shards,
         publisher,
@@ -119,8 +119,10 @@ fn bench(c: &mut Criterion) {
                     }
                     let batch = std::mem::take(&mut s.shards[0].effects().mesh[1]);
                     tx.send(batch).unwrap();
-                    let batch = rx.recv().unwrap();
-                    s.shards[1].mesh(now, 0, batch);
+                    let mut batch = rx.recv().unwrap();
+                    s.shards[1].mesh(now, 0, &mut batch);
+                    // Emptied, it goes back to its sender, as the runtime does.
+                    s.shards[0].effects().mesh[1] = batch;
                     drain(&mut s);
                 })
             },

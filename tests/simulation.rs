@@ -439,12 +439,12 @@ impl Sim {
     }
 
     fn deliver_mesh(&mut self, ch: usize) {
-        let Some(batch) = self.chan[ch].pop_front() else {
+        let Some(mut batch) = self.chan[ch].pop_front() else {
             return;
         };
         let (from, to) = (ch / WORKERS, ch % WORKERS);
         trace!(self, "mesh w{from}->w{to}: {}", mesh_summary(&batch));
-        self.shards[to].mesh(self.now, from, batch);
+        self.shards[to].mesh(self.now, from, &mut batch);
         self.collect(to);
     }
 

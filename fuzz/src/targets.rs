@@ -259,9 +259,9 @@ impl Harness {
                 continue;
             }
             let to = 1 - from;
-            let batch = std::mem::take(&mut self.shards[from].effects().mesh[to]);
+            let mut batch = std::mem::take(&mut self.shards[from].effects().mesh[to]);
             if !batch.is_empty() {
-                self.shards[to].mesh(self.now, from, batch);
+                self.shards[to].mesh(self.now, from, &mut batch);
             }
         }
     }

@@ -31,6 +31,9 @@ pub(crate) const WAKER_TOKEN: mio::Token = mio::Token(usize::MAX);
 /// Listener `i` on worker 0 uses token `LISTENER_TOKEN_BASE - i`.
 pub(crate) const LISTENER_TOKEN_BASE: usize = usize::MAX - 1;
 
+/// Emptied cross-worker batches a worker keeps for reuse, at most.
+const MESH_SPARES: usize = 8;
+
 /// What travels over the mesh channels.
 pub(crate) enum Envelope {
     /// One turn's messages from one worker to another; `created_at` is the start of
@@ -232,6 +235,12 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
     }
     let (senders, receivers): (Vec<Sender<Envelope>>, Vec<Receiver<Envelope>>) =
         (0..workers).map(|_| unbounded()).unzip();
+    // Spare batches each worker may hold (see `worker::Mesh::spares`): enough for a
+    // receiver that falls a few turns behind on a shared core, few enough to bound
+    // the memory they keep.
+    let (spare_homes, spares): (Vec<Sender<Batch>>, Vec<Receiver<Batch>>) = (0..workers)
+        .map(|_| crossbeam_channel::bounded(MESH_SPARES))
+        .unzip();
     let backlog: Vec<Arc<std::sync::atomic::AtomicUsize>> = (0..workers)
         .map(|_| Arc::new(std::sync::atomic::AtomicUsize::new(0)))
         .collect();
@@ -245,12 +254,14 @@ pub fn start(cfg: Config) -> Result<BrokerHandle, StartError> {
         Vec::new()
     };
     let mut threads: Vec<JoinHandle<()>> = Vec::new();
-    for (id, (poll, rx)) in polls.into_iter().zip(receivers).enumerate() {
+    for (id, ((poll, rx), spares)) in polls.into_iter().zip(receivers).zip(spares).enumerate() {
         let mesh = worker::Mesh {
             rx,
             peers: senders.clone(),
             wakers: wakers.clone(),
             backlog: backlog.clone(),
+            spares,
+            spare_homes: spare_homes.clone(),
         };
         let my_listeners = if id == 0 {
             std::mem::take(&mut listeners)

@@ -620,12 +620,26 @@ impl Shard {
         }
     }
 
-    /// A batch of messages from another worker.
-    pub fn mesh(&mut self, now: Instant, from: WorkerId, batch: Batch) {
-        for msg in batch {
+    /// A batch of messages from another worker. The batch is left empty, with its
+    /// capacity, so that the runtime can hand it back to its sender for reuse.
+    /// Returns how many client PUBLISHes it carried (they have an origin; `$SYS`
+    /// messages and wills do not), counted here so the batch is walked once.
+    pub fn mesh(&mut self, now: Instant, from: WorkerId, batch: &mut Batch) -> u64 {
+        let mut publishes = 0;
+        for msg in batch.drain(..) {
+            if let MeshMsg::Publish {
+                origin: Some(_), ..
+            }
+            | MeshMsg::Forward {
+                origin: Some(_), ..
+            } = msg
+            {
+                publishes += 1;
+            }
             self.on_mesh(now, from, msg);
         }
         self.run_ready_deferred(now);
+        publishes
     }
 
     fn run_ready_deferred(&mut self, now: Instant) {

@@ -74,8 +74,8 @@ impl H {
 
     /// Delivers what `from` has queued for `to`, and nothing else.
     fn pump(&mut self, from: usize, to: usize) {
-        let batch = std::mem::take(&mut self.shards[from].effects().mesh[to]);
-        self.shards[to].mesh(self.now, from, batch);
+        let mut batch = std::mem::take(&mut self.shards[from].effects().mesh[to]);
+        self.shards[to].mesh(self.now, from, &mut batch);
     }
 
     /// Delivers mesh batches until none are left and collects closes.
@@ -96,10 +96,10 @@ impl H {
                     if blocked.contains(&(from, to)) {
                         continue;
                     }
-                    let batch = std::mem::take(&mut self.shards[from].effects().mesh[to]);
+                    let mut batch = std::mem::take(&mut self.shards[from].effects().mesh[to]);
                     if !batch.is_empty() {
                         moved = true;
-                        self.shards[to].mesh(self.now, from, batch);
+                        self.shards[to].mesh(self.now, from, &mut batch);
                     }
                 }
             }
@@ -566,6 +566,37 @@ fn cross_worker_routing_follows_interest() {
         h.shards[0].effects().mesh[1].is_empty(),
         "no interest, nothing forwarded"
     );
+}
+
+#[test]
+fn a_mesh_batch_is_emptied_in_place_and_its_client_publishes_counted() {
+    let mut h = H::new(2);
+    let sub = h.connect(1, "s", true);
+    h.subscribe(sub, "x/#", QoS::AtMostOnce);
+    let mut c = connect("p", true);
+    c.will = Some(Will {
+        topic: TopicName::new("x/will").unwrap(),
+        payload: Bytes::from_static(b"gone"),
+        qos: QoS::AtMostOnce,
+        retain: false,
+        props: Default::default(),
+    });
+    let (pubc, _) = h.connect_with(0, c);
+    h.send_only(pubc, publish("x/1", QoS::AtMostOnce, 0, b"a"));
+    h.send_only(pubc, publish("x/2", QoS::AtMostOnce, 0, b"b"));
+    h.shards[0].closed(h.now, pubc.1); // the will has no client origin
+    let mut batch = std::mem::take(&mut h.shards[0].effects().mesh[1]);
+    assert_eq!(batch.len(), 3);
+    let capacity = batch.capacity();
+    assert_eq!(h.shards[1].mesh(h.now, 0, &mut batch), 2);
+    assert!(batch.is_empty(), "emptied for the runtime to hand back");
+    assert_eq!(batch.capacity(), capacity);
+    let got: Vec<_> = h
+        .recv(sub)
+        .iter()
+        .map(|p| published(p).payload.clone())
+        .collect();
+    assert_eq!(got, [&b"a"[..], b"b", b"gone"]);
 }
 
 #[test]
