@@ -303,7 +303,8 @@ fn main() -> ExitCode {
                 broker.reset_latency();
                 tracing::info!("latency histograms reset");
             }
-            // SIGHUP reloads the password and ACL files; connections stay.
+            // SIGHUP reloads the password and ACL files; connections whose login
+            // the new rules refuse are closed.
             SIGHUP => match broker.reload_auth() {
                 Ok(()) => tracing::info!("authentication files reloaded"),
                 Err(e) => tracing::error!(error = %e, "reload failed, previous rules kept"),

@@ -1,7 +1,8 @@
 //! Authentication and ACLs on a real broker over sockets: password checks and
 //! their CONNACK codes, anonymous access, ACL filtering of SUBSCRIBE, PUBLISH,
 //! retained messages and Wills, `ternmq passwd`, reloading (library call and
-//! SIGHUP) without dropping connections, and the failed-login back-off per address.
+//! SIGHUP): connections whose login still holds stay, the others are closed; and
+//! the failed-login back-off per address.
 //! Clients: rumqttc and Mosquitto's command-line tools (independent of our codec),
 //! and our raw codec where a source address must be chosen.
 
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use ternmq::auth::hash::PasswordHash;
-use ternmq::protocol::{Packet, ReasonCode};
+use ternmq::protocol::{Disconnect, Packet, ProtocolVersion, ReasonCode, TopicName, Will};
 use ternmq::runtime::BrokerHandle;
 
 /// A fresh directory for one test's files.
@@ -34,6 +35,20 @@ fn write_passwd(path: &Path, users: &[(&str, &str)]) {
         .iter()
         .map(|(u, p)| format!("{u}:{}\n", PasswordHash::new(p.as_bytes(), 100).unwrap()))
         .collect();
+    std::fs::write(path, text).unwrap();
+}
+
+/// Adds users to a password file, leaving the lines already there as they are (as
+/// `ternmq passwd` does): a rewritten line is a new password to the broker, even
+/// for the same password, and would close that user's connections on reload.
+fn append_passwd(path: &Path, users: &[(&str, &str)]) {
+    let mut text = std::fs::read_to_string(path).unwrap();
+    for (u, p) in users {
+        text.push_str(&format!(
+            "{u}:{}\n",
+            PasswordHash::new(p.as_bytes(), 100).unwrap()
+        ));
+    }
     std::fs::write(path, text).unwrap();
 }
 
@@ -362,7 +377,7 @@ fn reload_applies_new_rules_without_dropping_connections() {
 
     // alice loses write access to a/#; newbie is added.
     std::fs::write(&acl, ACL.replace("topic readwrite a/#", "topic read a/#")).unwrap();
-    write_passwd(&pw, &[("alice", "a"), ("admin", "x"), ("newbie", "n")]);
+    append_passwd(&pw, &[("newbie", "n")]);
     b.reload_auth().unwrap();
     publish(&alice, &mut ac, "a/2", "after", false); // still connected, acknowledged
     let (adm2, mut adm2_conn) = client(addr, "adm-pub", Some(("admin", "x")));
@@ -375,6 +390,84 @@ fn reload_applies_new_rules_without_dropping_connections() {
     let err = b.reload_auth().unwrap_err().to_string();
     assert!(err.contains("line 1"), "{err}");
     assert_eq!(try_connect(addr, "n3", Some(("newbie", "n"))), Ok(()));
+}
+
+#[test]
+fn reload_disconnects_the_logins_it_no_longer_admits() {
+    let dir = temp_dir("revoke");
+    let pw = dir.join("passwd");
+    write_passwd(&pw, &[("alice", "a"), ("bob", "b"), ("carol", "c")]);
+    let b = auth_broker(Some(&pw), None, None);
+    let addr = b.addr();
+    let (carol, mut cc) = client(addr, "carol-1", Some(("carol", "c")));
+    assert_eq!(
+        subscribe(&carol, &mut cc, "wills/#"),
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    // alice speaks MQTT 5 (our codec), to see the reason she is given, and has a will.
+    let mut alice = Raw::connect(addr);
+    alice.version = ProtocolVersion::V5;
+    let mut c = common::connect_packet("alice-1", true);
+    c.version = ProtocolVersion::V5;
+    c.username = Some("alice".into());
+    c.password = Some(bytes::Bytes::from_static(b"a"));
+    c.will = Some(Will {
+        topic: TopicName::new("wills/alice").unwrap(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: ternmq::protocol::QoS::AtMostOnce,
+        retain: false,
+        props: Default::default(),
+    });
+    alice.send(&Packet::Connect(c));
+    match alice.recv() {
+        Some(Packet::ConnAck(a)) => assert_eq!(a.code, ReasonCode::SUCCESS),
+        other => panic!("expected CONNACK, got {other:?}"),
+    }
+    let (_bob, mut bc) = client(addr, "bob-1", Some(("bob", "b")));
+
+    // alice is removed and bob's password changes; carol's line stays as it was.
+    let carol_line: String = std::fs::read_to_string(&pw)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with("carol:"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&pw, carol_line).unwrap();
+    append_passwd(&pw, &[("bob", "b2")]);
+    b.reload_auth().unwrap();
+
+    let (closed, got) = alice.closed();
+    assert!(closed, "alice disconnected");
+    assert_eq!(
+        got,
+        vec![Packet::Disconnect(Disconnect::new(
+            ReasonCode::ADMINISTRATIVE_ACTION
+        ))]
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match bc.recv_timeout(WAIT) {
+            Ok(Err(_)) => break, // bob's connection ended
+            Ok(Ok(_)) => {}
+            Err(_) => panic!("bob still connected"),
+        }
+        assert!(Instant::now() < deadline, "bob still connected");
+    }
+    // carol stays, and gets alice's will (a connection the server ends).
+    let will = next_publish(&mut cc);
+    assert_eq!(
+        (will.topic.as_str(), &will.payload[..]),
+        ("wills/alice", &b"gone"[..])
+    );
+    assert_eq!(
+        subscribe(&carol, &mut cc, "x"),
+        SubscribeReasonCode::Success(QoS::AtLeastOnce)
+    );
+    assert_eq!(try_connect(addr, "bob-2", Some(("bob", "b2"))), Ok(()));
+    assert_eq!(
+        try_connect(addr, "alice-2", Some(("alice", "a"))),
+        Err(Code::BadUserNamePassword)
+    );
 }
 
 /// A raw CONNECT from a chosen source address; returns the CONNACK code.
@@ -462,7 +555,7 @@ fn sighup_reloads_the_binary_without_dropping_connections() {
         try_connect(addr, "b1", Some(("bob", "b"))),
         Err(Code::BadUserNamePassword)
     );
-    write_passwd(&pw, &[("alice", "a"), ("bob", "b")]);
+    append_passwd(&pw, &[("bob", "b")]);
     // SAFETY: kill only sends a signal to the child we spawned.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGHUP) };
     let deadline = Instant::now() + WAIT;

@@ -18,6 +18,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha512;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::num::NonZeroU64;
 use std::sync::Arc;
 use std::time::Instant;
 use subtle::ConstantTimeEq;
@@ -80,6 +81,10 @@ impl ConnAuth {
 struct Identity {
     user: Option<Arc<str>>,
     client_id: Arc<str>,
+    /// A fingerprint of the stored key the password was verified against at login
+    /// ([`key_fingerprint`]); None when no password was verified (anonymous, an
+    /// unverified user name, a certificate).
+    verified_key: Option<NonZeroU64>,
 }
 
 /// One worker's authentication state.
@@ -104,6 +109,16 @@ impl std::fmt::Debug for Gate {
             .field("verified", &self.verified.len())
             .finish_non_exhaustive()
     }
+}
+
+/// 64 bits of a stored key, enough to tell whether a user's password file entry
+/// changed (a new password or a new salt makes a new key; two keys agreeing on 64
+/// bits by chance is as likely as guessing them), at 8 bytes per connection instead
+/// of the whole key. Not secret: it never leaves the process and proves nothing.
+fn key_fingerprint(key: &[u8; KEY_BYTES]) -> NonZeroU64 {
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&key[..8]);
+    NonZeroU64::new(u64::from_le_bytes(first) | 1).unwrap_or(NonZeroU64::MIN)
 }
 
 /// Iterations of the stand-in hash for unknown users: as many as a real user's.
@@ -256,8 +271,47 @@ impl Gate {
     /// The connection's state after an accepted login: its ACL is compiled now
     /// (`%c`/`%u` substituted once).
     pub fn admit(&mut self, conn: &mut ConnAuth, user: Option<Arc<str>>, client_id: Arc<str>) {
-        conn.identity = Some(Identity { user, client_id });
+        // An accepted user name with a password file in force, not vouched for by a
+        // certificate, was verified against its entry: remember which one.
+        let verified_key = match (&user, &self.rules.passwords) {
+            (Some(u), Some(passwords)) if !conn.certified => {
+                passwords.get(u).map(|h| key_fingerprint(&h.key))
+            }
+            _ => None,
+        };
+        conn.identity = Some(Identity {
+            user,
+            client_id,
+            verified_key,
+        });
         self.compile(conn);
+    }
+
+    /// The generation of the rules in force (picking up a reload first).
+    pub fn generation(&mut self) -> u64 {
+        self.refresh();
+        self.generation
+    }
+
+    /// Would the rules in force still admit this connection's login? False when its
+    /// user was removed from the password file or given another password, or when it
+    /// logged in without a verified password (anonymous, or an unverified user name)
+    /// and anonymous access is now off. A login vouched for by a certificate, and a
+    /// connection not logged in yet, are not judged here.
+    pub fn still_admitted(&mut self, conn: &ConnAuth) -> bool {
+        self.refresh();
+        let Some(id) = &conn.identity else {
+            return true;
+        };
+        if conn.certified {
+            return true;
+        }
+        match (&id.verified_key, &id.user, &self.rules.passwords) {
+            (Some(key), Some(user), Some(passwords)) => passwords
+                .get(user)
+                .is_some_and(|h| key_fingerprint(&h.key) == *key),
+            _ => self.rules.allow_anonymous,
+        }
     }
 
     fn compile(&self, conn: &mut ConnAuth) {
@@ -305,6 +359,6 @@ mod size_tests {
     #[test]
     fn conn_auth_stays_small() {
         let n = std::mem::size_of::<super::ConnAuth>();
-        assert!(n <= 152, "{n}");
+        assert!(n <= 160, "{n}");
     }
 }

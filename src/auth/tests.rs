@@ -195,6 +195,47 @@ fn without_an_acl_file_everything_is_allowed() {
 }
 
 #[test]
+fn after_a_reload_only_logins_the_new_rules_would_accept_stay_admitted() {
+    let t = Instant::now();
+    let pw = passwd(&[("alice", "a"), ("bob", "b")]);
+    let shared = AuthShared::from_rules(rules(Some(&pw), None, Some(true)));
+    let mut g = Gate::new(shared.clone());
+    let mut conns = Vec::new();
+    for (user, pass) in [
+        (Some("alice"), Some("a")),
+        (Some("bob"), Some("b")),
+        (None, None),
+    ] {
+        let login = g.login(t, None, user, pass.map(str::as_bytes));
+        let Login::Accepted(u) = login else {
+            panic!("{login:?}");
+        };
+        let mut c = ConnAuth::default();
+        g.admit(&mut c, u, Arc::from("id"));
+        conns.push(c);
+    }
+    let mut certified = ConnAuth::default();
+    certified.certified = true;
+    g.admit(&mut certified, Some("cert-user".into()), Arc::from("id"));
+    let not_logged_in = ConnAuth::default();
+    assert!(conns.iter().all(|c| g.still_admitted(c)));
+
+    // bob gets a new password, anonymous access is turned off, alice is unchanged.
+    let alice = pw.lines().next().unwrap();
+    let new = format!("{alice}\n{}", passwd(&[("bob", "b2")]));
+    shared.replace(rules(Some(&new), None, Some(false)));
+    let kept: Vec<bool> = conns.iter().map(|c| g.still_admitted(c)).collect();
+    assert_eq!(kept, [true, false, false]);
+    assert!(g.still_admitted(&certified), "a certificate is not judged");
+    assert!(g.still_admitted(&not_logged_in), "nothing to judge yet");
+
+    // alice removed.
+    shared.replace(rules(Some(&passwd(&[("bob", "b2")])), None, Some(true)));
+    assert!(!g.still_admitted(&conns[0]));
+    assert!(g.still_admitted(&conns[2]), "anonymous allowed again");
+}
+
+#[test]
 fn a_reload_reaches_connected_clients_at_their_next_check() {
     let shared = AuthShared::from_rules(rules(None, Some(ACL), None));
     let mut g = Gate::new(shared.clone());

@@ -62,7 +62,7 @@ const CLIENTS: [&str; 5] = [
     "connections/total",
     "subscriptions/count",
 ];
-const MESSAGES: [&str; 15] = [
+const MESSAGES: [&str; 16] = [
     "messages/received",
     "messages/sent",
     "publish/messages/received",
@@ -75,6 +75,7 @@ const MESSAGES: [&str; 15] = [
     "protocol_errors",
     "backpressure/pauses",
     "auth/refused",
+    "auth/revoked",
     "acl/denied_publish",
     "acl/denied_subscribe",
     "acl/denied_read",

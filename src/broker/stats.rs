@@ -36,6 +36,9 @@ pub struct Stats {
     pub backpressure_pauses: u64,
     /// CONNECTs refused by authentication (bad credentials, anonymous, back-off).
     pub auth_refused: u64,
+    /// Connections closed because a reload of the password file or of
+    /// `allow_anonymous` no longer admits their login.
+    pub auth_revoked: u64,
     /// PUBLISHes and Wills dropped because the ACL denies writing their topic.
     pub acl_denied_publish: u64,
     /// SUBSCRIBE filters refused (0x80) by the ACL.
@@ -127,6 +130,7 @@ impl Stats {
         self.protocol_errors += o.protocol_errors;
         self.backpressure_pauses += o.backpressure_pauses;
         self.auth_refused += o.auth_refused;
+        self.auth_revoked += o.auth_revoked;
         self.acl_denied_publish += o.acl_denied_publish;
         self.acl_denied_subscribe += o.acl_denied_subscribe;
         self.acl_denied_read += o.acl_denied_read;

@@ -95,15 +95,23 @@ pub struct BrokerHandle {
 }
 
 impl BrokerHandle {
-    /// Reads the password and ACL files again (what SIGHUP does). Connections stay;
-    /// new CONNECTs use the new rules, connected clients from their next publish,
-    /// subscription or delivery. On error the old rules stay in force. Without
+    /// Reads the password and ACL files again (what SIGHUP does). New CONNECTs use
+    /// the new rules, connected clients from their next publish, subscription or
+    /// delivery; a connection whose login the new rules would refuse (user removed
+    /// or given a new password, anonymous access turned off) is closed at once, its
+    /// worker woken to do it. On error the old rules stay in force. Without
     /// authentication configured there is nothing to reload.
     pub fn reload_auth(&self) -> Result<(), crate::auth::AuthError> {
-        match &self.auth {
-            Some(auth) => auth.reload(),
-            None => Ok(()),
+        let Some(auth) = &self.auth else {
+            return Ok(());
+        };
+        auth.reload()?;
+        for w in &self.wakers {
+            if let Err(e) = w.wake() {
+                tracing::warn!(error = %e, "cannot wake worker after reload");
+            }
         }
+        Ok(())
     }
 
     /// The bound listener addresses (with the real port when 0 was asked for).

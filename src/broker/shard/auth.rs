@@ -8,6 +8,8 @@
 //! retried). PUBLISH and the Will need write access to their topic; SUBSCRIBE
 //! needs read access covering the filter (0x80 otherwise); every delivery, queued
 //! ones when they leave the queue included, needs read access to its topic.
+//! After a reload, connections whose login the new rules would refuse are closed
+//! (DISCONNECT 0x98 to MQTT 5 clients; the will is published if the ACL allows).
 //! Must not: hold rules of its own, or cost anything when no authentication is
 //! configured (`Shard::auth` is None then, and every check is one branch).
 
@@ -28,6 +30,8 @@ use std::time::Instant;
 pub(crate) struct AuthState {
     gate: Gate,
     conns: Vec<Option<(u32, Box<ConnAuth>)>>,
+    /// The rules generation the connections were last judged against.
+    judged: u64,
 }
 
 impl AuthState {
@@ -78,9 +82,12 @@ impl Shard {
     /// Turns authentication on for this worker (the runtime calls it once, before
     /// any connection, when the configuration asks for it).
     pub fn set_auth(&mut self, shared: Arc<AuthShared>) {
+        let mut gate = Gate::new(shared);
+        let judged = gate.generation();
         self.auth = Some(Box::new(AuthState {
-            gate: Gate::new(shared),
+            gate,
             conns: Vec::new(),
+            judged,
         }));
     }
 
@@ -163,6 +170,42 @@ impl Shard {
         None
     }
 
+    /// After a reload (a new rules generation), closes every connection whose login
+    /// the new rules would refuse: its user was removed from the password file or
+    /// given a new password, or it has no verified password and anonymous access is
+    /// off now (Mosquitto does the same on SIGHUP). MQTT 5 clients are told why
+    /// (DISCONNECT 0x98, administrative action); the will is published if the ACL in
+    /// force lets the client write its topic. One atomic load when nothing changed.
+    pub(super) fn revoke_stale_logins(&mut self, now: Instant) {
+        let Some(state) = self.auth.as_deref_mut() else {
+            return;
+        };
+        let generation = state.gate.generation();
+        if generation == state.judged {
+            return;
+        }
+        state.judged = generation;
+        let mut revoked = Vec::new();
+        for (slot, entry) in state.conns.iter().enumerate() {
+            let Some((gen, auth)) = entry else {
+                continue;
+            };
+            let id = ConnId {
+                slot: slot as u32,
+                gen: *gen,
+            };
+            if auth.admitted() && live(&self.conns, id) && !state.gate.still_admitted(auth) {
+                revoked.push(id);
+            }
+        }
+        for id in revoked {
+            tracing::info!(?id, "login no longer admitted after reload, closing");
+            self.stats.auth_revoked += 1;
+            self.send_disconnect(id, ReasonCode::ADMINISTRATIVE_ACTION);
+            self.end_conn(now, id);
+        }
+    }
+
     /// May connection `id` publish to `topic` (PUBLISH or its Will)? Counts denials.
     pub(super) fn may_write(&mut self, id: ConnId, topic: &str) -> bool {
         if self.auth.is_none() {
@@ -212,7 +255,8 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     //! One shard with authentication on a virtual clock: the budget of slow
-    //! verifications parks CONNECTs to the next turn, and denials are counted.
+    //! verifications parks CONNECTs to the next turn, denials are counted, and a
+    //! reload closes the logins it no longer admits.
 
     use super::Shard;
     use crate::auth::hash::PasswordHash;
@@ -231,6 +275,8 @@ mod tests {
         slot: u32,
         /// How `recv` decodes what the shard wrote.
         version: ProtocolVersion,
+        /// The rules the shard's gate reads (replace them to reload).
+        shared: Arc<AuthShared>,
     }
 
     impl H {
@@ -242,12 +288,14 @@ mod tests {
             let now = Instant::now();
             let mut shard = Shard::new(0, 1, cfg, Arc::new(Registry::new()), now);
             let rules = Rules::from_texts(Some(passwd), Some(acl), None).unwrap();
-            shard.set_auth(AuthShared::from_rules(rules));
+            let shared = AuthShared::from_rules(rules);
+            shard.set_auth(shared.clone());
             H {
                 shard,
                 now,
                 slot: 0,
                 version: ProtocolVersion::V3_1_1,
+                shared,
             }
         }
 
@@ -349,6 +397,52 @@ mod tests {
         for id in late {
             assert_eq!(h.connack(id), Some(ReasonCode::SUCCESS));
         }
+    }
+
+    #[test]
+    fn a_reload_closes_the_logins_it_no_longer_admits() {
+        let pw = passwd(&[("a", "1"), ("b", "2"), ("c", "3")]);
+        let acl = "pattern readwrite %c/#\n";
+        let mut h = H::new(&pw, acl);
+        h.version = ProtocolVersion::V5;
+        let a = h.connect_v("ca", "a", "1", ProtocolVersion::V5);
+        let b = h.connect_v("cb", "b", "2", ProtocolVersion::V5);
+        assert_eq!(h.connack(a), Some(ReasonCode::SUCCESS));
+        assert_eq!(h.connack(b), Some(ReasonCode::SUCCESS));
+        h.now += Duration::from_millis(1);
+        let c = h.connect_v("cc", "c", "3", ProtocolVersion::V5);
+        assert_eq!(h.connack(c), Some(ReasonCode::SUCCESS));
+        // Nothing changed: a tick closes nothing.
+        h.shard.tick(h.now);
+        assert!(h.shard.effects().close.is_empty());
+        // a is removed, b gets a new password, c's line stays as it was (the gate
+        // keeps no password, so even a new hash of the same password would count as
+        // a new password).
+        let c_line = pw.lines().find(|l| l.starts_with("c:")).unwrap();
+        let new = format!("{}{c_line}\n", passwd(&[("b", "new")]));
+        let rules = Rules::from_texts(Some(&new), Some(acl), None).unwrap();
+        h.shared.replace(rules);
+        h.shard.tick(h.now);
+        for id in [a, b] {
+            let got = h.recv(id);
+            assert_eq!(
+                got,
+                vec![Packet::Disconnect(Disconnect::new(
+                    ReasonCode::ADMINISTRATIVE_ACTION
+                ))]
+            );
+        }
+        assert!(h.shard.tx_mut(c).is_some(), "c stays connected");
+        assert_eq!(h.shard.stats().auth_revoked, 2);
+        assert_eq!(h.shard.stats().clients_connected, 1);
+        // Judged once per reload: the next tick closes nothing more.
+        h.shard.tick(h.now);
+        assert_eq!(h.shard.stats().auth_revoked, 2);
+        // Turning anonymous access on does not admit what the password file refuses.
+        let rules = Rules::from_texts(Some(c_line), Some(acl), Some(true)).unwrap();
+        h.shared.replace(rules);
+        h.shard.tick(h.now);
+        assert!(h.shard.tx_mut(c).is_some());
     }
 
     #[test]

@@ -614,6 +614,7 @@ impl Shard {
         }
         self.expire_tombstones(now);
         self.session_timers_due(now);
+        self.revoke_stale_logins(now);
         if self.next_sys_at.is_some_and(|t| t <= now) {
             self.next_sys_at = Some(now + Duration::from_secs(self.cfg.sys_interval_secs));
             self.sys_tick(now);

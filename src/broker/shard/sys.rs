@@ -29,7 +29,7 @@ impl Shard {
             latency.merge(l);
         }
         let uptime = now.saturating_duration_since(self.started_at).as_secs();
-        let topics: [(&str, String); 29] = [
+        let topics: [(&str, String); 30] = [
             ("version", format!("ternmq {}", env!("CARGO_PKG_VERSION"))),
             ("uptime", format!("{uptime} seconds")),
             ("clients/connected", total.clients_connected.to_string()),
@@ -74,6 +74,7 @@ impl Shard {
             ("protocol_errors", total.protocol_errors.to_string()),
             ("backpressure/pauses", total.backpressure_pauses.to_string()),
             ("auth/refused", total.auth_refused.to_string()),
+            ("auth/revoked", total.auth_revoked.to_string()),
             ("acl/denied_publish", total.acl_denied_publish.to_string()),
             (
                 "acl/denied_subscribe",
