@@ -114,6 +114,12 @@ pub struct Config {
     /// topic is always allowed); counted in `$SYS/broker/limits/retained_refused`.
     /// Default 1,000,000; each message is at most `max_packet_bytes`.
     pub max_retained_messages: usize,
+    /// Payload bytes of all retained messages together (the store is shared by the
+    /// workers: each payload is held once). A retained PUBLISH that would take the
+    /// total beyond it is delivered but not stored; one that replaces a topic's
+    /// message with one no larger, and a deletion, are always allowed. Counted in
+    /// `$SYS/broker/limits/retained_refused`. Default 1 GiB.
+    pub max_retained_bytes: usize,
     /// Longest keep-alive a client may ask for (seconds); 65535 means no limit. MQTT 5
     /// clients asking for more (or for 0) are given this value (Server Keep Alive);
     /// 3.x clients asking for more are refused with CONNACK 0x02, as in Mosquitto.
@@ -181,6 +187,7 @@ impl Default for Config {
             max_topic_levels: 128,
             max_topic_bytes: 4096,
             max_retained_messages: 1_000_000,
+            max_retained_bytes: 1 << 30,
             persistent_session_expiry_secs: 0,
             max_keep_alive_secs: u16::MAX,
             max_topic_aliases: 64,
@@ -283,6 +290,9 @@ impl Config {
         }
         if self.max_queued_bytes < 1024 {
             return bad("max_queued_bytes must be at least 1024");
+        }
+        if self.max_retained_bytes < 1024 {
+            return bad("max_retained_bytes must be at least 1024");
         }
         if self.max_topic_levels == 0 {
             return bad("max_topic_levels must be at least 1");
@@ -387,6 +397,10 @@ mod tests {
             },
             Config {
                 max_queued_bytes: 0,
+                ..Config::default()
+            },
+            Config {
+                max_retained_bytes: 1023,
                 ..Config::default()
             },
             Config {

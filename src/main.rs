@@ -93,6 +93,10 @@ struct Cli {
     /// Retained topics kept; new ones beyond are not stored. Default 1000000.
     #[arg(long)]
     max_retained_messages: Option<usize>,
+    /// Payload bytes of all retained messages; a retained PUBLISH that would go
+    /// beyond is not stored. Default 1073741824.
+    #[arg(long)]
+    max_retained_bytes: Option<usize>,
     /// Seconds between `$SYS` publications (0 = off). Default 10.
     #[arg(long)]
     sys_interval: Option<u64>,
@@ -219,6 +223,9 @@ impl Cli {
         }
         if let Some(v) = self.max_retained_messages {
             cfg.max_retained_messages = v;
+        }
+        if let Some(v) = self.max_retained_bytes {
+            cfg.max_retained_bytes = v;
         }
     }
 }

@@ -325,6 +325,36 @@ fn retained_store_limit_keeps_existing_topics_and_refuses_new_ones() {
 }
 
 #[test]
+fn retained_store_byte_limit_refuses_what_would_not_fit() {
+    let b = limited(|c| c.max_retained_bytes = 2048);
+    let mut p = Raw::mqtt(b.addr(), "retainer", true);
+    let (big, small) = (vec![b'b'; 1500], vec![b's'; 600]);
+    for (topic, body) in [
+        ("r/1", &big),
+        ("r/2", &small),
+        ("r/3", &small[..500].to_vec()),
+    ] {
+        p.send(&publish_packet(topic, QoS::AtMostOnce, 0, body, true));
+    }
+    p.send(&Packet::PingReq);
+    assert!(matches!(p.recv(), Some(Packet::PingResp)));
+    let mut s = Raw::mqtt(b.addr(), "late", true);
+    subscribe(&mut s, "r/#", QoS::AtMostOnce);
+    let mut got = Vec::new();
+    while let Some(Packet::Publish(m)) = s.recv_within(Duration::from_millis(300)) {
+        got.push((m.topic.to_string(), m.payload.len()));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![("r/1".to_string(), 1500), ("r/3".to_string(), 500)],
+        "r/2 would have taken the store to 2,100 bytes"
+    );
+    assert!(counter_at_least(b.addr(), "limits/retained_refused", 1) >= 1);
+    b.stop_checked().expect("no worker panicked");
+}
+
+#[test]
 fn subscription_limit_refuses_the_excess_filters() {
     let b = limited(|c| c.max_subscriptions_per_session = 3);
     let mut c = Raw::mqtt(b.addr(), "many", true);

@@ -74,7 +74,8 @@ pub struct LimitStats {
     pub subscriptions_refused: u64,
     /// Topics (PUBLISH, SUBSCRIBE filter, will) over `max_topic_levels`/`max_topic_bytes`.
     pub topics_refused: u64,
-    /// Retained messages on new topics not stored: `max_retained_messages` reached.
+    /// Retained messages not stored: `max_retained_messages` or `max_retained_bytes`
+    /// reached.
     pub retained_refused: u64,
 }
 

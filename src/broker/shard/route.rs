@@ -158,13 +158,10 @@ impl Shard {
             // It may be held in queues or the retained store: stop pinning the read buffer.
             msg = msg.compacted();
         }
-        if msg.retain
-            && !msg.payload.is_empty()
-            && self.retained.len() >= self.cfg.max_retained_messages
-            && self.retained.get(&msg.topic).is_none()
-        {
-            // The store is full: a new topic is not retained (decided here, at the
-            // origin, so every replica applies the same updates and they converge).
+        if msg.retain && !msg.payload.is_empty() && !self.retained_fits(&msg) {
+            // The store is full: the message is delivered but not retained (decided
+            // here, at the origin, so every replica applies the same updates and they
+            // converge).
             self.stats.limits.retained_refused += 1;
             tracing::debug!(topic = %msg.topic, "retained store full, not stored");
             msg.retain = false;
@@ -205,6 +202,23 @@ impl Shard {
         }
         self.deliver_local(now, &msg, origin, stamp);
         self.route_shared(now, &msg, origin);
+    }
+
+    /// May `msg` be stored in the retained store? A new topic needs room under
+    /// `max_retained_messages`; a message larger than the one it replaces (or than
+    /// nothing) needs room under `max_retained_bytes`. Replacing with a message no
+    /// larger is always allowed.
+    fn retained_fits(&self, msg: &Message) -> bool {
+        let old = self.retained.get(&msg.topic);
+        if old.is_none() && self.retained.len() >= self.cfg.max_retained_messages {
+            return false;
+        }
+        let growth = msg
+            .payload
+            .len()
+            .saturating_sub(old.map_or(0, |m| m.payload.len()));
+        growth == 0
+            || self.retained.payload_bytes().saturating_add(growth) <= self.cfg.max_retained_bytes
     }
 
     /// Delivers to this worker's matching sessions, once per session at the highest

@@ -886,6 +886,38 @@ fn retained_seen(h: &mut H, w: usize, filter: &str) -> Vec<Bytes> {
 }
 
 #[test]
+fn retained_payload_bytes_are_bounded_across_replicas() {
+    let mut h = H::with(
+        2,
+        Config {
+            max_retained_bytes: 1024,
+            ..Config::default()
+        },
+    );
+    let p = h.connect(0, "p", true);
+    let watcher = h.connect(1, "w", true);
+    h.subscribe(watcher, "r/#", QoS::AtMostOnce);
+    static KB: [u8; 1024] = [b'x'; 1024];
+    h.send(p, retained("r/a", &KB[..600]));
+    h.send(p, retained("r/b", &KB[..400])); // 1,000 bytes: fits
+    h.send(p, retained("r/c", &KB[..100])); // would be 1,100: not stored
+    h.send(p, retained("r/a", &KB[..700])); // grows r/a to 1,100: not stored
+    h.send(p, retained("r/b", &KB[..300])); // shrinks: always allowed
+    h.send(p, retained("r/c", &KB[..100])); // fits now (1,000)
+    h.settle();
+    assert_eq!(h.recv(watcher).len(), 6, "every one is delivered live");
+    for w in 0..2 {
+        let mut sizes: Vec<usize> = retained_seen(&mut h, w, "r/#")
+            .iter()
+            .map(|b| b.len())
+            .collect();
+        sizes.sort();
+        assert_eq!(sizes, [100, 300, 600], "replica on worker {w}");
+    }
+    assert_eq!(h.shards[0].stats().limits.retained_refused, 2);
+}
+
+#[test]
 fn retained_replicas_converge_on_the_newest_update() {
     let mut h = H::new(2);
     let a = h.connect(0, "a", true);
