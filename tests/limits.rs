@@ -288,29 +288,33 @@ fn queued_bytes_limit_drops_the_oldest() {
     b.stop_checked().expect("no worker panicked");
 }
 
-#[test]
-fn retained_store_limit_keeps_existing_topics_and_refuses_new_ones() {
-    let b = limited(|c| c.max_retained_messages = 2);
-    let mut p = Raw::mqtt(b.addr(), "retainer", true);
-    for (topic, body) in [("r/1", "a"), ("r/2", "b"), ("r/3", "c"), ("r/1", "a2")] {
-        p.send(&publish_packet(
-            topic,
-            QoS::AtMostOnce,
-            0,
-            body.as_bytes(),
-            true,
-        ));
+/// Publishes `(topic, payload)` pairs with RETAIN, waits until they are routed, and
+/// returns what a new subscriber to `r/#` is then given, sorted by topic.
+fn retain_then_look(addr: SocketAddr, msgs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
+    let mut p = Raw::mqtt(addr, "retainer", true);
+    for (topic, body) in msgs {
+        p.send(&publish_packet(topic, QoS::AtMostOnce, 0, body, true));
     }
     // A PINGREQ round trip: the publishes before it have been routed.
     p.send(&Packet::PingReq);
     assert!(matches!(p.recv(), Some(Packet::PingResp)));
-    let mut s = Raw::mqtt(b.addr(), "late", true);
+    let mut s = Raw::mqtt(addr, "late", true);
     subscribe(&mut s, "r/#", QoS::AtMostOnce);
     let mut got = Vec::new();
     while let Some(Packet::Publish(m)) = s.recv_within(Duration::from_millis(300)) {
         got.push((m.topic.to_string(), m.payload.to_vec()));
     }
     got.sort();
+    got
+}
+
+#[test]
+fn retained_store_limit_keeps_existing_topics_and_refuses_new_ones() {
+    let b = limited(|c| c.max_retained_messages = 2);
+    let got = retain_then_look(
+        b.addr(),
+        &[("r/1", b"a"), ("r/2", b"b"), ("r/3", b"c"), ("r/1", b"a2")],
+    );
     assert_eq!(
         got,
         vec![
@@ -327,27 +331,15 @@ fn retained_store_limit_keeps_existing_topics_and_refuses_new_ones() {
 #[test]
 fn retained_store_byte_limit_refuses_what_would_not_fit() {
     let b = limited(|c| c.max_retained_bytes = 2048);
-    let mut p = Raw::mqtt(b.addr(), "retainer", true);
-    let (big, small) = (vec![b'b'; 1500], vec![b's'; 600]);
-    for (topic, body) in [
-        ("r/1", &big),
-        ("r/2", &small),
-        ("r/3", &small[..500].to_vec()),
-    ] {
-        p.send(&publish_packet(topic, QoS::AtMostOnce, 0, body, true));
-    }
-    p.send(&Packet::PingReq);
-    assert!(matches!(p.recv(), Some(Packet::PingResp)));
-    let mut s = Raw::mqtt(b.addr(), "late", true);
-    subscribe(&mut s, "r/#", QoS::AtMostOnce);
-    let mut got = Vec::new();
-    while let Some(Packet::Publish(m)) = s.recv_within(Duration::from_millis(300)) {
-        got.push((m.topic.to_string(), m.payload.len()));
-    }
-    got.sort();
+    let (big, small) = ([b'b'; 1500], [b's'; 600]);
+    let got = retain_then_look(
+        b.addr(),
+        &[("r/1", &big), ("r/2", &small), ("r/3", &small[..500])],
+    );
+    let sizes: Vec<(&str, usize)> = got.iter().map(|(t, p)| (t.as_str(), p.len())).collect();
     assert_eq!(
-        got,
-        vec![("r/1".to_string(), 1500), ("r/3".to_string(), 500)],
+        sizes,
+        [("r/1", 1500), ("r/3", 500)],
         "r/2 would have taken the store to 2,100 bytes"
     );
     assert!(counter_at_least(b.addr(), "limits/retained_refused", 1) >= 1);

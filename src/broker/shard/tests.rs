@@ -229,6 +229,17 @@ fn publish(topic: &str, qos: QoS, id: u16, payload: &'static [u8]) -> Packet {
     })
 }
 
+/// A will on `topic`, not retained, without properties.
+fn will(topic: &str, payload: &'static [u8], qos: QoS) -> Will {
+    Will {
+        topic: TopicName::new(topic).unwrap(),
+        payload: Bytes::from_static(payload),
+        qos,
+        retain: false,
+        props: Default::default(),
+    }
+}
+
 fn published(p: &Packet) -> &Publish {
     match p {
         Packet::Publish(p) => p,
@@ -411,13 +422,7 @@ fn will_on_abnormal_close_not_on_disconnect() {
     let watcher = h.connect(1, "w", true);
     h.subscribe(watcher, "wills/#", QoS::AtLeastOnce);
     let mut c = connect("dying", true);
-    c.will = Some(Will {
-        topic: TopicName::new("wills/dying").unwrap(),
-        payload: Bytes::from_static(b"gone"),
-        qos: QoS::AtLeastOnce,
-        retain: false,
-        props: Default::default(),
-    });
+    c.will = Some(will("wills/dying", b"gone", QoS::AtLeastOnce));
     let (dying, _) = h.connect_with(0, c.clone());
     h.shards[0].closed(h.now, dying.1);
     h.settle();
@@ -437,13 +442,7 @@ fn keep_alive_expiry_closes_and_publishes_will() {
     h.subscribe(watcher, "wills/#", QoS::AtMostOnce);
     let mut c = connect("ka", true);
     c.keep_alive_secs = 2;
-    c.will = Some(Will {
-        topic: TopicName::new("wills/ka").unwrap(),
-        payload: Bytes::from_static(b"timeout"),
-        qos: QoS::AtMostOnce,
-        retain: false,
-        props: Default::default(),
-    });
+    c.will = Some(will("wills/ka", b"timeout", QoS::AtMostOnce));
     let (ka, _) = h.connect_with(0, c);
     h.advance(Duration::from_millis(2900));
     h.send(ka, Packet::PingReq);
@@ -574,13 +573,7 @@ fn a_mesh_batch_is_emptied_in_place_and_its_client_publishes_counted() {
     let sub = h.connect(1, "s", true);
     h.subscribe(sub, "x/#", QoS::AtMostOnce);
     let mut c = connect("p", true);
-    c.will = Some(Will {
-        topic: TopicName::new("x/will").unwrap(),
-        payload: Bytes::from_static(b"gone"),
-        qos: QoS::AtMostOnce,
-        retain: false,
-        props: Default::default(),
-    });
+    c.will = Some(will("x/will", b"gone", QoS::AtMostOnce));
     let (pubc, _) = h.connect_with(0, c);
     h.send_only(pubc, publish("x/1", QoS::AtMostOnce, 0, b"a"));
     h.send_only(pubc, publish("x/2", QoS::AtMostOnce, 0, b"b"));
