@@ -174,7 +174,9 @@ pub struct Shard {
     pub(crate) by_client: HashMap<Arc<str>, usize>,
     /// Local subscriptions: subscriber id = session key.
     pub(crate) index: TopicIndex<Grant>,
-    /// Other workers' interest: subscriber id = worker id.
+    /// Which workers have a subscriber on each filter: subscriber id = worker id.
+    /// Holds this worker's own filters too when there are several workers (see
+    /// `broadcast_interest`), so `route` can skip a local lookup that would miss.
     pub(crate) interest: TopicIndex<()>,
     /// Shared subscription groups: members here, member counts everywhere.
     pub(crate) shared: shared::SharedGroups,

@@ -171,12 +171,17 @@ impl Shard {
             conn,
         });
         let mut mask: u64 = 0;
+        // Whether the local index may match: with several workers the interest
+        // index (which holds this worker too) says so, and a miss saves the local
+        // lookup.
+        let mut local = true;
         if msg.retain {
             // Every worker keeps a replica of the retained store.
             mask = self.all_workers();
         } else if self.workers > 1 {
             self.interest
                 .for_each_match(&msg.topic, |w, ()| mask |= 1u64 << w);
+            local = mask & (1u64 << self.id) != 0;
         }
         mask &= !(1u64 << self.id);
         self.seq += 1;
@@ -200,7 +205,10 @@ impl Shard {
                 },
             );
         }
-        self.deliver_local(now, &msg, origin, stamp);
+        debug_assert!(local || !self.index.has_match(&msg.topic));
+        if local {
+            self.deliver_local(now, &msg, origin, stamp);
+        }
         self.route_shared(now, &msg, origin);
     }
 
@@ -677,8 +685,19 @@ impl Shard {
         r.previous.is_some()
     }
 
+    /// Tells every other worker that this one's local index gained its first (`add`)
+    /// or lost its last subscriber on `filter`, and records the same in this worker's
+    /// own interest index, so that one lookup there tells `route` whether the local
+    /// index can match at all (not kept with one worker, which does not look there).
     pub(crate) fn broadcast_interest(&mut self, filter: &TopicFilter, add: bool) {
         let me = self.id;
+        if self.workers > 1 {
+            if add {
+                self.interest.insert(filter, me as u32, ());
+            } else {
+                self.interest.remove(filter, me as u32);
+            }
+        }
         for w in (0..self.workers).filter(|&w| w != me) {
             self.send_mesh(
                 w,
