@@ -2,16 +2,22 @@
 //!
 //! Owns: the count of open connections (one atomic shared by all workers, touched
 //! once when a connection is accepted and once when it ends, never per packet) and
-//! worker 0's per-IP table of connections in the current one-second window.
+//! worker 0's per-IP tables of connection attempts in the current and the previous
+//! one-second window.
 //! Must not: read sockets or make protocol decisions. A refused connection is closed
 //! at accept, before any byte of it is read: no buffer, no TLS handshake and no
 //! CONNECT timer is spent on it (a CONNACK 0x03 / 0x97 would need the CONNECT first,
 //! which is the very work the limit protects).
 //!
-//! The per-IP table holds at most [`PER_IP_TABLE_MAX`] addresses and is cleared at
-//! the start of every window, so its memory is bounded whatever the number of peers;
-//! an address arriving while the table is full is admitted untracked (fail open) and
-//! logged.
+//! The rate is a sliding one-second window, estimated from two fixed windows (the
+//! previous window's count weighted by how much of it the sliding second still
+//! covers, plus the current count), so an address cannot make twice the limit across
+//! a window boundary, as a plain fixed window lets it. Only admitted connections
+//! count, so an address retrying in a tight loop still gets the limit's worth of
+//! connections each second. Each table holds at most
+//! [`PER_IP_TABLE_MAX`] addresses and the older one is dropped when a window ends, so
+//! memory is bounded whatever the number of peers; an address arriving while the
+//! current table is full is admitted untracked (fail open) and logged.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -19,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Addresses tracked per one-second window (about 2.5 MB at most).
+/// Addresses tracked per one-second window (two windows: about 5 MB at most).
 pub(crate) const PER_IP_TABLE_MAX: usize = 65_536;
 /// The rate window.
 const WINDOW: Duration = Duration::from_secs(1);
@@ -44,7 +50,10 @@ pub(crate) struct Admission {
     /// 0: no limit.
     per_ip_per_sec: u32,
     window_start: Option<Instant>,
+    /// Admitted connections per address in the current window.
     per_ip: HashMap<IpAddr, u32>,
+    /// The same for the window before it.
+    previous: HashMap<IpAddr, u32>,
     /// When each kind was last logged, and refusals since.
     warned: [(Option<Instant>, u64); 2],
 }
@@ -57,6 +66,7 @@ impl Admission {
             per_ip_per_sec,
             window_start: None,
             per_ip: HashMap::new(),
+            previous: HashMap::new(),
             warned: [(None, 0); 2],
         }
     }
@@ -77,31 +87,53 @@ impl Admission {
     }
 
     fn within_rate(&mut self, now: Instant, ip: IpAddr) -> bool {
-        if self
-            .window_start
-            .is_none_or(|s| now.saturating_duration_since(s) >= WINDOW)
-        {
-            self.window_start = Some(now);
-            self.per_ip.clear();
-            if self.per_ip.capacity() > PER_IP_TABLE_MAX {
-                self.per_ip.shrink_to(PER_IP_TABLE_MAX);
+        let start = self.roll(now);
+        // How much of the previous window the sliding second ending now covers.
+        let covered =
+            1.0 - now.saturating_duration_since(start).as_secs_f64() / WINDOW.as_secs_f64();
+        let before = f64::from(self.previous.get(&ip).copied().unwrap_or(0)) * covered.max(0.0);
+        let limit = f64::from(self.per_ip_per_sec);
+        if let Some(n) = self.per_ip.get_mut(&ip) {
+            let admit = before + f64::from(*n) + 1.0 <= limit;
+            if admit {
+                *n += 1;
+            }
+            return admit;
+        }
+        if before + 1.0 > limit {
+            return false;
+        }
+        if self.per_ip.len() >= PER_IP_TABLE_MAX {
+            tracing::debug!(%ip, "per-IP table full: admitted untracked");
+        } else {
+            self.per_ip.insert(ip, 1);
+        }
+        true
+    }
+
+    /// Starts a new window when the current one is over (the current table becomes
+    /// the previous one; after a whole idle window both are dropped) and returns
+    /// when the current window started.
+    fn roll(&mut self, now: Instant) -> Instant {
+        let start = match self.window_start {
+            Some(s) if now.saturating_duration_since(s) < WINDOW => return s,
+            Some(s) if now.saturating_duration_since(s) < 2 * WINDOW => {
+                std::mem::swap(&mut self.previous, &mut self.per_ip);
+                s + WINDOW
+            }
+            _ => {
+                self.previous.clear();
+                now
+            }
+        };
+        self.per_ip.clear();
+        for t in [&mut self.per_ip, &mut self.previous] {
+            if t.capacity() > PER_IP_TABLE_MAX {
+                t.shrink_to(PER_IP_TABLE_MAX);
             }
         }
-        let full = self.per_ip.len() >= PER_IP_TABLE_MAX;
-        match self.per_ip.get_mut(&ip) {
-            Some(n) => {
-                *n = n.saturating_add(1);
-                *n <= self.per_ip_per_sec
-            }
-            None if full => {
-                tracing::debug!(%ip, "per-IP table full: admitted untracked");
-                true
-            }
-            None => {
-                self.per_ip.insert(ip, 1);
-                true
-            }
-        }
+        self.window_start = Some(start);
+        start
     }
 
     /// One log line per kind per second, with the count since the last one.
@@ -174,8 +206,52 @@ mod tests {
         );
         let v6 = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(a.admit(t0, v6), Err(Refusal::Rate), "v4-mapped is the same");
-        let t1 = t0 + WINDOW;
-        assert_eq!(a.admit(t1, ip(1)), Ok(()), "a new window");
+        assert_eq!(
+            a.admit(t0 + WINDOW, ip(1)),
+            Err(Refusal::Rate),
+            "the last second still holds two connections"
+        );
+        let t2 = t0 + 3 * WINDOW;
+        assert_eq!(a.admit(t2, ip(1)), Ok(()), "a quiet window later");
+        assert_eq!(a.admit(t2, ip(1)), Ok(()));
+        assert_eq!(a.admit(t2, ip(1)), Err(Refusal::Rate));
+    }
+
+    #[test]
+    fn a_window_boundary_does_not_double_the_rate() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let mut a = Admission::new(open, 0, 2);
+        let t0 = Instant::now();
+        assert_eq!(a.admit(t0, ip(9)), Ok(()), "starts the window");
+        let late = t0 + Duration::from_millis(900);
+        assert_eq!(a.admit(late, ip(1)), Ok(()));
+        assert_eq!(a.admit(late, ip(1)), Ok(()));
+        // A fixed window would admit two more right after its boundary.
+        let after = t0 + Duration::from_millis(1001);
+        assert_eq!(a.admit(after, ip(1)), Err(Refusal::Rate));
+        // 600 ms into the window, 40% of the previous one is still covered:
+        // 2 x 0.4 + 1 <= 2 admits one, 2 x 0.4 + 2 > 2 refuses the next.
+        let later = t0 + Duration::from_millis(1600);
+        assert_eq!(a.admit(later, ip(1)), Ok(()));
+        assert_eq!(a.admit(later, ip(1)), Err(Refusal::Rate));
+    }
+
+    #[test]
+    fn a_client_retrying_in_a_tight_loop_still_gets_in() {
+        let open = Arc::new(AtomicUsize::new(0));
+        let mut a = Admission::new(open, 0, 10);
+        let t0 = Instant::now();
+        let mut per_second = [0; 4];
+        for ms in (0..4000).step_by(5) {
+            let ok = a.admit(t0 + Duration::from_millis(ms), ip(1)).is_ok();
+            per_second[ms as usize / 1000] += usize::from(ok);
+        }
+        // The estimate is conservative (attempts bunch at each window's start, where
+        // the previous window still weighs fully): a little under the limit, never
+        // over it.
+        for n in per_second {
+            assert!((8..=10).contains(&n), "{per_second:?}");
+        }
     }
 
     #[test]
@@ -187,7 +263,12 @@ mod tests {
             assert_eq!(a.admit(now, ip(n)), Ok(()));
         }
         assert_eq!(a.tracked(), PER_IP_TABLE_MAX);
-        assert_eq!(a.admit(now + WINDOW, ip(1)), Ok(()));
-        assert_eq!(a.tracked(), 1, "cleared with the window");
+        // The full table becomes the previous window's (ip(1) is still counted
+        // there); the new window starts empty.
+        assert_eq!(a.admit(now + WINDOW, ip(1)), Err(Refusal::Rate));
+        assert_eq!(a.admit(now + WINDOW, ip(0x00ff_ffff)), Ok(()));
+        assert_eq!(a.tracked(), 1, "a new window starts empty");
+        assert_eq!(a.admit(now + 3 * WINDOW, ip(1)), Ok(()), "both dropped");
+        assert_eq!(a.tracked(), 1);
     }
 }
