@@ -53,6 +53,11 @@ for run in sorted({k[0] for k in med}):
             out.append("# %-12s vs %-10s throughput x%.2f, CPU per message x%.3f (ternmq %.3f us, %s %.3f us)" % (
                 run, other, t['rate'] / o['rate'] if o['rate'] else float('nan'),
                 t['cpu'] / o['cpu'] if o['cpu'] else float('nan'), t['cpu'], other, o['cpu']))
+w1, w2 = med.get(('pairs100w2', 'ternmq')), med.get(('pairs100w2', 'ternmq-w2'))
+if w1 and w2 and w1['cpu']:
+    # The --workers 2 target: CPU per message against one worker, same alternation.
+    out.append("# pairs100w2   ternmq-w2 CPU per message x%.2f of --workers 1 (%.3f us against %.3f us)" % (
+        w2['cpu'] / w1['cpu'], w2['cpu'], w1['cpu']))
 for (run, broker), rs in sorted(by.items()):
     if run.startswith('rate'):
         # The generator's lag says whether it kept to its schedule (over 1 ms: it
