@@ -2,7 +2,7 @@
 //!
 //! Owns: the count of open connections (one atomic shared by all workers, touched
 //! once when a connection is accepted and once when it ends, never per packet) and
-//! worker 0's per-IP tables of connection attempts in the current and the previous
+//! worker 0's per-IP tables of admitted connections in the current and the previous
 //! one-second window.
 //! Must not: read sockets or make protocol decisions. A refused connection is closed
 //! at accept, before any byte of it is read: no buffer, no TLS handshake and no
@@ -92,21 +92,14 @@ impl Admission {
         let covered =
             1.0 - now.saturating_duration_since(start).as_secs_f64() / WINDOW.as_secs_f64();
         let before = f64::from(self.previous.get(&ip).copied().unwrap_or(0)) * covered.max(0.0);
-        let limit = f64::from(self.per_ip_per_sec);
-        if let Some(n) = self.per_ip.get_mut(&ip) {
-            let admit = before + f64::from(*n) + 1.0 <= limit;
-            if admit {
-                *n += 1;
-            }
-            return admit;
-        }
-        if before + 1.0 > limit {
+        let current = self.per_ip.get(&ip).copied().unwrap_or(0);
+        if before + f64::from(current) + 1.0 > f64::from(self.per_ip_per_sec) {
             return false;
         }
-        if self.per_ip.len() >= PER_IP_TABLE_MAX {
-            tracing::debug!(%ip, "per-IP table full: admitted untracked");
+        if current > 0 || self.per_ip.len() < PER_IP_TABLE_MAX {
+            self.per_ip.insert(ip, current + 1);
         } else {
-            self.per_ip.insert(ip, 1);
+            tracing::debug!(%ip, "per-IP table full: admitted untracked");
         }
         true
     }

@@ -77,7 +77,7 @@ pub(crate) struct Mesh {
     /// Emptied batches given back by the workers this one sent them to: the next
     /// batches start in them. Without this, each batch is allocated by its sender
     /// and freed by its receiver; glibc gives such memory back to the kernel as it
-    /// is freed and the sender faults fresh pages in on the next turn (a fifth of
+    /// is freed and the sender faults fresh pages in on the next turn (a tenth of
     /// the broker's CPU with two workers at full load).
     pub spares: Receiver<Batch>,
     /// Where emptied batches go back to, by origin worker (bounded channels: when
@@ -342,12 +342,11 @@ impl Worker {
                 Ok(Envelope::Batch {
                     from,
                     created_at,
-                    batch,
+                    mut batch,
                 }) => {
                     self.mesh.backlog[self.id].fetch_sub(batch.len(), Ordering::Relaxed);
                     let delay = now.saturating_duration_since(created_at).as_nanos() as u64;
                     self.shard.latency.record_batch(batch.len() as u64, delay);
-                    let mut batch = batch;
                     let publishes = self.shard.mesh(now, from, &mut batch);
                     if publishes > 0 {
                         self.remote_publishes.push((created_at, publishes));

@@ -630,15 +630,16 @@ impl Shard {
     pub fn mesh(&mut self, now: Instant, from: WorkerId, batch: &mut Batch) -> u64 {
         let mut publishes = 0;
         for msg in batch.drain(..) {
-            if let MeshMsg::Publish {
-                origin: Some(_), ..
-            }
-            | MeshMsg::Forward {
-                origin: Some(_), ..
-            } = msg
-            {
-                publishes += 1;
-            }
+            publishes += u64::from(matches!(
+                msg,
+                MeshMsg::Publish {
+                    origin: Some(_),
+                    ..
+                } | MeshMsg::Forward {
+                    origin: Some(_),
+                    ..
+                }
+            ));
             self.on_mesh(now, from, msg);
         }
         self.run_ready_deferred(now);
