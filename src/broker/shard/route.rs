@@ -10,7 +10,7 @@ use crate::broker::session::{Enqueued, Grant, Queued};
 use crate::broker::{ConnId, WorkerId};
 use crate::protocol::{
     Ack, Packet, Publish, QoS, ReasonCode, RetainHandling, SubAck, Subscribe, TopicFilter,
-    UnsubAck, Unsubscribe,
+    TopicName, UnsubAck, Unsubscribe,
 };
 use std::collections::HashMap;
 use std::time::Instant;
@@ -179,8 +179,7 @@ impl Shard {
             // Every worker keeps a replica of the retained store.
             mask = self.all_workers();
         } else if self.workers > 1 {
-            self.interest
-                .for_each_match(&msg.topic, |w, ()| mask |= 1u64 << w);
+            mask = self.interest_mask(&msg.topic, from);
             local = mask & (1u64 << self.id) != 0;
         }
         mask &= !(1u64 << self.id);
@@ -191,6 +190,15 @@ impl Shard {
         };
         if msg.retain {
             self.store_retained(&msg, (now, self.id, self.seq));
+        }
+        debug_assert!(local || !self.index.has_match(&msg.topic));
+        // When nothing on this worker needs the message, the last other worker takes
+        // it instead of a copy: two reference counts fewer, on a buffer this worker
+        // goes on reading.
+        let last = (!local && mask != 0 && self.shared.is_empty())
+            .then(|| (u64::BITS - 1 - mask.leading_zeros()) as WorkerId);
+        if let Some(w) = last {
+            mask &= !(1u64 << w);
         }
         while mask != 0 {
             let w = mask.trailing_zeros() as WorkerId;
@@ -205,11 +213,56 @@ impl Shard {
                 },
             );
         }
-        debug_assert!(local || !self.index.has_match(&msg.topic));
+        if let Some(w) = last {
+            let at = now;
+            self.send_mesh(
+                w,
+                MeshMsg::Publish {
+                    msg,
+                    origin,
+                    stamp,
+                    at,
+                },
+            );
+            return;
+        }
         if local {
             self.deliver_local(now, &msg, origin, stamp);
         }
         self.route_shared(now, &msg, origin);
+    }
+
+    /// The workers with a filter matching `topic` (bit = worker id), from the
+    /// publishing connection's [`RouteCache`] when it holds this topic and the
+    /// interest index has not changed since, else from the index (and cached).
+    fn interest_mask(&mut self, topic: &TopicName, from: Option<ConnId>) -> u64 {
+        let generation = self.interest_generation;
+        let cached = from
+            .and_then(|id| self.conn(id))
+            .and_then(|c| c.route.as_deref())
+            .filter(|r| r.generation == generation && r.topic == topic.as_str().as_bytes());
+        if let Some(r) = cached {
+            debug_assert_eq!(r.mask, {
+                let mut m = 0u64;
+                self.interest.for_each_match(topic, |w, ()| m |= 1u64 << w);
+                m
+            });
+            return r.mask;
+        }
+        let mut mask = 0u64;
+        self.interest
+            .for_each_match(topic, |w, ()| mask |= 1u64 << w);
+        let bytes = topic.as_str().as_bytes();
+        if bytes.len() <= super::ROUTE_CACHE_TOPIC_MAX {
+            if let Some(c) = from.and_then(|id| self.conn_mut(id)) {
+                let r = c.route.get_or_insert_with(Default::default);
+                r.generation = generation;
+                r.mask = mask;
+                r.topic.clear();
+                r.topic.extend_from_slice(bytes);
+            }
+        }
+        mask
     }
 
     /// May `msg` be stored in the retained store? A new topic needs room under
@@ -697,6 +750,7 @@ impl Shard {
             } else {
                 self.interest.remove(filter, me as u32);
             }
+            self.interest_generation += 1;
         }
         for w in (0..self.workers).filter(|&w| w != me) {
             self.send_mesh(
@@ -781,6 +835,7 @@ impl Shard {
                 } else {
                     self.interest.remove(&filter, from as u32);
                 }
+                self.interest_generation += 1;
             }
             MeshMsg::Takeover {
                 client_id,

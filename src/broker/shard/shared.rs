@@ -61,6 +61,11 @@ pub(crate) struct SharedGroups {
 }
 
 impl SharedGroups {
+    /// True when this worker knows no shared subscription group (nothing to route).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.groups.is_empty()
+    }
+
     fn get_or_create(&mut self, group: &str, filter: &TopicFilter, workers: usize) -> usize {
         if let Some(&g) = self.by_key.get(&(Arc::from(group), filter.clone())) {
             return g;

@@ -1,6 +1,6 @@
 //! Scenario tests of the shard alone: packets in, bytes out, on a virtual clock.
 
-use super::Shard;
+use super::{Shard, ROUTE_CACHE_TOPIC_MAX};
 use crate::broker::registry::Registry;
 use crate::broker::ConnId;
 use crate::config::Config;
@@ -565,6 +565,56 @@ fn cross_worker_routing_follows_interest() {
         h.shards[0].effects().mesh[1].is_empty(),
         "no interest, nothing forwarded"
     );
+}
+
+/// The publisher's route cache (`RouteCache`) is dropped with every interest change,
+/// follows a change of topic, and keeps no topic longer than its bound.
+#[test]
+fn a_publishers_route_cache_follows_interest_and_topic_changes() {
+    let mut h = H::new(2);
+    let pubc = h.connect(0, "p", true);
+    let cached = |h: &mut H| {
+        h.shards[0]
+            .conn(pubc.1)
+            .and_then(|c| c.route.as_ref())
+            .map(|r| (String::from_utf8_lossy(&r.topic).into_owned(), r.mask))
+    };
+    h.send_only(pubc, publish("a/1", QoS::AtMostOnce, 0, b"0"));
+    assert_eq!(cached(&mut h), Some(("a/1".into(), 0)));
+    assert!(
+        h.shards[0].effects().mesh[1].is_empty(),
+        "nobody listens yet"
+    );
+
+    let sub = h.connect(1, "s", true);
+    h.subscribe(sub, "a/+", QoS::AtMostOnce);
+    h.settle();
+    h.send(pubc, publish("a/1", QoS::AtMostOnce, 0, b"1"));
+    assert_eq!(cached(&mut h), Some(("a/1".into(), 0b10)));
+    h.send(pubc, publish("b/1", QoS::AtMostOnce, 0, b"2"));
+    assert_eq!(cached(&mut h), Some(("b/1".into(), 0)));
+    h.send(pubc, publish("a/1", QoS::AtMostOnce, 0, b"3"));
+    let long = format!("a/{}", "x".repeat(ROUTE_CACHE_TOPIC_MAX));
+    h.send(pubc, publish(&long, QoS::AtMostOnce, 0, b"4"));
+    assert_eq!(
+        cached(&mut h),
+        Some(("a/1".into(), 0b10)),
+        "too long to keep"
+    );
+    let got: Vec<_> = h
+        .recv(sub)
+        .iter()
+        .map(|p| published(p).payload.clone())
+        .collect();
+    assert_eq!(got, [&b"1"[..], b"3", b"4"]);
+
+    // A subscription on the publisher's own worker is an interest change too.
+    let local = h.connect(0, "l", true);
+    h.subscribe(local, "a/1", QoS::AtMostOnce);
+    h.send(pubc, publish("a/1", QoS::AtMostOnce, 0, b"5"));
+    assert_eq!(cached(&mut h), Some(("a/1".into(), 0b11)));
+    assert_eq!(h.recv(local).len(), 1);
+    assert_eq!(h.recv(sub).len(), 1);
 }
 
 #[test]
