@@ -214,14 +214,13 @@ impl Shard {
             );
         }
         if let Some(w) = last {
-            let at = now;
             self.send_mesh(
                 w,
                 MeshMsg::Publish {
                     msg,
                     origin,
                     stamp,
-                    at,
+                    at: now,
                 },
             );
             return;
