@@ -13,9 +13,14 @@ fn broker() -> BrokerHandle {
 
 /// One unpinned worker on an ephemeral loopback port, no `$SYS`; the rest from `cfg`.
 fn broker_with(cfg: Config) -> BrokerHandle {
+    broker_on(1, cfg)
+}
+
+/// As [`broker_with`], with `workers` workers.
+fn broker_on(workers: usize, cfg: Config) -> BrokerHandle {
     start(Config {
         listen: vec!["127.0.0.1:0".parse().unwrap()],
-        workers: 1,
+        workers,
         pin_cores: false,
         sys_interval_secs: 0,
         ..cfg
@@ -80,14 +85,7 @@ fn pairs_qos1_loses_nothing() {
 /// (`MESH_SEND_AT`). Nothing is lost, duplicated or reordered.
 #[test]
 fn pairs_across_two_workers_at_full_load_keep_order() {
-    let b = start(Config {
-        listen: vec!["127.0.0.1:0".parse().unwrap()],
-        workers: 2,
-        pin_cores: false,
-        sys_interval_secs: 0,
-        ..Config::default()
-    })
-    .expect("broker starts");
+    let b = broker_on(2, Config::default());
     let c = BenchConfig {
         qos: QoS::AtLeastOnce,
         inflight: 100,
