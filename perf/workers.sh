@@ -25,10 +25,27 @@ import json, sys
 r = json.loads(sys.stdin.read())
 print('%-16s msg/s %9.0f  broker CPU us/msg %.3f  p50 us %.0f  lost %d' % ('$1', r['msgs_per_sec'], r['broker']['us_per_msg'], r['latency_us']['p50'], r['lost']))"
 }
+rows=$(mktemp)
+trap 'rm -f "$rows"' EXIT
 for _ in $(seq "${REPS:-3}"); do
   run w1-core0 "taskset -c 0" "--workers 1 --no-pin"
   run w2-core0 "taskset -c 0" "--workers 2 --no-pin"
   run w2-cores01 "" "--workers 2"
   run w1-rate "taskset -c 0" "--workers 1 --no-pin" "--rate ${RATE:-1000000}"
   run w2-rate "" "--workers 2" "--rate ${RATE:-1000000}"
-done
+done | tee "$rows"
+# Medians per configuration, and each two-worker median as a ratio of the one-worker
+# median of the same load (the target: w2-cores01 at most x1.15 of w1-core0).
+python3 - "$rows" <<'PY'
+import collections, statistics, sys
+cpu = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    f = line.split()
+    cpu[f[0]].append(float(f[f.index("us/msg") + 1]))
+med = {k: statistics.median(v) for k, v in cpu.items()}
+for k, v in med.items():
+    print("# median %-10s broker CPU us/msg %.3f (%d runs)" % (k, v, len(cpu[k])))
+for two, one in [("w2-core0", "w1-core0"), ("w2-cores01", "w1-core0"), ("w2-rate", "w1-rate")]:
+    if two in med and one in med:
+        print("# %s / %s: x%.2f" % (two, one, med[two] / med[one]))
+PY
