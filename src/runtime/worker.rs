@@ -879,6 +879,9 @@ impl Worker {
 
     /// Writes every connection the shard marked dirty.
     fn flush_dirty(&mut self) {
+        // Sockets are written only after the mesh messages produced before them have
+        // left (a SUBACK after the interest update it implies; see the module docs).
+        debug_assert!(self.shard.effects().mesh.iter().all(|b| b.is_empty()));
         let dirty = std::mem::take(&mut self.shard.effects().dirty);
         for id in &dirty {
             if self
