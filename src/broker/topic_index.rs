@@ -586,18 +586,7 @@ impl<V: Copy> TopicIndex<V> {
                     self.exact.shrink_to(self.exact.len() * 2);
                 }
             }
-            if previous.is_some() {
-                debug_assert!(self.subscriptions > 0);
-                self.subscriptions -= 1;
-                if filter_now_empty {
-                    debug_assert!(self.filters > 0);
-                    self.filters -= 1;
-                }
-            }
-            return Removed {
-                previous,
-                filter_now_empty,
-            };
+            return self.counted_removal(previous, filter_now_empty);
         }
         let mut node = Some(&mut self.root);
         for level in path.levels() {
@@ -631,6 +620,7 @@ impl<V: Copy> TopicIndex<V> {
         self.counted_removal(previous, filter_now_empty)
     }
 
+    /// Updates the counts after one removal (exact map or trie) and reports it.
     fn counted_removal(&mut self, previous: Option<V>, filter_now_empty: bool) -> Removed<V> {
         if previous.is_some() {
             debug_assert!(self.subscriptions > 0);

@@ -840,12 +840,12 @@ impl Worker {
         self.apply_closes();
     }
 
-    /// Sends each destination's batch if it holds at least `at_least` messages: one
-    /// batch and one wake per destination.
+    /// Sends each destination's batch if it holds at least `at_least` messages (and
+    /// at least one): one batch and one wake per destination.
     fn send_batches(&mut self, now: Instant, at_least: usize) {
         for w in 0..self.workers {
             let slot = &mut self.shard.effects().mesh[w];
-            if slot.is_empty() || slot.len() < at_least {
+            if slot.len() < at_least.max(1) {
                 continue;
             }
             // The batch leaves with the message; the next one starts in a spare its

@@ -247,6 +247,11 @@ fn published(p: &Packet) -> &Publish {
     }
 }
 
+/// The payloads of `got`, which must all be PUBLISHes.
+fn payloads(got: &[Packet]) -> Vec<Bytes> {
+    got.iter().map(|p| published(p).payload.clone()).collect()
+}
+
 #[test]
 fn connack_accepts_and_reports_no_session() {
     let mut h = H::new(1);
@@ -467,10 +472,8 @@ fn persistent_session_queues_while_offline() {
     h.send(pubc, publish("q", QoS::AtLeastOnce, 2, b"m2"));
     let (sub, ack) = h.connect_with(0, connect("p", false));
     assert!(ack.session_present, "[MQTT-3.2.2-2]");
-    let got = h.recv(sub);
-    let payloads: Vec<_> = got.iter().map(|p| published(p).payload.clone()).collect();
     assert_eq!(
-        payloads,
+        payloads(&h.recv(sub)),
         vec![Bytes::from_static(b"m1"), Bytes::from_static(b"m2")]
     );
     // A clean reconnect discards the session [MQTT-3.1.2-6].
@@ -601,11 +604,7 @@ fn a_publishers_route_cache_follows_interest_and_topic_changes() {
         Some(("a/1".into(), 0b10)),
         "too long to keep"
     );
-    let got: Vec<_> = h
-        .recv(sub)
-        .iter()
-        .map(|p| published(p).payload.clone())
-        .collect();
+    let got = payloads(&h.recv(sub));
     assert_eq!(got, [&b"1"[..], b"3", b"4"]);
 
     // A subscription on the publisher's own worker is an interest change too.
@@ -634,11 +633,7 @@ fn a_mesh_batch_is_emptied_in_place_and_its_client_publishes_counted() {
     assert_eq!(h.shards[1].mesh(h.now, 0, &mut batch), 2);
     assert!(batch.is_empty(), "emptied for the runtime to hand back");
     assert_eq!(batch.capacity(), capacity);
-    let got: Vec<_> = h
-        .recv(sub)
-        .iter()
-        .map(|p| published(p).payload.clone())
-        .collect();
+    let got = payloads(&h.recv(sub));
     assert_eq!(got, [&b"a"[..], b"b", b"gone"]);
 }
 
