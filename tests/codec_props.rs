@@ -8,10 +8,10 @@ use ternmq::protocol::frame::encode_remaining_length;
 use ternmq::protocol::properties::VARINT_MAX;
 use ternmq::protocol::{
     decode_one, decode_one_v, decode_packet_v, encode_packet, encode_packet_v, encode_publish,
-    encode_publish_v5, encoded_len, encoded_len_v, Ack, Auth, ConnAck, Connect, Disconnect, Packet,
-    PacketId, Properties, Props, ProtocolVersion, Publish, PublishExtras, QoS, ReasonCode,
-    RetainHandling, SubAck, SubOptions, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
-    Will,
+    encode_publish_v5, encoded_len, encoded_len_v, peek_plain_publish, Ack, Auth, ConnAck, Connect,
+    Disconnect, Packet, PacketId, Properties, Props, ProtocolVersion, Publish, PublishExtras, QoS,
+    ReasonCode, RetainHandling, SubAck, SubOptions, Subscribe, TopicFilter, TopicName, UnsubAck,
+    Unsubscribe, Will,
 };
 
 const MAX: usize = 1 << 20;
@@ -487,10 +487,41 @@ fn apply(wire: &mut Vec<u8>, m: &Mutation) {
 fn drain(wire: &[u8]) {
     for v in [ProtocolVersion::V3_1_1, ProtocolVersion::V5] {
         let mut buf = BytesMut::from(wire);
-        while let Ok(Some(p)) = decode_one_v(&mut buf, MAX, v) {
-            assert_reencodes(&p, v);
+        loop {
+            assert_peek_agrees(&buf, v);
+            match decode_one_v(&mut buf, MAX, v) {
+                Ok(Some(p)) => assert_reencodes(&p, v),
+                _ => break,
+            }
         }
         let _ = decode_packet_v(Bytes::copy_from_slice(wire), v);
+    }
+}
+
+/// Whatever `peek_plain_publish` reads in place, the full decoder decodes from the
+/// same bytes to the same fields and length.
+fn assert_peek_agrees(wire: &[u8], v: ProtocolVersion) {
+    let Some((p, len)) = peek_plain_publish(wire, MAX, v) else {
+        return;
+    };
+    let mut buf = BytesMut::from(wire);
+    match decode_one_v(&mut buf, MAX, v) {
+        Ok(Some(Packet::Publish(q))) => {
+            assert_eq!(wire.len() - buf.len(), len);
+            assert_eq!(
+                (p.dup, p.qos, p.retain, p.topic, p.packet_id, p.payload),
+                (
+                    q.dup,
+                    q.qos,
+                    q.retain,
+                    q.topic.as_str(),
+                    q.packet_id,
+                    &q.payload[..]
+                )
+            );
+            assert!(q.props.is_empty());
+        }
+        other => panic!("peek read {p:?} where the decoder gives {other:?}"),
     }
 }
 
@@ -542,6 +573,29 @@ proptest! {
         prop_assert_eq!(decode_one_v(&mut buf, MAX, v), Ok(Some(p.clone())));
         prop_assert!(buf.is_empty());
         prop_assert_eq!(decode_packet_v(Bytes::copy_from_slice(&wire[1..]), v), Ok(p));
+    }
+
+    /// A PUBLISH of the common shape (plain ASCII topic, no properties) is read in
+    /// place, with the fields the full decoder gives (checked by `assert_peek_agrees`).
+    #[test]
+    fn plain_publishes_are_read_in_place(v in version(), mut p in publish(false), tail in binary(8)) {
+        p.props = Props::default();
+        let mut wire = Vec::new();
+        encode_packet_v(&Packet::Publish(p.clone()), v, &mut wire);
+        let len = wire.len();
+        wire.extend_from_slice(&tail); // the next packet's first bytes
+        let peeked = peek_plain_publish(&wire, MAX, v);
+        if p.topic.as_str().is_ascii() {
+            let (q, n) = peeked.expect("a plain PUBLISH");
+            prop_assert_eq!(n, len);
+            prop_assert_eq!(q.payload, &p.payload[..]);
+            prop_assert_eq!(q.topic, p.topic.as_str());
+        } else {
+            prop_assert!(peeked.is_none());
+        }
+        assert_peek_agrees(&wire, v);
+        // Incomplete: never read.
+        prop_assert!(peek_plain_publish(&wire[..len - 1], MAX, v).is_none());
     }
 
     /// The MQTT 5 hot path writes what the generic encoder writes.

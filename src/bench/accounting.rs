@@ -6,6 +6,10 @@
 //! number below the highest is out of order. Loss is only known at the end, after a
 //! drain period: messages the publisher sent minus distinct messages received.
 
+/// One subscriber's streams, by publisher. Looked up once per received message:
+/// foldhash, as the broker's maps (`FastMap`), not the default SipHash.
+pub type Streams = crate::broker::FastMap<u32, Stream>;
+
 /// What one received sequence number was.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

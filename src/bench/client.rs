@@ -14,10 +14,10 @@
 
 use super::payload::Header;
 use crate::protocol::{
-    decode_one_v, encode_packet, encode_publish, CodecError, Connect, Packet, PacketId,
-    ProtocolVersion, QoS, ReasonCode, SubOptions, Subscribe, TopicFilter,
+    decode_one_v, encode_packet, encode_publish, peek_plain_publish, CodecError, Connect, Packet,
+    PacketId, ProtocolVersion, QoS, ReasonCode, SubOptions, Subscribe, TopicFilter,
 };
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use bytestring::ByteString;
 use mio::net::TcpStream;
 use rustls::pki_types::ServerName;
@@ -329,6 +329,15 @@ impl Conn {
     /// Decodes the next whole packet of the read buffer and reacts to it.
     /// `Ok(None)` when no whole packet is left.
     pub fn next_incoming(&mut self, qos: QoS) -> Result<Option<Incoming>, ClientError> {
+        // Nearly every packet a subscriber reads is a plain PUBLISH: read it in place
+        // (no reference counting, no `Packet`), the rest through the full decoder.
+        if let Some((p, len)) = peek_plain_publish(&self.rbuf, MAX_PACKET, self.version) {
+            let header = Header::read(p.payload);
+            let (qos, id) = (p.qos, p.packet_id);
+            self.rbuf.advance(len);
+            self.ack_publish(qos, id);
+            return Ok(Some(Incoming::Message(header)));
+        }
         let Some(packet) = decode_one_v(&mut self.rbuf, MAX_PACKET, self.version)? else {
             return Ok(None);
         };
@@ -338,6 +347,15 @@ impl Conn {
     fn reply(&mut self, p: Packet) {
         crate::protocol::encode_packet_v(&p, self.version, &mut self.wbuf);
         self.dirty = true;
+    }
+
+    /// The first step of a received PUBLISH's QoS 1 or 2 flow.
+    fn ack_publish(&mut self, qos: QoS, id: Option<PacketId>) {
+        match (qos, id) {
+            (QoS::AtLeastOnce, Some(id)) => self.reply(Packet::puback(id)),
+            (QoS::ExactlyOnce, Some(id)) => self.reply(Packet::pubrec(id)),
+            _ => {}
+        }
     }
 
     fn handle(&mut self, packet: Packet, qos: QoS) -> Result<Incoming, ClientError> {
@@ -371,11 +389,7 @@ impl Conn {
                 Ok(Incoming::Ready)
             }
             Packet::Publish(p) => {
-                match (p.qos, p.packet_id) {
-                    (QoS::AtLeastOnce, Some(id)) => self.reply(Packet::puback(id)),
-                    (QoS::ExactlyOnce, Some(id)) => self.reply(Packet::pubrec(id)),
-                    _ => {}
-                }
+                self.ack_publish(p.qos, p.packet_id);
                 Ok(Incoming::Message(Header::read(&p.payload)))
             }
             Packet::PubRel(a) => {

@@ -2,10 +2,9 @@
 //! measurement window, and progress counters, all as atomics (no lock on any path),
 //! plus the per-thread [`ThreadResult`] handed back at the end.
 
-use super::accounting::Stream;
+use super::accounting::Streams;
 use hdrhistogram::Histogram;
 use mio::{Token, Waker};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::time::Instant;
 
@@ -81,7 +80,7 @@ pub(crate) struct ThreadResult {
     /// (publisher, messages sent in total).
     pub sent_per_publisher: Vec<(u32, u64)>,
     /// (client index in the plan, its streams by publisher).
-    pub streams: Vec<(usize, HashMap<u32, Stream>)>,
+    pub streams: Vec<(usize, Streams)>,
     pub sent_measured: u64,
     pub received_measured: u64,
     pub foreign: u64,

@@ -8,8 +8,9 @@
 //! reads), copy payloads, or apply session or broker policy (empty client ids, a second
 //! CONNECT, authorization): those live in `broker/`.
 
-use super::frame::{parse_header, FrameError};
+use super::frame::{check_frame, parse_header, FrameError};
 use super::properties::Allowed;
+use super::topic::is_plain_ascii_name;
 use super::{
     Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketId, Properties, Props, ProtocolVersion,
     Publish, QoS, ReasonCode, RetainHandling, SubAck, SubOptions, Subscribe, TopicError,
@@ -478,6 +479,73 @@ fn decode_publish(flags: u8, buf: &mut Bytes, v5: bool) -> Result<Publish> {
         payload,
         props,
     })
+}
+
+/// A PUBLISH read where it lies: topic and payload borrow the buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishRef<'a> {
+    pub dup: bool,
+    pub qos: QoS,
+    pub retain: bool,
+    pub topic: &'a str,
+    pub packet_id: Option<PacketId>,
+    pub payload: &'a [u8],
+}
+
+/// Reads the PUBLISH at the start of `buf` in place when it has the common shape:
+/// whole, at most `max_packet_bytes` long, with a plain ASCII topic name (see
+/// [`TopicName::from_plain_ascii`]) and, in MQTT 5, no properties. Returns it and its
+/// length on the wire; [`decode_packet_v`] decodes those bytes to the same fields.
+///
+/// `None` for anything else, well-formed or not: another packet type, an incomplete
+/// PUBLISH, one of another shape, a malformed one. The caller then decodes with
+/// [`super::decode_one_v`], which also says what is wrong. For readers that look at a
+/// message and drop it (the load generator): no reference counts, no [`Packet`].
+pub fn peek_plain_publish(
+    buf: &[u8],
+    max_packet_bytes: usize,
+    version: ProtocolVersion,
+) -> Option<(PublishRef<'_>, usize)> {
+    let frame = check_frame(buf, max_packet_bytes).ok()??;
+    if frame.first_byte >> 4 != 3 {
+        return None;
+    }
+    let body = buf.get(frame.header_len..frame.total_len())?;
+    let flags = frame.first_byte & 0x0F;
+    let qos = QoS::from_u8((flags >> 1) & 0x03)?;
+    let dup = flags & 0x08 != 0;
+    if dup && qos == QoS::AtMostOnce {
+        return None;
+    }
+    let (len, rest) = body.split_first_chunk::<2>()?;
+    let (topic, rest) = rest.split_at_checked(usize::from(u16::from_be_bytes(*len)))?;
+    if !is_plain_ascii_name(topic) {
+        return None;
+    }
+    // SAFETY: `is_plain_ascii_name` proved every byte ASCII, so the bytes are UTF-8.
+    let topic = unsafe { std::str::from_utf8_unchecked(topic) };
+    let (packet_id, rest) = match qos {
+        QoS::AtMostOnce => (None, rest),
+        _ => {
+            let (id, rest) = rest.split_first_chunk::<2>()?;
+            (Some(PacketId::new(u16::from_be_bytes(*id))?), rest)
+        }
+    };
+    let payload = match (version.is_v5(), rest.split_first()) {
+        (false, _) => rest,
+        // A property length of zero: no properties.
+        (true, Some((0, payload))) => payload,
+        (true, _) => return None,
+    };
+    let publish = PublishRef {
+        dup,
+        qos,
+        retain: flags & 0x01 != 0,
+        topic,
+        packet_id,
+        payload,
+    };
+    Some((publish, frame.total_len()))
 }
 
 fn decode_ack(packet_type: u8, buf: &mut Bytes, v5: bool) -> Result<Ack> {
@@ -1043,5 +1111,61 @@ mod tests {
                 props: Default::default(),
             }))
         );
+    }
+
+    #[test]
+    fn plain_publishes_are_peeked_in_place_and_the_rest_left_to_the_decoder() {
+        use ProtocolVersion::{V3_1_1, V5};
+        let peek = |first: u8, body: &[u8], v| {
+            let wire = frame(first, body);
+            peek_plain_publish(&wire, 1024, v).map(|(p, n)| {
+                assert_eq!(n, wire.len());
+                (
+                    p.qos,
+                    p.packet_id.map(u16::from),
+                    p.topic.to_owned(),
+                    p.payload.to_vec(),
+                )
+            })
+        };
+        let id = |v: u16| PacketId::new(v);
+        // QoS 0 and QoS 1, 3.1.1.
+        assert_eq!(
+            peek(0x30, b"\0\x03a/bxy", V3_1_1),
+            Some((QoS::AtMostOnce, None, "a/b".to_owned(), b"xy".to_vec()))
+        );
+        assert_eq!(
+            peek(0x3B, b"\0\x01t\0\x07p", V3_1_1),
+            Some((
+                QoS::AtLeastOnce,
+                id(7).map(u16::from),
+                "t".to_owned(),
+                b"p".to_vec()
+            ))
+        );
+        // MQTT 5: an empty property set is peeked, any property is not.
+        assert_eq!(
+            peek(0x30, b"\0\x01t\0p", V5),
+            Some((QoS::AtMostOnce, None, "t".to_owned(), b"p".to_vec()))
+        );
+        assert_eq!(peek(0x30, b"\0\x01t\x02\x01\x01p", V5), None);
+        // Not plain, or not well-formed: the decoder's business.
+        for (first, body) in [
+            (0x20, &b"\0\0"[..]),      // CONNACK
+            (0x36, b"\0\x01t\0\x01"),  // QoS 3
+            (0x38, b"\0\x01t"),        // DUP on QoS 0
+            (0x32, b"\0\x01t\0\0"),    // packet id 0
+            (0x30, b"\0\x01+"),        // wildcard in a name
+            (0x30, b"\0\x02\xC3\xA9"), // valid, but not ASCII
+            (0x30, b"\0\0"),           // empty topic
+            (0x30, b"\0\x05t"),        // topic longer than the packet
+        ] {
+            assert_eq!(peek(first, body, V3_1_1), None, "{first:#x} {body:?}");
+        }
+        // Incomplete, or over the size limit.
+        let wire = frame(0x30, b"\0\x01tpayload");
+        assert!(peek_plain_publish(&wire[..wire.len() - 1], 1024, V3_1_1).is_none());
+        assert!(peek_plain_publish(&wire, wire.len() - 1, V3_1_1).is_none());
+        assert!(peek_plain_publish(&wire, wire.len(), V3_1_1).is_some());
     }
 }

@@ -13,6 +13,17 @@ use std::fmt;
 /// Longest topic name or filter the broker accepts, in bytes (the UTF-8 string limit).
 pub const TOPIC_LEN_MAX: usize = 65_535;
 
+/// True when `raw` is 1 to 65,535 bytes of ASCII without U+0000, `+` or `#`: valid
+/// UTF-8 and a valid topic name, proved in one pass (the common case of
+/// [`TopicName::new`]).
+pub(crate) fn is_plain_ascii_name(raw: &[u8]) -> bool {
+    !raw.is_empty()
+        && raw.len() <= TOPIC_LEN_MAX
+        && raw
+            .iter()
+            .all(|&b| (1..0x80).contains(&b) && b != b'+' && b != b'#')
+}
+
 /// Why a string is not a valid topic name or filter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum TopicError {
@@ -63,12 +74,7 @@ impl TopicName {
     /// and a valid topic name. Anything else comes back untouched for the caller to
     /// validate the slow way, which also tells what is wrong.
     pub fn from_plain_ascii(raw: bytes::Bytes) -> Result<TopicName, bytes::Bytes> {
-        let plain = !raw.is_empty()
-            && raw.len() <= TOPIC_LEN_MAX
-            && raw
-                .iter()
-                .all(|&b| (1..0x80).contains(&b) && b != b'+' && b != b'#');
-        if !plain {
+        if !is_plain_ascii_name(&raw) {
             return Err(raw);
         }
         // SAFETY: every byte is in 1..0x80, so `raw` is ASCII and thus valid UTF-8.

@@ -22,7 +22,7 @@
 //! [`Shared::quiet_threads`]: the coordinator compares deliveries with sends only after
 //! every thread has published its last send (see `coordinate` in `bench/mod.rs`).
 
-use super::accounting::{Outcome, Stream};
+use super::accounting::{Outcome, Streams};
 use super::client::{ClientError, Conn, Incoming, State};
 use super::payload;
 use super::scenario::{BenchConfig, Load, Plan, Role, Scenario};
@@ -37,7 +37,7 @@ use hdrhistogram::Histogram;
 use mio::{Events, Interest, Poll, Token};
 use publish::Pub;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use timer::{Timer, TIMER};
@@ -78,7 +78,7 @@ pub(crate) struct Worker<'a> {
     timer: Timer,
     /// Counted in `Shared::quiet_threads`.
     quiet: bool,
-    streams: Vec<Option<HashMap<u32, Stream>>>,
+    streams: Vec<Option<Streams>>,
     pending: VecDeque<usize>,
     handshakes: usize,
     started: u64,
@@ -151,7 +151,7 @@ impl<'a> Worker<'a> {
                     (None, Some(p), None)
                 }
                 Role::Subscriber { filter, .. } => {
-                    (Some(filter.clone()), None, Some(HashMap::new()))
+                    (Some(filter.clone()), None, Some(Streams::default()))
                 }
                 Role::Idle { filter } => (Some(filter.clone()), None, None),
             };
