@@ -13,7 +13,7 @@ for r in runs:
         by.setdefault(key, []).append(r['result'])
 
 out = ["# summary (medians over reps; CPU = broker CPU per delivered message)",
-       "# scenario    broker         msg/s  us CPU/msg    p50 us    p99 us  p99.9 us   lost  gen cpu  rss MiB  B/conn"]
+       "# scenario    broker         msg/s  us CPU/msg    p50 us    p99 us  p99.9 us   lost  gen cpu gen wait  rss MiB  B/conn"]
 med = {}
 for key in sorted(set(by) | set(failed)):
     run, broker = key
@@ -30,9 +30,12 @@ for key in sorted(set(by) | set(failed)):
     med[key] = dict(rate=rate, cpu=cpu, per_conn=per_conn, p50=lat('p50'), p99=lat('p99'),
                     p999=lat('p99_9'))
     note = " (%d failed)" % failed[key] if key in failed else ""
-    out.append("# %-12s %-10s %11.0f %10.3f %9.1f %9.1f %9.1f %6d %8.2f %8.1f %7.0f%s" % (
+    # gen wait: the generator thread's time runnable but waiting for a core (results
+    # from before it was measured have none).
+    out.append("# %-12s %-10s %11.0f %10.3f %9.1f %9.1f %9.1f %6d %8.2f %8.2f %8.1f %7.0f%s" % (
         run, broker, rate, cpu, lat('p50'), lat('p99'), lat('p99_9'),
         sum(x['lost'] for x in rs), m(lambda x: max(x['generator_cpu'] or [0])),
+        m(lambda x: max(x.get('generator_wait') or [0])),
         m(lambda x: b(x).get('rss_end', 0)) / 1048576, per_conn, note))
 
 out.append("# ternmq relative to the others (x > 1: ternmq higher)")

@@ -6,6 +6,8 @@
 # run one worker and two workers (cores 0 and 1) at the same offered rate (open loop,
 # RATE msg/s, default 1000000), since CPU per message depends on how many messages
 # each wake-up and syscall carries, and `--max` throughput differs between the two.
+# Each row ends with the generator's CPU and its time waiting for core 1 (shares of
+# the run): with two workers on cores 0 and 1 it waits for worker 1.
 # Usage: perf/workers.sh > perf/results/DATE-workers.txt
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +25,8 @@ run() { # label, command prefix, broker arguments[, load mode]
   echo "$out" | python3 -c "
 import json, sys
 r = json.loads(sys.stdin.read())
-print('%-16s msg/s %9.0f  broker CPU us/msg %.3f  p50 us %.0f  lost %d' % ('$1', r['msgs_per_sec'], r['broker']['us_per_msg'], r['latency_us']['p50'], r['lost']))"
+gen = lambda k: max(r.get(k) or [0])
+print('%-16s msg/s %9.0f  broker CPU us/msg %.3f  p50 us %.0f  lost %d  gen cpu %.2f wait %.2f' % ('$1', r['msgs_per_sec'], r['broker']['us_per_msg'], r['latency_us']['p50'], r['lost'], gen('generator_cpu'), gen('generator_wait')))"
 }
 rows=$(mktemp)
 trap 'rm -f "$rows"' EXIT

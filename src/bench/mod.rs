@@ -340,6 +340,9 @@ fn merge(
             report
                 .generator_cpu
                 .push(r.cpu_ns as f64 / r.wall_ns as f64);
+            if let Some(wait) = r.wait_ns {
+                report.generator_wait.push(wait as f64 / r.wall_ns as f64);
+            }
         }
     }
     let mut tally = Tally::default();

@@ -56,6 +56,9 @@ pub struct Report {
     pub lag: Histogram<u64>,
     /// CPU use of each generator thread over the measured interval (1.0 = one core).
     pub generator_cpu: Vec<f64>,
+    /// Share of the same interval each generator thread was runnable but waiting for
+    /// a core (empty where the kernel does not say).
+    pub generator_wait: Vec<f64>,
     pub broker: Option<BrokerStats>,
     pub warnings: Vec<String>,
 }
@@ -99,6 +102,7 @@ impl Report {
             latency: new_histogram(),
             lag: new_histogram(),
             generator_cpu: Vec::new(),
+            generator_wait: Vec::new(),
             broker: None,
             warnings: Vec::new(),
         }
@@ -139,6 +143,21 @@ impl Report {
         self.lag.value_at_quantile(0.99) as f64 / 1e3
     }
 
+    /// The (CPU, wait) shares of the first generator thread that was runnable more
+    /// than 90% of the time without using 90% of a core: saturated, but starved of
+    /// its core by another process. Not with busy polling, whose thread is always
+    /// runnable by design.
+    fn starved_thread(&self, cfg: &BenchConfig) -> Option<(f64, f64)> {
+        if cfg.busy_poll {
+            return None;
+        }
+        self.generator_cpu
+            .iter()
+            .zip(&self.generator_wait)
+            .map(|(&cpu, &wait)| (cpu, wait))
+            .find(|&(cpu, wait)| cpu <= 0.9 && cpu + wait > 0.9)
+    }
+
     pub(crate) fn add_warnings(&mut self, cfg: &BenchConfig) {
         let open = matches!(cfg.load, Load::Rate(_)) || cfg.scenario == Scenario::Fleet;
         if open && self.lag_p99_us() > 1000.0 {
@@ -152,6 +171,12 @@ impl Report {
                 self.warnings.push(format!(
                     "a generator thread used {:.0}% of a core: the generator may be the bottleneck (try --threads)",
                     max * 100.0
+                ));
+            } else if let Some((cpu, wait)) = self.starved_thread(cfg) {
+                self.warnings.push(format!(
+                    "a generator thread was ready to run {:.0}% of the time but ran {:.0}%: it waited for its core, which another busy process shares, so the generator may be the bottleneck",
+                    (cpu + wait) * 100.0,
+                    cpu * 100.0
                 ));
             }
         }
@@ -247,10 +272,16 @@ impl Report {
             .iter()
             .map(|c| format!("{:.0}%", c * 100.0))
             .collect();
+        let wait: Vec<String> = self
+            .generator_wait
+            .iter()
+            .map(|c| format!("{:.0}%", c * 100.0))
+            .collect();
         let _ = writeln!(
             s,
-            "generator: cpu per thread [{}]  lag p99 {:.1} us  reconnects {}",
+            "generator: cpu per thread [{}]  waiting for a core [{}]  lag p99 {:.1} us  reconnects {}",
             cpu.join(" "),
+            wait.join(" "),
             self.lag_p99_us(),
             self.reconnects
         );
@@ -326,6 +357,8 @@ impl Report {
         );
         let cpu: Vec<String> = self.generator_cpu.iter().map(|c| num(*c)).collect();
         let _ = write!(s, "\"generator_cpu\":[{}],", cpu.join(","));
+        let wait: Vec<String> = self.generator_wait.iter().map(|c| num(*c)).collect();
+        let _ = write!(s, "\"generator_wait\":[{}],", wait.join(","));
         match self.broker {
             Some(b) => {
                 let _ = write!(
@@ -451,5 +484,36 @@ mod tests {
         assert!(j.starts_with("{\"scenario\":\"pairs\""));
         assert!(j.ends_with("\"warnings\":[]}"));
         assert!(!j.contains('\n'));
+    }
+
+    /// A thread that ran half the time and waited for its core the other half is
+    /// saturated; one that ran half the time and slept the rest is not.
+    #[test]
+    fn a_generator_waiting_for_its_core_is_reported_saturated() {
+        let warned = |cpu: f64, wait: f64, busy_poll: bool| {
+            let cfg = BenchConfig {
+                busy_poll,
+                ..BenchConfig::default()
+            };
+            let mut r = Report::new(&cfg, &Plan::new(&cfg));
+            r.generator_cpu = vec![0.3, cpu];
+            r.generator_wait = vec![0.1, wait];
+            r.add_warnings(&cfg);
+            r.warnings.iter().any(|w| w.contains("waited for its core"))
+        };
+        assert!(warned(0.52, 0.40, false));
+        assert!(!warned(0.52, 0.05, false));
+        assert!(!warned(0.52, 0.40, true));
+        // Over 90% of a core is the other warning's case.
+        assert!(!warned(0.95, 0.04, false));
+        let cfg = BenchConfig::default();
+        let mut r = Report::new(&cfg, &Plan::new(&cfg));
+        r.generator_cpu = vec![0.5];
+        r.generator_wait = vec![0.45];
+        assert!(
+            r.json().contains("\"generator_wait\":[0.45"),
+            "{}",
+            r.json()
+        );
     }
 }

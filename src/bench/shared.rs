@@ -89,4 +89,6 @@ pub(crate) struct ThreadResult {
     pub stalls: u64,
     pub cpu_ns: u64,
     pub wall_ns: u64,
+    /// Time runnable but waiting for a core over the same interval, if known.
+    pub wait_ns: Option<u64>,
 }

@@ -26,7 +26,7 @@ use super::accounting::{Outcome, Streams};
 use super::client::{ClientError, Conn, Incoming, State};
 use super::payload;
 use super::scenario::{BenchConfig, Load, Plan, Role, Scenario};
-use super::stats::{new_histogram, thread_cpu_ns};
+use super::stats::{new_histogram, thread_cpu_ns, thread_wait_ns};
 use super::BenchError;
 use crate::protocol::QoS;
 mod publish;
@@ -102,6 +102,8 @@ pub(crate) struct Worker<'a> {
     churn_cursor: usize,
     churn_last_ns: u64,
     cpu_start: Option<(u64, u64)>,
+    /// Run-queue wait when CPU measuring began (`None`: not known).
+    wait_start: Option<u64>,
     cpu_done: bool,
     /// Busy polling: nanoseconds of turns that found no work while CPU is measured.
     idle_ns: u64,
@@ -214,11 +216,13 @@ impl<'a> Worker<'a> {
                 stalls: 0,
                 cpu_ns: 0,
                 wall_ns: 0,
+                wait_ns: None,
             },
             churn_budget: 0.0,
             churn_cursor: 0,
             churn_last_ns: 0,
             cpu_start: None,
+            wait_start: None,
             cpu_done: false,
             idle_ns: 0,
         })
@@ -559,6 +563,7 @@ impl<'a> Worker<'a> {
     fn measure_cpu(&mut self, now: u64, m_start: u64, m_end: u64, phase: Phase) {
         if self.cpu_start.is_none() && now >= m_start && phase >= Phase::Running {
             self.cpu_start = Some((thread_cpu_ns(), now));
+            self.wait_start = thread_wait_ns();
         }
         if let (Some((cpu0, t0)), false) = (self.cpu_start, self.cpu_done) {
             if now >= m_end || phase >= Phase::Draining {
@@ -568,6 +573,10 @@ impl<'a> Worker<'a> {
                     .saturating_sub(cpu0)
                     .saturating_sub(self.idle_ns);
                 self.res.wall_ns = now.saturating_sub(t0);
+                self.res.wait_ns = self
+                    .wait_start
+                    .zip(thread_wait_ns())
+                    .map(|(a, b)| b.saturating_sub(a));
             }
         }
     }
