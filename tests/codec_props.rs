@@ -8,10 +8,10 @@ use ternmq::protocol::frame::encode_remaining_length;
 use ternmq::protocol::properties::VARINT_MAX;
 use ternmq::protocol::{
     decode_one, decode_one_v, decode_packet_v, encode_packet, encode_packet_v, encode_publish,
-    encode_publish_v5, encoded_len, encoded_len_v, peek_plain_publish, Ack, Auth, ConnAck, Connect,
-    Disconnect, Packet, PacketId, Properties, Props, ProtocolVersion, Publish, PublishExtras, QoS,
-    ReasonCode, RetainHandling, SubAck, SubOptions, Subscribe, TopicFilter, TopicName, UnsubAck,
-    Unsubscribe, Will,
+    encode_publish_v5, encoded_len, encoded_len_v, peek_plain_publish, take_plain_publish, Ack,
+    Auth, ConnAck, Connect, Disconnect, Packet, PacketId, Properties, Props, ProtocolVersion,
+    Publish, PublishExtras, QoS, ReasonCode, RetainHandling, SubAck, SubOptions, Subscribe,
+    TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
 };
 
 const MAX: usize = 1 << 20;
@@ -499,11 +499,22 @@ fn drain(wire: &[u8]) {
 }
 
 /// Whatever `peek_plain_publish` reads in place, the full decoder decodes from the
-/// same bytes to the same fields and length.
+/// same bytes to the same fields and length; and `take_plain_publish` takes the same
+/// `Publish` as the full decoder, leaving the same bytes behind.
 fn assert_peek_agrees(wire: &[u8], v: ProtocolVersion) {
+    let mut taken = BytesMut::from(wire);
+    let take = take_plain_publish(&mut taken, MAX, v);
     let Some((p, len)) = peek_plain_publish(wire, MAX, v) else {
+        assert!(take.is_none());
+        assert_eq!(&taken[..], wire);
         return;
     };
+    let mut decoded = BytesMut::from(wire);
+    assert_eq!(
+        take.map(Packet::Publish),
+        decode_one_v(&mut decoded, MAX, v).ok().flatten()
+    );
+    assert_eq!(taken, decoded);
     let mut buf = BytesMut::from(wire);
     match decode_one_v(&mut buf, MAX, v) {
         Ok(Some(Packet::Publish(q))) => {

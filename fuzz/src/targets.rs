@@ -3,7 +3,9 @@
 //! bounded loop under `cargo test`.
 //!
 //! - [`decode`]: the first byte picks the protocol version, the rest is decoded packet
-//!   after packet; every packet accepted must re-encode and decode to itself.
+//!   after packet; every packet accepted must re-encode and decode to itself, and the
+//!   broker's fast path (`take_plain_publish`) must take only what the decoder accepts,
+//!   as the same `Publish`.
 //! - [`session`]: the input is a script of operations on two shards (open, feed bytes,
 //!   close, advance the clock, deliver the mesh); nothing may panic, and every byte
 //!   the broker writes to a connection must decode in that connection's version.
@@ -18,9 +20,9 @@ use ternmq::broker::shard::Shard;
 use ternmq::broker::ConnId;
 use ternmq::config::Config;
 use ternmq::protocol::{
-    decode_one_v, encode_packet_v, Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketId,
-    Properties, Props, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling, SubAck,
-    SubOptions, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
+    decode_one_v, encode_packet_v, take_plain_publish, Ack, Auth, ConnAck, Connect, Disconnect,
+    Packet, PacketId, Properties, Props, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
+    SubAck, SubOptions, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
 };
 
 /// Packets decoded per input at most.
@@ -47,9 +49,24 @@ pub fn decode(data: &[u8]) {
     let max = if sel & 0x80 != 0 { 64 } else { usize::MAX };
     let mut buf = BytesMut::from(rest);
     for _ in 0..PACKETS_MAX {
+        // The broker's fast path must take exactly what the decoder decodes.
+        let mut taken = buf.clone();
+        let fast = take_plain_publish(&mut taken, max, version);
         match decode_one_v(&mut buf, max, version) {
-            Ok(Some(p)) => round_trip(&p, version),
-            Ok(None) | Err(_) => return,
+            Ok(Some(p)) => {
+                if let Some(f) = fast {
+                    assert_eq!(Packet::Publish(f), p, "take_plain_publish differs");
+                    assert_eq!(taken, buf, "take_plain_publish took other bytes");
+                }
+                round_trip(&p, version)
+            }
+            Ok(None) | Err(_) => {
+                assert!(
+                    fast.is_none(),
+                    "take_plain_publish took what the decoder refuses"
+                );
+                return;
+            }
         }
     }
 }

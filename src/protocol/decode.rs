@@ -1,4 +1,6 @@
-//! Decoding: one complete frame of bytes into one [`Packet`] (chapters 2 and 3).
+//! Decoding: one complete frame of bytes into one [`Packet`] (chapters 2 and 3), and
+//! the plain PUBLISH read in place or taken without the generic layers
+//! ([`peek_plain_publish`], [`take_plain_publish`]), which must agree with it.
 //!
 //! Owns: every per-packet well-formedness rule of MQTT 3.1/3.1.1 (fixed-header flags,
 //! field lengths, UTF-8 strings, packet ids, CONNECT flags, SUBSCRIBE options, return
@@ -546,6 +548,45 @@ pub fn peek_plain_publish(
         payload,
     };
     Some((publish, frame.total_len()))
+}
+
+/// Takes the PUBLISH at the start of `buf` off it when [`peek_plain_publish`] reads
+/// it: the same [`Publish`] that [`super::decode_one_v`] returns for those bytes, with
+/// topic and payload still slices of the buffer, without the generic decoder's
+/// second look at the fixed header and its `Packet` and `Result` layers. `None`
+/// (and `buf` untouched) for every other packet: decode it with `decode_one_v`.
+pub fn take_plain_publish(
+    buf: &mut bytes::BytesMut,
+    max_packet_bytes: usize,
+    version: ProtocolVersion,
+) -> Option<Publish> {
+    let (p, len) = peek_plain_publish(buf, max_packet_bytes, version)?;
+    let (dup, qos, retain, packet_id) = (p.dup, p.qos, p.retain, p.packet_id);
+    let topic_len = p.topic.len();
+    let payload_len = p.payload.len();
+    let mut frame = buf.split_to(len).freeze();
+    // The frame ends with the payload; the topic starts after its length field and
+    // the whole frame is topic, packet id, property length and payload after it.
+    let topic_at = len
+        - payload_len
+        - topic_len
+        - usize::from(qos != QoS::AtMostOnce) * 2
+        - usize::from(version.is_v5());
+    debug_assert!(topic_at >= 4 && topic_at <= len);
+    frame.advance(topic_at);
+    let topic = frame.split_to(topic_len);
+    frame.advance(frame.len() - payload_len);
+    // SAFETY: `peek_plain_publish` proved these bytes a plain ASCII topic name.
+    let topic = unsafe { TopicName::from_plain_ascii_unchecked(topic) };
+    Some(Publish {
+        dup,
+        qos,
+        retain,
+        topic,
+        packet_id,
+        payload: frame,
+        props: Props::default(),
+    })
 }
 
 fn decode_ack(packet_type: u8, buf: &mut Bytes, v5: bool) -> Result<Ack> {

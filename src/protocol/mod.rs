@@ -22,7 +22,9 @@ use bytes::Bytes;
 use bytestring::ByteString;
 use std::num::NonZeroU16;
 
-pub use decode::{decode_packet, decode_packet_v, peek_plain_publish, DecodeError, PublishRef};
+pub use decode::{
+    decode_packet, decode_packet_v, peek_plain_publish, take_plain_publish, DecodeError, PublishRef,
+};
 pub use encode::{
     encode_packet, encode_packet_v, encode_publish, encode_publish_v5, encoded_len, encoded_len_v,
     PublishExtras,

@@ -81,6 +81,17 @@ impl TopicName {
         Ok(TopicName(unsafe { ByteString::from_bytes_unchecked(raw) }))
     }
 
+    /// [`TopicName::from_plain_ascii`] for bytes already checked.
+    ///
+    /// # Safety
+    /// `raw` must pass [`is_plain_ascii_name`] (then it is ASCII, so UTF-8, and a
+    /// valid topic name); debug builds check.
+    pub(crate) unsafe fn from_plain_ascii_unchecked(raw: bytes::Bytes) -> TopicName {
+        debug_assert!(is_plain_ascii_name(&raw));
+        // SAFETY: the caller guarantees ASCII, which is valid UTF-8.
+        TopicName(unsafe { ByteString::from_bytes_unchecked(raw) })
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

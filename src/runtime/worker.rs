@@ -23,7 +23,7 @@ use crate::broker::registry::Registry;
 use crate::broker::shard::Shard;
 use crate::broker::{ConnId, WorkerId};
 use crate::config::Config;
-use crate::protocol::{decode_one_v, CodecError, Packet};
+use crate::protocol::{decode_one_v, take_plain_publish, CodecError, Packet};
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::net::{TcpListener, TcpStream};
@@ -712,7 +712,17 @@ impl Worker {
         };
         loop {
             let max = self.shard.packet_limit(id);
-            match decode_one_v(&mut buf, max, self.shard.version(id)) {
+            let version = self.shard.version(id);
+            // Most packets are plain PUBLISHes: taken without the generic decoder's
+            // layers (the same `Publish`, see `take_plain_publish`).
+            if let Some(p) = take_plain_publish(&mut buf, max, version) {
+                self.shard.packet(now, id, Packet::Publish(p));
+                if !self.shard.is_open(id) {
+                    return false;
+                }
+                continue;
+            }
+            match decode_one_v(&mut buf, max, version) {
                 Ok(Some(mut packet)) => {
                     if tls {
                         self.apply_identity(slot, id, &mut packet);
