@@ -98,6 +98,9 @@ fn pairs_across_two_workers_at_full_load_keep_order() {
     assert_eq!(r.tally.duplicates, 0, "{}", r.table());
     assert_eq!(r.tally.out_of_order, 0, "{}", r.table());
     assert!(r.drained);
+    // The load made workers hand batches over before their turns ended.
+    let mid_turn = b.latency().batch_len_mid_turn.len();
+    assert!(mid_turn > 0, "no batch left mid-turn");
 }
 
 #[test]

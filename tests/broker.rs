@@ -397,7 +397,7 @@ fn latency_histograms_are_recorded_published_and_reset() {
         assert!(matches!(sub.recv(), Some(Packet::Publish(_))));
     }
     let lat = b.latency();
-    let [publish, turn, batch_len, _] = lat.summaries();
+    let [publish, turn, batch_len, _, _] = lat.summaries();
     assert!(publish.count >= 50, "{publish:?}");
     assert!(turn.count > 0);
     assert!(

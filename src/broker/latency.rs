@@ -22,6 +22,11 @@ pub struct Latency {
     pub turn_ns: Histogram<u64>,
     /// Messages per cross-worker batch received.
     pub batch_len: Histogram<u64>,
+    /// Messages per cross-worker batch sent before the end of its turn, recorded by
+    /// the sender: a batch that reached `MESH_SEND_AT` after a read, or one sent
+    /// ahead of a mid-turn write (`flush_slice`). Its count says how often a loaded
+    /// worker hands work over early instead of at the end of its turn.
+    pub batch_len_mid_turn: Histogram<u64>,
     /// From the origin turn that started a batch to its receipt (ns).
     pub batch_delay_ns: Histogram<u64>,
 }
@@ -37,6 +42,7 @@ impl Default for Latency {
             publish_ns: hist(HIGHEST_NS),
             turn_ns: hist(HIGHEST_NS),
             batch_len: hist(1 << 24),
+            batch_len_mid_turn: hist(1 << 24),
             batch_delay_ns: hist(HIGHEST_NS),
         }
     }
@@ -69,11 +75,16 @@ impl Latency {
         let _ = self.batch_delay_ns.record(delay_ns.clamp(1, HIGHEST_NS));
     }
 
+    pub fn record_batch_mid_turn(&mut self, len: u64) {
+        let _ = self.batch_len_mid_turn.record(len.clamp(1, 1 << 24));
+    }
+
     /// Adds another worker's histograms.
     pub fn merge(&mut self, o: &Latency) {
         let _ = self.publish_ns.add(&o.publish_ns);
         let _ = self.turn_ns.add(&o.turn_ns);
         let _ = self.batch_len.add(&o.batch_len);
+        let _ = self.batch_len_mid_turn.add(&o.batch_len_mid_turn);
         let _ = self.batch_delay_ns.add(&o.batch_delay_ns);
     }
 
@@ -81,11 +92,12 @@ impl Latency {
         self.publish_ns.reset();
         self.turn_ns.reset();
         self.batch_len.reset();
+        self.batch_len_mid_turn.reset();
         self.batch_delay_ns.reset();
     }
 
     /// One summary per histogram, named as under `$SYS/broker/latency/`.
-    pub fn summaries(&self) -> [Summary; 4] {
+    pub fn summaries(&self) -> [Summary; 5] {
         let s = |name, h: &Histogram<u64>| Summary {
             name,
             count: h.len(),
@@ -98,17 +110,19 @@ impl Latency {
             s("publish_ns", &self.publish_ns),
             s("turn_ns", &self.turn_ns),
             s("batch_len", &self.batch_len),
+            s("batch_len_mid_turn", &self.batch_len_mid_turn),
             s("batch_delay_ns", &self.batch_delay_ns),
         ]
     }
 
     /// A multi-line human-readable report.
     pub fn report(&self) -> String {
-        let mut out =
-            String::from("metric             count        p50        p99      p99.9        max\n");
+        let mut out = String::from(
+            "metric                 count        p50        p99      p99.9        max\n",
+        );
         for s in self.summaries() {
             out.push_str(&format!(
-                "{:<14} {:>9} {:>10} {:>10} {:>10} {:>10}\n",
+                "{:<18} {:>9} {:>10} {:>10} {:>10} {:>10}\n",
                 s.name, s.count, s.p50, s.p99, s.p999, s.max
             ));
         }
@@ -128,13 +142,16 @@ mod tests {
         let mut b = Latency::default();
         b.record_publish(2_000_000, 1);
         b.record_batch(10, 500);
+        b.record_batch_mid_turn(1024);
         a.merge(&b);
-        let [p, _, bl, bd] = a.summaries();
+        let [p, _, bl, bm, bd] = a.summaries();
         assert_eq!(p.count, 4);
         assert!(p.p50 >= 999 && p.p50 <= 1_001);
         assert!(p.max >= 1_999_000);
         assert_eq!(bl.count, 1);
         assert_eq!(bd.count, 1);
+        assert_eq!(bm.count, 1);
+        assert!(bm.p50 >= 1023 && bm.p50 <= 1025);
         a.reset();
         assert_eq!(a.summaries()[0].count, 0);
         assert!(a.report().contains("publish_ns"));

@@ -261,7 +261,7 @@ impl Worker {
                     self.mark_read_pending(slot);
                 } else {
                     self.read(now, slot);
-                    self.send_batches(now, MESH_SEND_AT);
+                    self.send_batches(now, MESH_SEND_AT, true);
                 }
                 if (i + 1) % FLUSH_EVERY_READS == 0 && !self.shard.effects().dirty.is_empty() {
                     slice = self.flush_slice(slice);
@@ -318,7 +318,7 @@ impl Worker {
     fn flush_slice(&mut self, (start, publishes_before): (Instant, u64)) -> (Instant, u64) {
         // Batches first, as at the end of a turn: a SUBACK written now must not reach
         // its client before the interest update it implies reaches the other workers.
-        self.send_batches(start, 1);
+        self.send_batches(start, 1, true);
         self.flush_dirty();
         self.apply_closes();
         let done = Instant::now();
@@ -845,14 +845,15 @@ impl Worker {
                 }
             }
         }
-        self.send_batches(now, 1);
+        self.send_batches(now, 1, false);
         self.flush_dirty();
         self.apply_closes();
     }
 
     /// Sends each destination's batch if it holds at least `at_least` messages (and
-    /// at least one): one batch and one wake per destination.
-    fn send_batches(&mut self, now: Instant, at_least: usize) {
+    /// at least one): one batch and one wake per destination. `mid_turn`: before the
+    /// end of the turn (recorded in `batch_len_mid_turn`).
+    fn send_batches(&mut self, now: Instant, at_least: usize, mid_turn: bool) {
         for w in 0..self.workers {
             let slot = &mut self.shard.effects().mesh[w];
             if slot.len() < at_least.max(1) {
@@ -868,6 +869,9 @@ impl Worker {
                 });
             debug_assert!(next.is_empty());
             let batch = std::mem::replace(slot, next);
+            if mid_turn {
+                self.shard.latency.record_batch_mid_turn(n as u64);
+            }
             // Counted before sending, so that the receiver never subtracts first.
             self.mesh.backlog[w].fetch_add(n, Ordering::Relaxed);
             if self.mesh.peers[w]
