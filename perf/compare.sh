@@ -2,8 +2,8 @@
 # Compares ternmq with Mosquitto (and rumqttd when its binary is installed) on this
 # machine: each broker pinned to core 0 with one thread (rumqttd: its one router
 # thread plus its network thread, all on core 0), the generator (ternmq bench,
-# release build) pinned to core 1. Every scenario runs against the brokers
-# alternately (A B C A B C ...); one JSON line per run (with commit, date and
+# release build) pinned to core 1. Every scenario starts freshly started brokers
+# and runs against them alternately (A B C A B C ...); one JSON line per run (with commit, date and
 # machine), plus a header with the exact commands. The 50k msg/s latency runs also
 # leave one .hgrm per broker and rep and a percentile plot beside the output.
 # `rate50kbp` repeats them with the generator busy polling (`bench --busy-poll`: its
@@ -142,6 +142,13 @@ for name in $SCENARIOS; do
   if [ "$name" = pairs100w2 ]; then brokers="ternmq ternmq-w2"; fi
   if [ "$name" = pairs100q1 ]; then brokers="$BROKERS $EXTRA_Q1"; fi
   if [ "$name" = rate50kbp ]; then brokers="$BROKERS $EXTRA_BP"; fi
+  # Every scenario starts on fresh brokers, so none inherits the pools, queues or
+  # allocator state an earlier scenario left (alternation within it is unchanged).
+  for broker in $brokers; do
+    kill "${PID[$broker]}" 2>/dev/null; wait "${PID[$broker]}" 2>/dev/null || true
+    start "$broker"
+  done
+  sleep 1
   for rep in $(seq 1 "$REPS"); do
     for broker in $brokers; do
       # RSS per connection: a fresh broker each time, or the allocator hands back
