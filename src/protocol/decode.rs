@@ -565,8 +565,10 @@ pub fn take_plain_publish(
     let topic_len = p.topic.len();
     let payload_len = p.payload.len();
     let mut frame = buf.split_to(len).freeze();
-    // The frame ends with the payload; the topic starts after its length field and
-    // the whole frame is topic, packet id, property length and payload after it.
+    // Counted back from the end, the frame holds the payload, then (MQTT 5) the zero
+    // property length, then (QoS 1 and 2) the packet id, then the topic: so the topic
+    // starts here. Every length comes from `peek_plain_publish` reading these same
+    // bytes, so the subtractions and the cuts below stay within the frame.
     let topic_at = len
         - payload_len
         - topic_len
