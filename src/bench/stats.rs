@@ -134,9 +134,11 @@ mod tests {
 
     #[test]
     fn reads_its_own_wait() {
-        // Every Linux kernel this runs on keeps schedstat for threads; the value may
-        // be zero on an idle machine, but it is there.
-        assert!(thread_wait_ns().is_some());
+        // Kernels built without scheduler statistics have no such file, and the
+        // report then leaves the wait out; where it exists it must be read.
+        if std::path::Path::new("/proc/thread-self/schedstat").exists() {
+            assert!(thread_wait_ns().is_some());
+        }
     }
 
     #[test]
