@@ -267,21 +267,18 @@ impl Report {
                 0.0
             }
         );
-        let cpu: Vec<String> = self
-            .generator_cpu
-            .iter()
-            .map(|c| format!("{:.0}%", c * 100.0))
-            .collect();
-        let wait: Vec<String> = self
-            .generator_wait
-            .iter()
-            .map(|c| format!("{:.0}%", c * 100.0))
-            .collect();
+        let percents = |shares: &[f64]| {
+            let p: Vec<String> = shares
+                .iter()
+                .map(|c| format!("{:.0}%", c * 100.0))
+                .collect();
+            p.join(" ")
+        };
         let _ = writeln!(
             s,
             "generator: cpu per thread [{}]  waiting for a core [{}]  lag p99 {:.1} us  reconnects {}",
-            cpu.join(" "),
-            wait.join(" "),
+            percents(&self.generator_cpu),
+            percents(&self.generator_wait),
             self.lag_p99_us(),
             self.reconnects
         );
@@ -355,10 +352,12 @@ impl Report {
             num(self.latency.max() as f64 / 1e3),
             num(self.lag_p99_us())
         );
-        let cpu: Vec<String> = self.generator_cpu.iter().map(|c| num(*c)).collect();
-        let _ = write!(s, "\"generator_cpu\":[{}],", cpu.join(","));
-        let wait: Vec<String> = self.generator_wait.iter().map(|c| num(*c)).collect();
-        let _ = write!(s, "\"generator_wait\":[{}],", wait.join(","));
+        let list = |shares: &[f64]| {
+            let n: Vec<String> = shares.iter().map(|c| num(*c)).collect();
+            n.join(",")
+        };
+        let _ = write!(s, "\"generator_cpu\":[{}],", list(&self.generator_cpu));
+        let _ = write!(s, "\"generator_wait\":[{}],", list(&self.generator_wait));
         match self.broker {
             Some(b) => {
                 let _ = write!(

@@ -715,28 +715,25 @@ impl Worker {
             let version = self.shard.version(id);
             // Most packets are plain PUBLISHes: taken without the generic decoder's
             // layers (the same `Publish`, see `take_plain_publish`).
-            if let Some(p) = take_plain_publish(&mut buf, max, version) {
-                self.shard.packet(now, id, Packet::Publish(p));
-                if !self.shard.is_open(id) {
-                    return false;
-                }
-                continue;
-            }
-            match decode_one_v(&mut buf, max, version) {
-                Ok(Some(mut packet)) => {
-                    if tls {
-                        self.apply_identity(slot, id, &mut packet);
+            let packet = match take_plain_publish(&mut buf, max, version) {
+                Some(p) => Packet::Publish(p),
+                None => match decode_one_v(&mut buf, max, version) {
+                    Ok(Some(mut packet)) => {
+                        if tls {
+                            self.apply_identity(slot, id, &mut packet);
+                        }
+                        packet
                     }
-                    self.shard.packet(now, id, packet);
-                    if !self.shard.is_open(id) {
+                    Ok(None) => break,
+                    Err(e) => {
+                        self.decode_failed(now, id, &e);
                         return false;
                     }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    self.decode_failed(now, id, &e);
-                    return false;
-                }
+                },
+            };
+            self.shard.packet(now, id, packet);
+            if !self.shard.is_open(id) {
+                return false;
             }
         }
         if !buf.is_empty() {

@@ -737,6 +737,18 @@ impl Shard {
         r.previous.is_some()
     }
 
+    /// Records in the interest index that `worker` gained (`add`) or lost its interest
+    /// in `filter`. Every change goes through here, so every change makes the
+    /// publishers' [`RouteCache`](super::RouteCache)s stale.
+    fn set_interest(&mut self, filter: &TopicFilter, worker: WorkerId, add: bool) {
+        if add {
+            self.interest.insert(filter, worker as u32, ());
+        } else {
+            self.interest.remove(filter, worker as u32);
+        }
+        self.interest_generation += 1;
+    }
+
     /// Tells every other worker that this one's local index gained its first (`add`)
     /// or lost its last subscriber on `filter`, and records the same in this worker's
     /// own interest index, so that one lookup there tells `route` whether the local
@@ -744,12 +756,7 @@ impl Shard {
     pub(crate) fn broadcast_interest(&mut self, filter: &TopicFilter, add: bool) {
         let me = self.id;
         if self.workers > 1 {
-            if add {
-                self.interest.insert(filter, me as u32, ());
-            } else {
-                self.interest.remove(filter, me as u32);
-            }
-            self.interest_generation += 1;
+            self.set_interest(filter, me, add);
         }
         for w in (0..self.workers).filter(|&w| w != me) {
             self.send_mesh(
@@ -828,14 +835,7 @@ impl Shard {
                 origin,
                 stamp,
             } => self.on_forward(now, from, client_id, msg, origin, stamp),
-            MeshMsg::Interest { filter, add } => {
-                if add {
-                    self.interest.insert(&filter, from as u32, ());
-                } else {
-                    self.interest.remove(&filter, from as u32);
-                }
-                self.interest_generation += 1;
-            }
+            MeshMsg::Interest { filter, add } => self.set_interest(&filter, from, add),
             MeshMsg::Takeover {
                 client_id,
                 to,
