@@ -271,6 +271,7 @@ fn mesh_summary(b: &Batch) -> String {
             MeshMsg::Flushed { client_id, move_id } => {
                 let _ = write!(s, "Flushed({client_id} #{move_id:x}) ");
             }
+            MeshMsg::Spent => s.push_str("Spent "),
             MeshMsg::Done {
                 client_id,
                 origin,

@@ -112,6 +112,9 @@ pub enum MeshMsg {
     Resume { conn: ConnId },
     /// Periodic counters and histograms for the `$SYS` publisher (worker 0).
     Stats(Box<(Stats, Latency)>),
+    /// What the receiver leaves in a batch's slot when it takes a message out to
+    /// handle it (`Shard::mesh`); never sent.
+    Spent,
 }
 
 /// Everything a shard wants sent to one destination worker in one turn.

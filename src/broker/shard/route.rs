@@ -203,26 +203,20 @@ impl Shard {
         while mask != 0 {
             let w = mask.trailing_zeros() as WorkerId;
             mask &= mask - 1;
-            self.send_mesh(
-                w,
-                MeshMsg::Publish {
-                    msg: msg.clone(),
-                    origin,
-                    stamp,
-                    at: now,
-                },
-            );
+            self.send_mesh_with(w, || MeshMsg::Publish {
+                msg: msg.clone(),
+                origin,
+                stamp,
+                at: now,
+            });
         }
         if let Some(w) = last {
-            self.send_mesh(
-                w,
-                MeshMsg::Publish {
-                    msg,
-                    origin,
-                    stamp,
-                    at: now,
-                },
-            );
+            self.send_mesh_with(w, || MeshMsg::Publish {
+                msg,
+                origin,
+                stamp,
+                at: now,
+            });
             return;
         }
         if local {
@@ -814,6 +808,25 @@ impl Shard {
         }
     }
 
+    /// A publish routed here by worker `from`, read in place in its batch (the batch
+    /// drops it afterwards).
+    pub(super) fn on_mesh_publish(
+        &mut self,
+        now: Instant,
+        from: WorkerId,
+        msg: &Message,
+        origin: Option<Origin>,
+        stamp: Stamp,
+        at: Instant,
+    ) {
+        debug_assert!(stamp.worker == from && stamp.seq > self.last_seen[from]);
+        self.last_seen[from] = stamp.seq;
+        if msg.retain {
+            self.store_retained(msg, (at, stamp.worker, stamp.seq));
+        }
+        self.deliver_local(now, msg, origin, stamp);
+    }
+
     pub(super) fn on_mesh(&mut self, now: Instant, from: WorkerId, msg: MeshMsg) {
         match msg {
             MeshMsg::Publish {
@@ -821,14 +834,8 @@ impl Shard {
                 origin,
                 stamp,
                 at,
-            } => {
-                debug_assert!(stamp.worker == from && stamp.seq > self.last_seen[from]);
-                self.last_seen[from] = stamp.seq;
-                if msg.retain {
-                    self.store_retained(&msg, (at, stamp.worker, stamp.seq));
-                }
-                self.deliver_local(now, &msg, origin, stamp);
-            }
+            } => self.on_mesh_publish(now, from, &msg, origin, stamp, at),
+            MeshMsg::Spent => debug_assert!(false, "a spent mesh message was sent"),
             MeshMsg::Forward {
                 client_id,
                 msg,
