@@ -1,6 +1,7 @@
 //! Scenario tests of the shard alone: packets in, bytes out, on a virtual clock.
 
 use super::{Shard, ROUTE_CACHE_TOPIC_MAX};
+use crate::broker::mesh::MeshMsg;
 use crate::broker::registry::Registry;
 use crate::broker::ConnId;
 use crate::config::Config;
@@ -621,20 +622,42 @@ fn a_mesh_batch_is_emptied_in_place_and_its_client_publishes_counted() {
     let mut h = H::new(2);
     let sub = h.connect(1, "s", true);
     h.subscribe(sub, "x/#", QoS::AtMostOnce);
+    let other = h.connect(0, "o", true);
+    h.read(other);
     let mut c = connect("p", true);
     c.will = Some(will("x/will", b"gone", QoS::AtMostOnce));
     let (pubc, _) = h.connect_with(0, c);
     h.send_only(pubc, publish("x/1", QoS::AtMostOnce, 0, b"a"));
     h.send_only(pubc, publish("x/2", QoS::AtMostOnce, 0, b"b"));
+    // A message of another kind between publishes (the interest of a new filter):
+    // taken out of the batch and handled in its place.
+    h.send_only(
+        other,
+        Packet::Subscribe(Subscribe {
+            packet_id: pid(1),
+            filters: vec![(TopicFilter::new("y/#").unwrap(), QoS::AtMostOnce.into())],
+            props: Default::default(),
+        }),
+    );
+    h.send_only(pubc, publish("x/3", QoS::AtMostOnce, 0, b"c"));
     h.shards[0].closed(h.now, pubc.1); // the will has no client origin
     let mut batch = std::mem::take(&mut h.shards[0].effects().mesh[1]);
-    assert_eq!(batch.len(), 3);
+    let kinds: Vec<_> = batch
+        .iter()
+        .map(|m| matches!(m, MeshMsg::Publish { .. }))
+        .collect();
+    assert_eq!(kinds, [true, true, false, true, true]);
     let capacity = batch.capacity();
-    assert_eq!(h.shards[1].mesh(h.now, 0, &mut batch), 2);
+    assert_eq!(h.shards[1].mesh(h.now, 0, &mut batch), 3);
     assert!(batch.is_empty(), "emptied for the runtime to hand back");
     assert_eq!(batch.capacity(), capacity);
     let got = payloads(&h.recv(sub));
-    assert_eq!(got, [&b"a"[..], b"b", b"gone"]);
+    assert_eq!(got, [&b"a"[..], b"b", b"c", b"gone"]);
+    // The interest it carried was applied: worker 1 now routes y/1 to worker 0.
+    h.read(other);
+    let p1 = h.connect(1, "p1", true);
+    h.send(p1, publish("y/1", QoS::AtMostOnce, 0, b"d"));
+    assert_eq!(payloads(&h.recv(other)), [&b"d"[..]]);
 }
 
 #[test]
