@@ -61,6 +61,17 @@ if w1 and w2 and w1['cpu']:
     # The --workers 2 target: CPU per message against one worker, same alternation.
     out.append("# pairs100w2   ternmq-w2 CPU per message x%.2f of --workers 1 (%.3f us against %.3f us)" % (
         w2['cpu'] / w1['cpu'], w2['cpu'], w1['cpu']))
+    # Rep by rep too: the machine runs in a slow and a fast mode for tens of seconds at
+    # a time, so a rep's two runs (back to back) are closer in conditions than the
+    # medians, which may come from different modes.
+    cpu_by_rep = lambda broker: {r['rep']: (r['result']['broker'] or {}).get('us_per_msg')
+                                 for r in runs if r['run'] == 'pairs100w2'
+                                 and r['broker'] == broker and r['result']}
+    one, two = cpu_by_rep('ternmq'), cpu_by_rep('ternmq-w2')
+    ratios = [two[k] / one[k] for k in sorted(one) if one[k] and two.get(k)]
+    if ratios:
+        out.append("# pairs100w2   rep by rep: %s; median x%.2f" % (
+            ", ".join("x%.2f" % x for x in ratios), statistics.median(ratios)))
 for (run, broker), rs in sorted(by.items()):
     if run.startswith('rate'):
         # The generator's lag says whether it kept to its schedule (over 1 ms: it
@@ -68,4 +79,12 @@ for (run, broker), rs in sorted(by.items()):
         out.append("# %-12s %-10s p50 run by run (us): %s; generator lag p99 (us): %s" % (
             run, broker, ", ".join("%.0f" % x['latency_us']['p50'] for x in rs),
             ", ".join("%.0f" % x['lag_p99_us'] for x in rs)))
+        # Runs in which the generator warned that it, not the broker, set the pace.
+        kept_up = [x for x in rs if not any('generator' in w for w in x.get('warnings') or [])]
+        if kept_up:
+            out.append("# %-12s %-10s runs without a generator warning: %d of %d, p50 median %.0f us" % (
+                run, broker, len(kept_up), len(rs),
+                statistics.median(x['latency_us']['p50'] for x in kept_up)))
+        else:
+            out.append("# %-12s %-10s the generator warned in all %d runs" % (run, broker, len(rs)))
 print("\n".join(out))

@@ -50,5 +50,10 @@ for k, v in med.items():
     print("# median %-10s broker CPU us/msg %.3f (%d runs)" % (k, v, len(cpu[k])))
 for two, one in [("w2-core0", "w1-core0"), ("w2-cores01", "w1-core0"), ("w2-rate", "w1-rate")]:
     if two in med and one in med:
-        print("# %s / %s: x%.2f" % (two, one, med[two] / med[one]))
+        # Run by run as well: the runs of one round follow each other within seconds,
+        # while the medians may come from the machine's slow and fast modes.
+        pairs = [b / a for a, b in zip(cpu[one], cpu[two])]
+        print("# %s / %s: x%.2f (run by run: %s; median x%.2f)" % (
+            two, one, med[two] / med[one], ", ".join("x%.2f" % x for x in pairs),
+            statistics.median(pairs)))
 PY
