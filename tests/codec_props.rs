@@ -8,10 +8,10 @@ use ternmq::protocol::frame::encode_remaining_length;
 use ternmq::protocol::properties::VARINT_MAX;
 use ternmq::protocol::{
     decode_one, decode_one_v, decode_packet_v, encode_packet, encode_packet_v, encode_publish,
-    encode_publish_v5, encoded_len, encoded_len_v, peek_plain_publish, take_plain_publish, Ack,
-    Auth, ConnAck, Connect, Disconnect, Packet, PacketId, Properties, Props, ProtocolVersion,
-    Publish, PublishExtras, QoS, ReasonCode, RetainHandling, SubAck, SubOptions, Subscribe,
-    TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
+    encode_publish_v5, encoded_len, encoded_len_v, peek_plain_publish, take_plain_publish,
+    take_short_ack, Ack, Auth, ConnAck, Connect, Disconnect, Packet, PacketId, Properties, Props,
+    ProtocolVersion, Publish, PublishExtras, QoS, ReasonCode, RetainHandling, SubAck, SubOptions,
+    Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
 };
 
 const MAX: usize = 1 << 20;
@@ -489,6 +489,7 @@ fn drain(wire: &[u8]) {
         let mut buf = BytesMut::from(wire);
         loop {
             assert_peek_agrees(&buf, v);
+            assert_short_ack_agrees(&buf, v);
             match decode_one_v(&mut buf, MAX, v) {
                 Ok(Some(p)) => assert_reencodes(&p, v),
                 _ => break,
@@ -534,6 +535,23 @@ fn assert_peek_agrees(wire: &[u8], v: ProtocolVersion) {
         }
         other => panic!("peek read {p:?} where the decoder gives {other:?}"),
     }
+}
+
+/// Whatever `take_short_ack` takes, the full decoder decodes from the same bytes to
+/// the same packet, leaving the same bytes behind; it never takes what the decoder
+/// refuses or has not seen whole.
+fn assert_short_ack_agrees(wire: &[u8], v: ProtocolVersion) {
+    let mut taken = BytesMut::from(wire);
+    let Some(fast) = take_short_ack(&mut taken, MAX) else {
+        assert_eq!(&taken[..], wire);
+        return;
+    };
+    let mut decoded = BytesMut::from(wire);
+    assert_eq!(
+        Some(fast),
+        decode_one_v(&mut decoded, MAX, v).ok().flatten()
+    );
+    assert_eq!(taken, decoded);
 }
 
 fn assert_reencodes(p: &Packet, v: ProtocolVersion) {

@@ -4,8 +4,8 @@
 //!
 //! - [`decode`]: the first byte picks the protocol version, the rest is decoded packet
 //!   after packet; every packet accepted must re-encode and decode to itself, and the
-//!   broker's fast path (`take_plain_publish`) must take only what the decoder accepts,
-//!   as the same `Publish`.
+//!   broker's fast paths (`take_plain_publish`, `take_short_ack`) must take only what
+//!   the decoder accepts, as the same packet.
 //! - [`session`]: the input is a script of operations on two shards (open, feed bytes,
 //!   close, advance the clock, deliver the mesh); nothing may panic, and every byte
 //!   the broker writes to a connection must decode in that connection's version.
@@ -20,9 +20,10 @@ use ternmq::broker::shard::Shard;
 use ternmq::broker::ConnId;
 use ternmq::config::Config;
 use ternmq::protocol::{
-    decode_one_v, encode_packet_v, take_plain_publish, Ack, Auth, ConnAck, Connect, Disconnect,
-    Packet, PacketId, Properties, Props, ProtocolVersion, Publish, QoS, ReasonCode, RetainHandling,
-    SubAck, SubOptions, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe, Will,
+    decode_one_v, encode_packet_v, take_plain_publish, take_short_ack, Ack, Auth, ConnAck, Connect,
+    Disconnect, Packet, PacketId, Properties, Props, ProtocolVersion, Publish, QoS, ReasonCode,
+    RetainHandling, SubAck, SubOptions, Subscribe, TopicFilter, TopicName, UnsubAck, Unsubscribe,
+    Will,
 };
 
 /// Packets decoded per input at most.
@@ -51,12 +52,18 @@ pub fn decode(data: &[u8]) {
     for _ in 0..PACKETS_MAX {
         // The broker's fast path must take exactly what the decoder decodes.
         let mut taken = buf.clone();
-        let fast = take_plain_publish(&mut taken, max, version);
+        let fast = take_plain_publish(&mut taken, max, version).map(Packet::Publish);
+        let mut acked = buf.clone();
+        let ack = take_short_ack(&mut acked, max);
         match decode_one_v(&mut buf, max, version) {
             Ok(Some(p)) => {
                 if let Some(f) = fast {
-                    assert_eq!(Packet::Publish(f), p, "take_plain_publish differs");
+                    assert_eq!(f, p, "take_plain_publish differs");
                     assert_eq!(taken, buf, "take_plain_publish took other bytes");
+                }
+                if let Some(a) = ack {
+                    assert_eq!(a, p, "take_short_ack differs");
+                    assert_eq!(acked, buf, "take_short_ack took other bytes");
                 }
                 round_trip(&p, version)
             }
@@ -64,6 +71,10 @@ pub fn decode(data: &[u8]) {
                 assert!(
                     fast.is_none(),
                     "take_plain_publish took what the decoder refuses"
+                );
+                assert!(
+                    ack.is_none(),
+                    "take_short_ack took what the decoder refuses"
                 );
                 return;
             }

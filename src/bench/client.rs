@@ -14,8 +14,9 @@
 
 use super::payload::Header;
 use crate::protocol::{
-    decode_one_v, encode_packet, encode_publish, peek_plain_publish, CodecError, Connect, Packet,
-    PacketId, ProtocolVersion, QoS, ReasonCode, SubOptions, Subscribe, TopicFilter,
+    decode_one_v, encode_packet, encode_publish, peek_plain_publish, take_short_ack, CodecError,
+    Connect, Packet, PacketId, ProtocolVersion, QoS, ReasonCode, SubOptions, Subscribe,
+    TopicFilter,
 };
 use bytes::{Buf, BytesMut};
 use bytestring::ByteString;
@@ -337,6 +338,11 @@ impl Conn {
             self.rbuf.advance(len);
             self.ack_publish(qos, id);
             return Ok(Some(Incoming::Message(header)));
+        }
+        // A publisher's QoS 1 and 2 replies are short acknowledgements, taken the same
+        // way (`take_short_ack`).
+        if let Some(packet) = take_short_ack(&mut self.rbuf, MAX_PACKET) {
+            return self.handle(packet, qos).map(Some);
         }
         let Some(packet) = decode_one_v(&mut self.rbuf, MAX_PACKET, self.version)? else {
             return Ok(None);

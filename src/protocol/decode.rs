@@ -591,6 +591,31 @@ pub fn take_plain_publish(
     })
 }
 
+/// Takes a PUBACK, PUBREC, PUBREL or PUBCOMP of four bytes (a packet id and nothing
+/// else: reason Success and no properties, the common shape in every version) off
+/// the front of `buf`: the same packet [`super::decode_one_v`] returns for those
+/// bytes, without its generic layers. With QoS 1 and 2 these are as many as the
+/// PUBLISHes. `None` (and `buf` untouched) for every other packet, including a zero
+/// packet id (the decoder reports it): decode it with `decode_one_v`.
+pub fn take_short_ack(buf: &mut bytes::BytesMut, max_packet_bytes: usize) -> Option<Packet> {
+    let [first, 2, high, low, ..] = buf[..] else {
+        return None;
+    };
+    if max_packet_bytes < 4 {
+        return None;
+    }
+    let ack = Ack::new(PacketId::new(u16::from_be_bytes([high, low]))?);
+    let packet = match first {
+        0x40 => Packet::PubAck(ack),
+        0x50 => Packet::PubRec(ack),
+        0x62 => Packet::PubRel(ack),
+        0x70 => Packet::PubComp(ack),
+        _ => return None,
+    };
+    buf.advance(4);
+    Some(packet)
+}
+
 fn decode_ack(packet_type: u8, buf: &mut Bytes, v5: bool) -> Result<Ack> {
     let packet_id = packet_id(buf)?;
     // 3.4.2.1: a remaining length of 2 means Success and no properties.
@@ -1210,5 +1235,40 @@ mod tests {
         assert!(peek_plain_publish(&wire[..wire.len() - 1], 1024, V3_1_1).is_none());
         assert!(peek_plain_publish(&wire, wire.len() - 1, V3_1_1).is_none());
         assert!(peek_plain_publish(&wire, wire.len(), V3_1_1).is_some());
+    }
+
+    #[test]
+    fn short_acks_are_taken_whole_and_the_rest_left_to_the_decoder() {
+        let take = |wire: &[u8], max| {
+            let mut buf = bytes::BytesMut::from(wire);
+            let p = take_short_ack(&mut buf, max);
+            (p, buf.to_vec())
+        };
+        let id = |v: u16| PacketId::new(v).unwrap();
+        for (first, want) in [
+            (0x40, Packet::puback(id(258))),
+            (0x50, Packet::pubrec(id(258))),
+            (0x62, Packet::pubrel(id(258))),
+            (0x70, Packet::pubcomp(id(258))),
+        ] {
+            // The next packet's first byte stays in the buffer.
+            assert_eq!(
+                take(&[first, 2, 1, 2, 0x30], 1024),
+                (Some(want), vec![0x30]),
+                "{first:#x}"
+            );
+        }
+        for wire in [
+            &[0x40, 2, 0, 0][..],   // packet id 0: the decoder's error
+            &[0x42, 2, 0, 1],       // PUBACK with flags
+            &[0x60, 2, 0, 1],       // PUBREL without its flags
+            &[0x40, 3, 0, 1, 0x10], // MQTT 5 reason code
+            &[0x40, 2, 0],          // incomplete
+            &[0xB0, 2, 0, 1],       // UNSUBACK
+            &[0x30, 2, 0, 1],       // PUBLISH
+        ] {
+            assert_eq!(take(wire, 1024), (None, wire.to_vec()), "{wire:?}");
+        }
+        assert_eq!(take(&[0x40, 2, 0, 1], 3), (None, vec![0x40, 2, 0, 1]));
     }
 }

@@ -23,7 +23,8 @@ use bytestring::ByteString;
 use std::num::NonZeroU16;
 
 pub use decode::{
-    decode_packet, decode_packet_v, peek_plain_publish, take_plain_publish, DecodeError, PublishRef,
+    decode_packet, decode_packet_v, peek_plain_publish, take_plain_publish, take_short_ack,
+    DecodeError, PublishRef,
 };
 pub use encode::{
     encode_packet, encode_packet_v, encode_publish, encode_publish_v5, encoded_len, encoded_len_v,

@@ -23,7 +23,7 @@ use crate::broker::registry::Registry;
 use crate::broker::shard::Shard;
 use crate::broker::{ConnId, WorkerId};
 use crate::config::Config;
-use crate::protocol::{decode_one_v, take_plain_publish, CodecError, Packet};
+use crate::protocol::{decode_one_v, take_plain_publish, take_short_ack, CodecError, Packet};
 use bytes::BytesMut;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use mio::net::{TcpListener, TcpStream};
@@ -713,11 +713,15 @@ impl Worker {
         loop {
             let max = self.shard.packet_limit(id);
             let version = self.shard.version(id);
-            // Most packets are plain PUBLISHes: taken without the generic decoder's
-            // layers (the same `Publish`, see `take_plain_publish`).
-            let packet = match take_plain_publish(&mut buf, max, version) {
-                Some(p) => Packet::Publish(p),
-                None => match decode_one_v(&mut buf, max, version) {
+            // Most packets are plain PUBLISHes, and with QoS 1 and 2 as many are short
+            // acknowledgements: both are taken without the generic decoder's layers
+            // (the same packets, see `take_plain_publish` and `take_short_ack`).
+            let packet = if let Some(p) = take_plain_publish(&mut buf, max, version) {
+                Packet::Publish(p)
+            } else if let Some(p) = take_short_ack(&mut buf, max) {
+                p
+            } else {
+                match decode_one_v(&mut buf, max, version) {
                     Ok(Some(mut packet)) => {
                         if tls {
                             self.apply_identity(slot, id, &mut packet);
@@ -729,7 +733,7 @@ impl Worker {
                         self.decode_failed(now, id, &e);
                         return false;
                     }
-                },
+                }
             };
             self.shard.packet(now, id, packet);
             if !self.shard.is_open(id) {
