@@ -72,6 +72,17 @@ impl Message {
         })
     }
 
+    /// Asks the CPU to start loading the memory that dropping this message will
+    /// touch (the topic's buffer, whose reference count and allocator header sit
+    /// just before the bytes of a compacted message), so that a drop some time later
+    /// does not wait for it. A hint only: no effect on what the program does.
+    #[inline]
+    pub fn prefetch_for_drop(&self) {
+        let p = self.topic.as_str().as_ptr();
+        prefetch(p.wrapping_sub(32));
+        prefetch(p);
+    }
+
     /// Bytes this message pins in memory, for queue accounting.
     pub fn weight_bytes(&self) -> usize {
         self.topic.as_str().len() + self.payload.len()
@@ -84,5 +95,46 @@ impl Message {
         self.topic = topic;
         self.payload = payload;
         self
+    }
+}
+
+/// Asks the CPU to start loading the cache line at `p` (a hint: never faults, reads
+/// nothing into the program, whatever the address; nothing where unsupported).
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `prefetcht0` has no memory-safety preconditions: it does not fault and
+    // its result is not observable by the program.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefetching_is_harmless_whatever_the_message() {
+        // A hint only: it must not fault on any topic buffer, including the static
+        // empty one (a dangling pointer) and one of a single byte.
+        let t = |s: &str| TopicName::new(s).unwrap();
+        let msgs = [
+            Message::new(t("a/b"), Bytes::from_static(b"x"), QoS::AtLeastOnce, false),
+            Message::new(t("a"), Bytes::new(), QoS::AtMostOnce, false).compacted(),
+            Message::new(
+                TopicName::alias_only(),
+                Bytes::new(),
+                QoS::AtMostOnce,
+                false,
+            ),
+        ];
+        for m in &msgs {
+            m.prefetch_for_drop();
+        }
+        prefetch(std::ptr::null::<u8>());
+        assert_eq!(msgs[1].topic.as_str(), "a");
     }
 }
