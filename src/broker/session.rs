@@ -551,7 +551,7 @@ impl Session {
                 // memory has long left the cache: start loading the message memory
                 // of the one this many acks ahead, so that its drop does not stall
                 // (100 pairs, QoS 1, 100 in flight: a tenth of the broker's CPU was
-                // the drop's first touch; perf/README.md, "Eighth session").
+                // the drop's first touch; perf/README.md, "QoS 1: two changes").
                 // Prefetching the deque entries themselves as well measured no
                 // better.
                 if let Some(m) = self.inflight.get(i + PREFETCH_AHEAD) {

@@ -592,12 +592,11 @@ impl Shard {
         let batch = &mut self.effects.mesh[to];
         batch.reserve(1);
         let len = batch.len();
-        if let Some(slot) = batch.spare_capacity_mut().first_mut() {
-            slot.write(make());
-            // SAFETY: the slot at `len` is within the capacity and was just
-            // initialized.
-            unsafe { batch.set_len(len + 1) };
-        }
+        // After `reserve(1)` there is a free slot: index it rather than skip the
+        // message if there were none.
+        batch.spare_capacity_mut()[0].write(make());
+        // SAFETY: the slot at `len` is within the capacity and was just initialized.
+        unsafe { batch.set_len(len + 1) };
     }
 
     /// Arms the connection's timer for `at` if that is earlier than its live entry.
