@@ -1,6 +1,7 @@
 //! Decoding: one complete frame of bytes into one [`Packet`] (chapters 2 and 3), and
-//! the plain PUBLISH read in place or taken without the generic layers
-//! ([`peek_plain_publish`], [`take_plain_publish`]), which must agree with it.
+//! the two common shapes taken without the generic layers, which must agree with it:
+//! the plain PUBLISH, read in place or taken ([`peek_plain_publish`],
+//! [`take_plain_publish`]), and the four-byte acknowledgement ([`take_short_ack`]).
 //!
 //! Owns: every per-packet well-formedness rule of MQTT 3.1/3.1.1 (fixed-header flags,
 //! field lengths, UTF-8 strings, packet ids, CONNECT flags, SUBSCRIBE options, return

@@ -579,13 +579,12 @@ impl Shard {
     }
 
     pub(crate) fn send_mesh(&mut self, to: WorkerId, msg: MeshMsg) {
-        debug_assert!(to != self.id && to < self.workers);
-        self.effects.mesh[to].push(msg);
+        self.send_mesh_with(to, || msg);
     }
 
-    /// [`Shard::send_mesh`] for the hot path: `make` builds the message straight in
-    /// the batch's free slot, where `push` would build it on the stack and copy its
-    /// 168 bytes in.
+    /// Appends the message `make` builds to the batch for worker `to`, building it
+    /// straight in the batch's free slot, where `push` would build it on the stack and
+    /// copy its 168 bytes in (the publish hot path calls this directly).
     #[inline(always)]
     pub(crate) fn send_mesh_with(&mut self, to: WorkerId, make: impl FnOnce() -> MeshMsg) {
         debug_assert!(to != self.id && to < self.workers);
