@@ -14,7 +14,8 @@
 #        python3 perf/summarize.py perf/results/DATE-compare.txt >> perf/results/DATE-compare.txt
 # Env:   REPS (default 2), DURATION (s measured per run, default 5),
 #        SCENARIOS (space-separated subset of the names below),
-#        BROKERS (subset of "mosquitto rumqttd ternmq"), RUMQTTD (path of the binary),
+#        BROKERS (subset of "mosquitto rumqttd ternmq floor"; floor: see
+#        examples/floor.rs, not in the default list), RUMQTTD (path of the binary),
 #        OUT_DIR (where .hgrm/.svg files go, default perf/results),
 #        TAG (file name prefix of those, default today's date).
 set -euo pipefail
@@ -32,6 +33,9 @@ T2PORT=18837
 M100PORT=18838
 T20PORT=18839
 TBPPORT=18840
+FPORT=18841
+# The floor (examples/floor.rs): a forwarder that does only what no broker can avoid.
+FLOOR=${CARGO_TARGET_DIR:-target}/release/examples/floor
 [ -x "$BIN" ] || { echo "build first: cargo build --release ($BIN missing)" >&2; exit 1; }
 # 19,500 connections: the brokers (which inherit this) and the generator (which
 # raises its own soft limit too) each need one descriptor per connection.
@@ -81,7 +85,8 @@ CMD[ternmq-w2]="$BIN --listen 127.0.0.1:$T2PORT --workers 2 --sys-interval 0 --l
 CMD[mosquitto-if100]="taskset -c 0 /usr/sbin/mosquitto -c $WORK/mosquitto-if100.conf"
 CMD[ternmq-if20]="taskset -c 0 $BIN --listen 127.0.0.1:$T20PORT --workers 1 --no-pin --sys-interval 0 --log-level warn --max-inflight 20"
 CMD[ternmq-bp]="taskset -c 0 $BIN --listen 127.0.0.1:$TBPPORT --workers 1 --no-pin --sys-interval 0 --log-level warn --busy-poll 200"
-PORT=([mosquitto]=$MPORT [ternmq]=$TPORT [rumqttd]=$RPORT [ternmq-w2]=$T2PORT [mosquitto-if100]=$M100PORT [ternmq-if20]=$T20PORT [ternmq-bp]=$TBPPORT)
+CMD[floor]="taskset -c 0 $FLOOR 127.0.0.1:$FPORT"
+PORT=([mosquitto]=$MPORT [ternmq]=$TPORT [rumqttd]=$RPORT [ternmq-w2]=$T2PORT [mosquitto-if100]=$M100PORT [ternmq-if20]=$T20PORT [ternmq-bp]=$TBPPORT [floor]=$FPORT)
 EXTRA_Q1="mosquitto-if100 ternmq-if20"  # run in pairs100q1 only
 EXTRA_BP="ternmq-bp"  # run in rate50kbp only
 
@@ -89,6 +94,10 @@ BROKERS=${BROKERS:-mosquitto rumqttd ternmq}
 if [[ " $BROKERS " == *" rumqttd "* ]] && [ ! -x "$RUMQTTD" ]; then
   echo "# rumqttd: not installed ($RUMQTTD missing; 'cargo install rumqttd'), skipped"
   BROKERS=${BROKERS//rumqttd/}
+fi
+if [[ " $BROKERS " == *" floor "* ]] && [ ! -x "$FLOOR" ]; then
+  echo "# floor: not built ($FLOOR missing; 'cargo build --release --example floor'), skipped"
+  BROKERS=${BROKERS//floor/}
 fi
 
 start() { # start BROKER: (re)starts it, sets PID[BROKER]
@@ -142,6 +151,8 @@ for name in $SCENARIOS; do
   if [ "$name" = pairs100w2 ]; then brokers="ternmq ternmq-w2"; fi
   if [ "$name" = pairs100q1 ]; then brokers="$BROKERS $EXTRA_Q1"; fi
   if [ "$name" = rate50kbp ]; then brokers="$BROKERS $EXTRA_BP"; fi
+  # The floor forwards QoS 0 on exact topics only.
+  case $name in fanin100|pairs100q1) brokers=${brokers//floor/} ;; esac
   # Every scenario starts on fresh brokers, so none inherits the pools, queues or
   # allocator state an earlier scenario left (alternation within it is unchanged).
   for broker in $brokers; do
