@@ -22,6 +22,7 @@ pub mod settle;
 pub mod shard;
 pub mod stats;
 pub mod topic_index;
+pub(crate) mod tx_pool;
 
 /// Index of a worker (and of its shard), `0..workers`.
 pub type WorkerId = usize;

@@ -162,12 +162,6 @@ pub(crate) struct ConnV5 {
 /// length-prefixed fields of at most 65535 bytes.
 const CONNECT_BYTES_MAX: usize = 5 + 10 + 5 * (2 + 65_535);
 
-/// A write buffer's first capacity: a turn's worth of small packets for one connection.
-const TX_INITIAL: usize = 4096;
-/// Pooled write buffers per worker, and the largest capacity kept: at most 2 MiB.
-const TX_POOL_MAX: usize = 32;
-const TX_POOL_BUF_MAX: usize = 64 * 1024;
-
 /// The live connection `id` names in `conns` (a field borrow, so that a caller may
 /// hold other fields of the shard at the same time).
 fn conn_in(conns: &mut [Option<Conn>], id: ConnId) -> Option<&mut Conn> {
@@ -229,7 +223,8 @@ pub struct Shard {
     /// Emptied write buffers kept for the next connection that writes (see
     /// [`Shard::recycle_tx`]): a busy connection gets a buffer of working size at
     /// once instead of growing one from nothing every turn, and an idle one owns none.
-    pub(crate) tx_pool: Vec<Vec<u8>>,
+    /// Sized to the demand (`tx_pool.rs`).
+    pub(crate) tx_pool: crate::broker::tx_pool::TxPool,
     pub(crate) next_auto_id: u64,
     /// Sessions moved away from this worker so far (numbers the moves, `moved.rs`).
     pub(crate) moves_out: u64,
@@ -294,7 +289,7 @@ impl Shard {
             next_sys_at,
             matches: Vec::new(),
             sub_ids: Vec::new(),
-            tx_pool: Vec::new(),
+            tx_pool: Default::default(),
             feeders: FastMap::default(),
             next_auto_id: 0,
             moves_out: 0,
@@ -512,12 +507,8 @@ impl Shard {
         let Some(conn) = self.conn_mut(id) else {
             return;
         };
-        let mut tx = std::mem::take(&mut conn.tx);
-        if tx.capacity() > 0 && tx.capacity() <= TX_POOL_BUF_MAX && self.tx_pool.len() < TX_POOL_MAX
-        {
-            tx.clear();
-            self.tx_pool.push(tx);
-        }
+        let tx = std::mem::take(&mut conn.tx);
+        self.tx_pool.give(tx);
     }
 
     /// A connection's write buffer, ready for a packet: an empty one is given a pooled
@@ -525,10 +516,7 @@ impl Shard {
     pub(crate) fn tx_buf(&mut self, id: ConnId) -> Option<&mut Conn> {
         let conn = conn_in(&mut self.conns, id)?;
         if conn.tx.capacity() == 0 {
-            conn.tx = self
-                .tx_pool
-                .pop()
-                .unwrap_or_else(|| Vec::with_capacity(TX_INITIAL));
+            conn.tx = self.tx_pool.take();
         }
         Some(conn)
     }
@@ -616,14 +604,16 @@ impl Shard {
         let grace = self.cfg.handover_timeout() * 2;
         let tomb = self.tombstones.front().map(|(at, _)| *at + grace);
         let session = self.session_timers.peek().map(|Reverse((at, _))| *at);
-        [t, self.next_sys_at, tomb, session]
+        let pool = self.tx_pool.next_deadline();
+        [t, self.next_sys_at, tomb, session, pool]
             .into_iter()
             .flatten()
             .min()
     }
 
     /// Fires due timers: CONNECT timeouts, keep-alive expiry, handover deadlines and
-    /// the `$SYS` interval.
+    /// the `$SYS` interval. Called once per event-loop turn, it also ends the turn for
+    /// the write-buffer pool.
     pub fn tick(&mut self, now: Instant) {
         while let Some(&Reverse((at, slot, gen))) = self.timers.peek() {
             if at > now {
@@ -653,6 +643,7 @@ impl Shard {
         self.expire_tombstones(now);
         self.session_timers_due(now);
         self.revoke_stale_logins(now);
+        self.tx_pool.end_turn(now);
         if self.next_sys_at.is_some_and(|t| t <= now) {
             self.next_sys_at = Some(now + Duration::from_secs(self.cfg.sys_interval_secs));
             self.sys_tick(now);

@@ -2616,8 +2616,9 @@ fn a_flushed_write_buffer_goes_to_the_pool_and_serves_the_next_write() {
     assert_eq!(shard.tx_pool.len(), 1);
     h.send(c, Packet::PingReq);
     let shard = &mut h.shards[0];
-    assert!(
-        shard.tx_pool.is_empty(),
+    assert_eq!(
+        shard.tx_pool.len(),
+        0,
         "the next write took the pooled buffer"
     );
     assert_eq!(shard.tx_len(c.1), 2);
@@ -2627,5 +2628,5 @@ fn a_flushed_write_buffer_goes_to_the_pool_and_serves_the_next_write() {
         tx.reserve(128 * 1024);
     }
     shard.recycle_tx(c.1);
-    assert!(shard.tx_pool.is_empty());
+    assert_eq!(shard.tx_pool.len(), 0);
 }
