@@ -9,20 +9,23 @@
 //! its workers), and deals accepted connections out in turn as ternmq does. A loop that
 //! reads a PUBLISH whose subscribers live on another loop copies the frame into that
 //! loop's batch (one byte buffer per destination, sent at the end of the turn over a
-//! `crossbeam-channel` with one `mio::Waker` wake, and handed back empty for reuse).
+//! `crossbeam-channel` with one `mio::Waker` wake, and handed back empty for reuse,
+//! without a wake, as ternmq's workers hand batches back).
 //! That is the least a cross-thread hand-off can cost, the floor for
 //! `ternmq --workers 2`.
 //!
 //! So what is left is the work that no broker can avoid: the kernel's loopback TCP
 //! (one `recv` and one `send` per message when messages arrive one by one), the
-//! wake-ups, and framing. `perf/floor.sh` runs `ternmq bench` against it and against
-//! ternmq side by side: its CPU per message is the bottom line for ternmq's, and its
+//! wake-ups, and framing. `perf/compare.sh` and `perf/workers.sh` run `ternmq bench`
+//! against it and against ternmq side by side: its CPU per message is the bottom line for ternmq's, and its
 //! latency at a fixed rate tells whether a latency target can be met here at all.
 //!
 //! Must not be mistaken for a broker: MQTT 3.1.1 only, QoS 0 only, exact topic filters
-//! only (no wildcards, no retained messages, no will, no sessions, no limits beyond
-//! closing a connection whose input it does not understand, and dropping output
-//! beyond 16 MiB for a connection that does not read). Anything else closes the
+//! only (no wildcards, no retained messages, no will, no sessions, no unsubscribing).
+//! Its only limits: packets over 1 MiB close the connection, as does input it does not
+//! understand, and QoS 0 output beyond 16 MiB unsent for one connection is dropped.
+//! Interest in a topic, once another loop has it, is never withdrawn, and the
+//! channels between loops are unbounded. Anything else closes the
 //! connection that sent it. Loopback listeners only.
 //!
 //! Run: `cargo run --release --example floor -- 127.0.0.1:18900 [--threads N] [--pin]`
@@ -97,6 +100,18 @@ fn frame(buf: &[u8]) -> Result<Option<Frame>, ()> {
     }))
 }
 
+/// Appends a remaining length (1-4 bytes, 7 bits each, low first).
+fn put_length(mut len: usize, out: &mut Vec<u8>) {
+    loop {
+        let byte = (len % 128) as u8;
+        len /= 128;
+        out.push(if len > 0 { byte | 0x80 } else { byte });
+        if len == 0 {
+            return;
+        }
+    }
+}
+
 /// A 2-byte-length-prefixed string at the start of `b`.
 fn string(b: &[u8]) -> Option<&[u8]> {
     let n = usize::from(u16::from_be_bytes([*b.first()?, *b.get(1)?]));
@@ -106,8 +121,12 @@ fn string(b: &[u8]) -> Option<&[u8]> {
 /// Appends `bytes` to `slot`'s output and marks it for the end of the turn.
 fn queue(conns: &mut [Option<Conn>], dirty: &mut Vec<usize>, slot: usize, bytes: &[u8]) {
     if let Some(c) = conns.get_mut(slot).and_then(Option::as_mut) {
-        if c.wbuf.len() + bytes.len() > MAX_OUT {
+        if c.wbuf.len() - c.sent + bytes.len() > MAX_OUT {
             return;
+        }
+        if c.sent > MAX_OUT / 2 {
+            c.wbuf.drain(..c.sent);
+            c.sent = 0;
         }
         c.wbuf.extend_from_slice(bytes);
         if !c.dirty {
@@ -240,7 +259,8 @@ impl Floor {
                         at = whole.end;
                     }
                     frames.clear();
-                    self.peers[from].send(Inbound::Spare(frames));
+                    // No wake: the sender finds it at its next turn.
+                    let _ = self.peers[from].inbox.send(Inbound::Spare(frames));
                 }
                 Inbound::Spare(v) => self.spares.push(v),
             }
@@ -271,6 +291,9 @@ impl Floor {
             for t in c.topics {
                 if let Some(v) = self.subs.get_mut(&t) {
                     v.retain(|&s| s != slot);
+                    if v.is_empty() {
+                        self.subs.remove(&t);
+                    }
                 }
             }
             self.free.push(slot);
@@ -287,20 +310,36 @@ impl Floor {
             return true;
         };
         let mut rbuf = std::mem::take(&mut c.rbuf);
-        loop {
-            match c.sock.read(&mut self.scratch) {
-                Ok(0) => return false,
-                Ok(n) => {
-                    rbuf.extend_from_slice(&self.scratch[..n]);
-                    if n < self.scratch.len() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return false,
+        // Each chunk is handled as it arrives, so the buffer holds at most one
+        // partial packet.
+        let ok = loop {
+            let Some(c) = self.conns[slot].as_mut() else {
+                return true;
+            };
+            let n = match c.sock.read(&mut self.scratch) {
+                Ok(0) => break false,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break true,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break false,
+            };
+            rbuf.extend_from_slice(&self.scratch[..n]);
+            if !self.handle(slot, &mut rbuf) {
+                break false;
             }
+            if n < self.scratch.len() {
+                break true;
+            }
+        };
+        if let Some(c) = self.conns[slot].as_mut() {
+            c.rbuf = rbuf;
         }
+        ok
+    }
+
+    /// Handles every complete packet at the start of `rbuf` and removes them; false:
+    /// close the connection.
+    fn handle(&mut self, slot: usize, rbuf: &mut Vec<u8>) -> bool {
         let mut at = 0;
         let ok = loop {
             let f = match frame(&rbuf[at..]) {
@@ -345,9 +384,6 @@ impl Floor {
             at = whole.end;
         };
         rbuf.drain(..at);
-        if let Some(c) = self.conns[slot].as_mut() {
-            c.rbuf = rbuf;
-        }
         ok
     }
 
@@ -357,7 +393,7 @@ impl Floor {
         let Some(id) = body.get(..2) else {
             return false;
         };
-        let mut ack = vec![0x90, 0, id[0], id[1]];
+        let mut codes = Vec::new();
         let mut rest = &body[2..];
         while !rest.is_empty() {
             let Some(topic) = string(rest) else {
@@ -383,14 +419,20 @@ impl Floor {
                 list.push(slot);
             }
             if let Some(c) = self.conns[slot].as_mut() {
-                c.topics.push(topic);
+                if !c.topics.contains(&topic) {
+                    c.topics.push(topic);
+                }
             }
-            ack.push(0);
+            codes.push(0);
         }
-        if ack.len() < 5 || ack.len() > 127 + 2 {
+        if codes.is_empty() {
             return false;
         }
-        ack[1] = (ack.len() - 2) as u8;
+        // SUBACK: fixed header, remaining length (a varint), packet id, return codes.
+        let mut ack = vec![0x90];
+        put_length(2 + codes.len(), &mut ack);
+        ack.extend_from_slice(id);
+        ack.extend_from_slice(&codes);
         self.queue(slot, &ack);
         true
     }
@@ -545,6 +587,18 @@ mod tests {
         assert_eq!(f.map(|f| (f.kind, f.flags, f.body)), Some((3, 0, 2..5)));
         assert!(frame(&[0x30, 0x80, 0x80, 0x80, 0x80, 0x01]).is_err());
         assert!(frame(&[0x30, 0xff, 0xff, 0x7f]).is_err());
+    }
+
+    #[test]
+    fn lengths_are_written_as_frames_read_them() {
+        for len in [0, 1, 127, 128, 300, 16_383, 16_384, MAX_PACKET] {
+            let mut wire = vec![0x90];
+            put_length(len, &mut wire);
+            let header = wire.len();
+            wire.resize(header + len, 0);
+            let f = frame(&wire).ok().flatten().map(|f| f.body);
+            assert_eq!(f, Some(header..header + len), "{len}");
+        }
     }
 
     #[test]

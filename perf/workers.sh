@@ -18,13 +18,13 @@ cd "$(dirname "$0")/.."
 BIN=${CARGO_TARGET_DIR:-target}/release/ternmq
 [ -x "$BIN" ] || { echo "build first: cargo build --release ($BIN missing)" >&2; exit 1; }
 FLOOR_BIN=${CARGO_TARGET_DIR:-target}/release/examples/floor
-if [ -n "${FLOOR:-}" ] && [ ! -x "$FLOOR_BIN" ]; then
+if [ "${FLOOR:-0}" = 1 ] && [ ! -x "$FLOOR_BIN" ]; then
   echo "build first: cargo build --release --example floor ($FLOOR_BIN missing)" >&2; exit 1
 fi
 echo "# commit $(git rev-parse HEAD), $(date -u +%Y-%m-%dT%H:%M:%SZ), loadavg $(cut -d' ' -f1-3 /proc/loadavg)"
-run() { # label, command prefix, broker command (PORT: its port)[, load mode]
+run() { # label, command prefix, broker command (@PORT@: its port)[, load mode]
   local port=$((20000 + RANDOM % 2000)) pid out
-  $2 ${3//PORT/$port} >/dev/null 2>&1 &
+  $2 ${3//@PORT@/$port} >/dev/null 2>&1 &
   pid=$!
   sleep 0.5
   out=$(taskset -c 1 "$BIN" bench pairs -n 100 ${4:---max} --qos 0 --payload 64 --warmup 1 \
@@ -38,14 +38,14 @@ print('%-16s msg/s %9.0f  broker CPU us/msg %.3f  p50 us %.0f  lost %d  gen cpu 
 }
 rows=$(mktemp)
 trap 'rm -f "$rows"' EXIT
-T="$BIN --listen 127.0.0.1:PORT --sys-interval 0 --log-level warn"
+T="$BIN --listen 127.0.0.1:@PORT@ --sys-interval 0 --log-level warn"
 for _ in $(seq "${REPS:-3}"); do
   run w1-core0 "taskset -c 0" "$T --workers 1 --no-pin"
   run w2-core0 "taskset -c 0" "$T --workers 2 --no-pin"
   run w2-cores01 "" "$T --workers 2"
-  if [ -n "${FLOOR:-}" ]; then
-    run f1-core0 "taskset -c 0" "$FLOOR_BIN 127.0.0.1:PORT"
-    run f2-cores01 "" "$FLOOR_BIN 127.0.0.1:PORT --threads 2 --pin"
+  if [ "${FLOOR:-0}" = 1 ]; then
+    run f1-core0 "taskset -c 0" "$FLOOR_BIN 127.0.0.1:@PORT@"
+    run f2-cores01 "" "$FLOOR_BIN 127.0.0.1:@PORT@ --threads 2 --pin"
   fi
   run w1-rate "taskset -c 0" "$T --workers 1 --no-pin" "--rate ${RATE:-1000000}"
   run w2-rate "" "$T --workers 2" "--rate ${RATE:-1000000}"
