@@ -10,23 +10,22 @@
 //! reads a PUBLISH whose subscribers live on another loop copies the frame into that
 //! loop's batch (one byte buffer per destination, sent at the end of the turn over a
 //! `crossbeam-channel` with one `mio::Waker` wake, and handed back empty for reuse,
-//! without a wake, as ternmq's workers hand batches back).
-//! That is the least a cross-thread hand-off can cost, the floor for
-//! `ternmq --workers 2`.
+//! without a wake, as ternmq's workers hand batches back). That is the least a
+//! cross-thread hand-off can cost, the floor for `ternmq --workers 2`.
 //!
 //! So what is left is the work that no broker can avoid: the kernel's loopback TCP
 //! (one `recv` and one `send` per message when messages arrive one by one), the
 //! wake-ups, and framing. `perf/compare.sh` and `perf/workers.sh` run `ternmq bench`
-//! against it and against ternmq side by side: its CPU per message is the bottom line for ternmq's, and its
-//! latency at a fixed rate tells whether a latency target can be met here at all.
+//! against it and against ternmq side by side: its CPU per message is the bottom line
+//! for ternmq's, and its latency at a fixed rate tells whether a latency target can be
+//! met here at all.
 //!
 //! Must not be mistaken for a broker: MQTT 3.1.1 only, QoS 0 only, exact topic filters
 //! only (no wildcards, no retained messages, no will, no sessions, no unsubscribing).
-//! Its only limits: packets over 1 MiB close the connection, as does input it does not
-//! understand, and QoS 0 output beyond 16 MiB unsent for one connection is dropped.
-//! Interest in a topic, once another loop has it, is never withdrawn, and the
-//! channels between loops are unbounded. Anything else closes the
-//! connection that sent it. Loopback listeners only.
+//! Anything else closes the connection that sent it, as do packets over 1 MiB; QoS 0
+//! output beyond 16 MiB unsent for one connection is dropped. Interest in a topic,
+//! once another loop has it, is never withdrawn, and the channels between loops are
+//! unbounded. Loopback listeners only.
 //!
 //! Run: `cargo run --release --example floor -- 127.0.0.1:18900 [--threads N] [--pin]`
 
@@ -250,11 +249,8 @@ impl Floor {
                     let mut at = 0;
                     while let Ok(Some(f)) = frame(&frames[at..]) {
                         let whole = at..at + f.body.end;
-                        let body = &frames[at + f.body.start..at + f.body.end];
-                        if let Some(list) = string(body).and_then(|t| self.subs.get(t)) {
-                            for &s in list {
-                                queue(&mut self.conns, &mut self.dirty, s, &frames[whole.clone()]);
-                            }
+                        if let Some(topic) = string(&frames[at + f.body.start..whole.end]) {
+                            self.deliver(topic, &frames[whole.clone()]);
                         }
                         at = whole.end;
                     }
@@ -302,6 +298,15 @@ impl Floor {
 
     fn queue(&mut self, slot: usize, bytes: &[u8]) {
         queue(&mut self.conns, &mut self.dirty, slot, bytes);
+    }
+
+    /// Queues a PUBLISH frame for this loop's subscribers of exactly `topic`.
+    fn deliver(&mut self, topic: &[u8], frame: &[u8]) {
+        if let Some(list) = self.subs.get(topic) {
+            for &s in list {
+                queue(&mut self.conns, &mut self.dirty, s, frame);
+            }
+        }
     }
 
     /// Reads what `slot` has and handles every complete frame; false: close it.
@@ -353,11 +358,7 @@ impl Floor {
                 (3, flags) if flags & 0x06 == 0 => {
                     // PUBLISH, QoS 0: forward the frame as it is.
                     if let Some(topic) = string(body) {
-                        if let Some(list) = self.subs.get(topic) {
-                            for &s in list {
-                                queue(&mut self.conns, &mut self.dirty, s, &rbuf[whole.clone()]);
-                            }
-                        }
+                        self.deliver(topic, &rbuf[whole.clone()]);
                         let mut mask = self.remote.get(topic).copied().unwrap_or(0);
                         while mask != 0 {
                             let to = mask.trailing_zeros() as usize;
